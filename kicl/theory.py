@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("kernel_regression", "nadaraya_watson", "nw_linear", "label_frequency", "oracle")
 METRICS = ("l1", "l2", "acc_posterior", "acc_sampled")
+MAX_EXACT_PREFIXES = 10**7  # exact Σ enumerates n_tokens^x_len prefixes; beyond this it takes minutes per HMM
 
 
 # ---------------------------------------------------------------- configuration (mirrors the `theory:` schema)
@@ -81,6 +82,16 @@ class TheoryConfig:
     n_demos: tuple[int, ...] = field(default=(1, 2, 4, 8, 16, 32, 64, 128), metadata=_check(minimum=1))
     hmm: HMMConfig = HMMConfig()
     kernel: KernelConfig = KernelConfig()
+
+    def __post_init__(self):
+        if len(set(self.n_demos)) != len(self.n_demos):
+            raise ValueError(f"config key theory.n_demos: {list(self.n_demos)} has repeated values")
+        n_prefixes = self.hmm.n_tokens**self.hmm.x_len
+        if self.kernel.sigma == "exact" and n_prefixes > MAX_EXACT_PREFIXES:
+            raise ValueError(
+                f"config key theory.kernel.sigma: exact enumeration of n_tokens^x_len = {n_prefixes} prefixes "
+                f"exceeds {MAX_EXACT_PREFIXES}; use monte_carlo"
+            )
 
     @classmethod
     def from_dict(cls, values: dict | None, prefix: str = "theory") -> TheoryConfig:
