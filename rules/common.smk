@@ -8,6 +8,7 @@ def theory_outputs():
     return [
         "results/theory/table3.csv",
         "results/theory/table3.md",
+        "results/theory/table3.html",
         "results/theory/table3.png",
         "results/theory/table3_figure.csv",
     ]
