@@ -1,0 +1,124 @@
+"""Tiny random causal LMs, a word-level tokenizer and synthetic prompt files for the forward-stage tests.
+
+Prompts follow the prompt-file contract: demonstrations ``Input: <words> Output: <label> ||`` followed by
+``Input: <test words> Output:``; one token per word, so spans are word positions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LABELS = ["negative", "positive"]
+CONTENT = [f"w{i}" for i in range(40)]
+WORDS = ["[PAD]", "[UNK]", "Input:", "Output:", "||", *LABELS, *CONTENT]
+
+
+def make_tokenizer(folder: Path):
+    """A whitespace word-level fast tokenizer over WORDS, saved to ``folder``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tiny_config(family: str, vocab: int = len(WORDS), max_positions: int = 512):
+    """A small random config of an architecture family, with attention sharp enough to test against."""
+    from transformers import GPT2Config, GPTJConfig, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if family == "gptj":
+        return GPTJConfig(n_positions=max_positions, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, initializer_range=0.2, **common)
+    if family == "gpt2":
+        return GPT2Config(n_positions=max_positions, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2, **common)
+    decoder = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=max_positions, initializer_range=0.2, **common)
+    if family == "llama":
+        return LlamaConfig(**decoder)
+    if family == "qwen2":
+        return Qwen2Config(**decoder)
+    raise ValueError(family)
+
+
+def make_model_folder(folder: Path, family: str, seed: int = 0) -> dict:
+    """Save a tiny random model + tokenizer to ``folder``; return a model manifest for kicl.models."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager")
+    model.save_pretrained(folder)
+    make_tokenizer(folder)
+    return {"name": f"tiny-{family}", "path": str(folder), "id": f"random/{family}", "revision": None,
+            "dtype": "float32", "device": "cpu", "architecture": type(model).__name__}
+
+
+def make_prompts(folder: Path, n_prompts: int = 10, seed: int = 0, demos: tuple[int, int] = (2, 4),
+                 words: tuple[int, int] = (2, 7), model: str = "tiny", task: str = "toy") -> tuple[Path, Path]:
+    """Write meta.json + prompts.jsonl with random demonstrations; demo counts vary between prompts."""
+    rng = np.random.default_rng(seed)
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    pool = [" ".join(rng.choice(CONTENT, size=rng.integers(*words))) for _ in range(12)]
+    pool_labels = rng.integers(0, 2, size=len(pool))
+    records = []
+    for pid in range(n_prompts):
+        tokens, demos_out = [], []
+        for pool_index in rng.choice(len(pool), size=rng.integers(demos[0], demos[1] + 1), replace=False):
+            text, label = pool[pool_index], int(pool_labels[pool_index])
+            block_start = len(tokens)
+            tokens.append("Input:")
+            input_start = len(tokens)
+            tokens += text.split()
+            input_end = len(tokens)
+            tokens.append("Output:")
+            label_pos = len(tokens)
+            tokens.append(LABELS[label])
+            tokens.append("||")
+            demos_out.append({"pool_index": int(pool_index), "label": label, "text": text,
+                              "block_span": [block_start, len(tokens)], "input_span": [input_start, input_end],
+                              "label_pos": label_pos, "delim_span": [len(tokens) - 1, len(tokens)]})
+        test_text = " ".join(rng.choice(CONTENT, size=rng.integers(*words)))
+        tokens.append("Input:")
+        test_start = len(tokens)
+        tokens += test_text.split()
+        test_span = [test_start, len(tokens)]
+        tokens.append("Output:")
+        records.append({"prompt_id": pid, "split": "select" if pid % 3 else "heldout", "test_index": 100 + pid,
+                        "gold": int(rng.integers(0, 2)), "text": " ".join(tokens),
+                        "input_ids": [vocab[t] for t in tokens], "test_text": test_text, "test_span": test_span,
+                        "demos": demos_out})
+    meta = {"task": task, "model": model, "label_names": LABELS, "verbalizers": [f" {w}" for w in LABELS],
+            "label_token_ids": [vocab[w] for w in LABELS], "readout": "single_token",
+            "template": {"format": "Input: {x} Output: {y}"}, "n_demos": demos[1], "seed": seed,
+            "strategy": "random", "tokenizer": "word-level test tokenizer", "n_select": n_prompts,
+            "n_heldout": 0, "eval_split": "validation", "demo_split": "train"}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with open(folder / "prompts.jsonl", "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return folder / "meta.json", folder / "prompts.jsonl"
+
+
+def eager_reference(model_dir: str, sequences, device: str = "cpu"):
+    """Per-prompt eager runs without padding: last-row attention (layers, heads, T), logits, past keys/values."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for sequence in sequences:
+            result = model(torch.tensor([sequence]), output_attentions=True, use_cache=True)
+            rows = np.stack([a[0, :, -1, :].numpy() for a in result.attentions])
+            cache = result.past_key_values
+            keys = np.stack([layer.keys[0].numpy() for layer in cache.layers])  # (layers, n_kv, T, d)
+            values = np.stack([layer.values[0].numpy() for layer in cache.layers])
+            out.append({"rows": rows, "logits": result.logits[0, -1].numpy(), "keys": keys, "values": values})
+    return model, out
