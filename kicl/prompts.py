@@ -1,0 +1,423 @@
+"""ICL prompts with a segment map: every token's role is known, no string search later.
+
+A prompt is ``[special prefix] demo_1 ... demo_k  input_prefix x_test output_prefix`` where each
+demonstration block is ``input_prefix x_i output_prefix label_word delimiter``. The template (per task,
+from the config) holds ``input_prefix`` (e.g. "Input: "), ``output_prefix`` (e.g. "\\nOutput:"),
+``delimiter`` (e.g. "\\n") and ``text`` (how the raw fields form x, e.g. "{sentence}"); the label words are
+the task's ``verbalizers`` (e.g. " negative", " positive", with their leading space).
+
+Tokenisation is piecewise: each piece is tokenised on its own (no special tokens) and the ids are
+concatenated, so span boundaries are exact. The whitespace that ends ``input_prefix`` is moved to the
+start of the input piece (" " + x), as byte-level BPE tokenisers attach a word's leading space to the word;
+``input_span`` therefore decodes to exactly the input as it appears in the prompt, the label token to the
+verbalizer and ``delim_span`` to the delimiter. Each piece is checked to decode back to itself.
+
+Demonstrations are drawn per test point by a strategy from :data:`STRATEGIES` with a generator seeded by
+(protocol seed, test index), so a prompt does not depend on which other prompts are built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kicl.tasks import drop_empty, load_split
+
+log = logging.getLogger(__name__)
+
+
+class PromptError(ValueError):
+    """A prompt cannot be built as configured; the message names the task, model and culprit."""
+
+
+class VerbalizerError(PromptError):
+    """Label words that are not single tokens (or whose first tokens collide)."""
+
+
+# ---- templates ------------------------------------------------------------------------------------
+
+
+def _split_trailing_spaces(text: str) -> tuple[str, str]:
+    """(text without its trailing spaces/tabs, those spaces)."""
+    stripped = text.rstrip(" \t")
+    return stripped, text[len(stripped) :]
+
+
+def render_query(template: dict, text: str) -> str:
+    """One input on its own in the template, ending where the label word would follow.
+
+    Used for P(o|x) with the template as context: ``input_prefix + text + output_prefix``.
+    """
+    return f"{template['input_prefix']}{text}{template['output_prefix']}"
+
+
+def check_template(template: dict, verbalizers: Sequence[str], where: str) -> None:
+    """Reject templates whose label word would not start a fresh token."""
+    if template["output_prefix"] != template["output_prefix"].rstrip(" \t"):
+        raise PromptError(
+            f"{where}.template.output_prefix {template['output_prefix']!r} ends with a space; put the space "
+            f"into the verbalizers instead (e.g. ' positive'), so that each label word is one token"
+        )
+    if not template["output_prefix"] or not template["delimiter"]:
+        raise PromptError(f"{where}.template: output_prefix and delimiter must not be empty")
+    if any(not word.strip() for word in verbalizers):
+        raise PromptError(f"{where}.verbalizers: empty label word in {list(verbalizers)}")
+
+
+# ---- tokenisation ---------------------------------------------------------------------------------
+
+
+class PieceTokenizer:
+    """Tokenises prompt pieces separately (cached) and checks that each piece decodes back to itself."""
+
+    def __init__(self, tokenizer, where: str = ""):
+        self.tokenizer = tokenizer
+        self.where = where
+        self.cache: dict[str, list[int]] = {}
+        self.prefix_ids = self._special_prefix()
+
+    def _special_prefix(self) -> list[int]:
+        """Special tokens the tokenizer puts before a text (e.g. <s>/<bos>), found by comparison."""
+        with_special = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        for start in range(len(with_special) - len(plain) + 1):
+            if with_special[start : start + len(plain)] == plain:
+                return list(with_special[:start])
+        return []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+
+    def encode(self, piece: str) -> list[int]:
+        """Token ids of a piece; raises PromptError if they do not decode back to the piece."""
+        if piece not in self.cache:
+            ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if self.decode(ids) != piece:
+                raise PromptError(
+                    f"{self.where}: the tokenizer {getattr(self.tokenizer, 'name_or_path', '')!r} does not "
+                    f"round-trip the piece {piece!r} (decodes to {self.decode(ids)!r}); piecewise prompts need a "
+                    "tokenizer that decodes its tokens losslessly (byte-level BPE, tiktoken, Gemma-style SentencePiece)"
+                )
+            self.cache[piece] = list(ids)
+        return self.cache[piece]
+
+    def label_token_ids(self, verbalizers: Sequence[str], readout: str) -> list[int]:
+        """The token id scored for each label word: its only token, or its first token under first_token.
+
+        Raises VerbalizerError listing every offending word before any forward pass.
+        """
+        encoded = {word: self.tokenizer(word, add_special_tokens=False)["input_ids"] for word in verbalizers}
+        if readout == "single_token":
+            bad = {w: ids for w, ids in encoded.items() if len(ids) != 1}
+            if bad:
+                listing = "; ".join(
+                    f"{w!r} -> {[self.decode([i]) for i in ids]}" for w, ids in bad.items()
+                )
+                raise VerbalizerError(
+                    f"{self.where}: label words that are not a single token for tokenizer "
+                    f"{getattr(self.tokenizer, 'name_or_path', '')!r}: {listing}. Choose single-token words in "
+                    "the task's verbalizers, or set protocol.readout: first_token."
+                )
+            return [ids[0] for ids in encoded.values()]
+        if readout == "first_token":
+            empty = [w for w, ids in encoded.items() if not ids]
+            if empty:
+                raise VerbalizerError(f"{self.where}: label words with no tokens: {empty}")
+            firsts = [ids[0] for ids in encoded.values()]
+            if len(set(firsts)) != len(firsts):
+                clashes = {
+                    self.decode([t]): [w for w in verbalizers if encoded[w][0] == t]
+                    for t in set(firsts) if firsts.count(t) > 1
+                }  # fmt: skip
+                raise VerbalizerError(
+                    f"{self.where}: label words share their first token, so first-token scoring cannot tell them "
+                    f"apart: {clashes}. Choose label words with distinct first tokens."
+                )
+            return firsts
+        raise PromptError(f"protocol.readout {readout!r}: use single_token or first_token")
+
+
+@dataclass
+class Demo:
+    """One demonstration: its row in the demo pool, label id and input text."""
+
+    pool_index: int
+    label: int
+    text: str
+
+
+def build_prompt(
+    pieces: PieceTokenizer, template: dict, verbalizers: Sequence[str], demos: Sequence[Demo], test_text: str
+) -> dict:
+    """Token ids, full text and segment map of one prompt (spans are end-exclusive token positions)."""
+    head, space = _split_trailing_spaces(template["input_prefix"])
+    ids: list[int] = list(pieces.prefix_ids)
+    text_parts: list[str] = [pieces.decode(pieces.prefix_ids)] if pieces.prefix_ids else []
+
+    def add(piece: str) -> tuple[int, int]:
+        start = len(ids)
+        if piece:
+            ids.extend(pieces.encode(piece))
+            text_parts.append(piece)
+        return start, len(ids)
+
+    records = []
+    for demo in demos:
+        block_start, _ = add(head)
+        input_span = add(space + demo.text)
+        add(template["output_prefix"])
+        label_span = add(verbalizers[demo.label])
+        delim_span = add(template["delimiter"])
+        record = {
+            "pool_index": int(demo.pool_index),
+            "label": int(demo.label),
+            "text": demo.text,
+            "block_span": [block_start, delim_span[1]],
+            "input_span": list(input_span),
+            "label_pos": label_span[0],
+            "delim_span": list(delim_span),
+        }
+        if label_span[1] - label_span[0] > 1:
+            record["label_span"] = list(label_span)
+        records.append(record)
+    add(head)
+    test_span = add(space + test_text)
+    add(template["output_prefix"])
+    return {"text": "".join(text_parts), "input_ids": ids, "test_text": test_text, "test_span": list(test_span),
+            "demos": records}  # fmt: skip
+
+
+# ---- demonstration strategies ----------------------------------------------------------------------
+
+DemoStrategy = Callable[..., np.ndarray]
+STRATEGIES: dict[str, DemoStrategy] = {}
+
+
+def register_strategy(name: str) -> Callable[[DemoStrategy], DemoStrategy]:
+    """Decorator adding a demonstration strategy to :data:`STRATEGIES`.
+
+    A strategy is called as ``strategy(test, pool, k, rng, **options)`` with the test example (a row of
+    the normalised eval split: text, label, fields), the demonstration pool (normalised DataFrame whose
+    index is the row in the demo split), the number of demonstrations, a seeded numpy Generator and the
+    options of the call (``n_classes``, and for retrieval strategies e.g. precomputed similarities); it
+    returns the chosen pool index labels, in prompt order.
+    """
+
+    def register(function: DemoStrategy) -> DemoStrategy:
+        STRATEGIES[name] = function
+        return function
+
+    return register
+
+
+@register_strategy("random")
+def random_demos(test: pd.Series, pool: pd.DataFrame, k: int, rng: np.random.Generator, **options) -> np.ndarray:
+    """k distinct pool examples uniformly at random, in random order (the paper's sampling)."""
+    if k > len(pool):
+        raise PromptError(f"{k} demonstrations requested but the demonstration pool has {len(pool)} examples")
+    return pool.index.to_numpy()[rng.choice(len(pool), size=k, replace=False)]
+
+
+@register_strategy("class_balanced")
+def class_balanced_demos(
+    test: pd.Series, pool: pd.DataFrame, k: int, rng: np.random.Generator, n_classes: int | None = None, **options
+) -> np.ndarray:
+    """k pool examples with per-class counts as equal as possible (the remainder goes to random classes),
+    each class sampled uniformly without replacement, then shuffled into a random order."""
+    labels = pool["label"].to_numpy()
+    n_classes = n_classes or int(labels.max()) + 1
+    quota = np.full(n_classes, k // n_classes)
+    quota[rng.choice(n_classes, size=k % n_classes, replace=False)] += 1
+    chosen = []
+    for label, count in enumerate(quota):
+        members = np.flatnonzero(labels == label)
+        if count > len(members):
+            raise PromptError(f"class_balanced needs {count} demonstrations of class {label}, the pool has {len(members)}")
+        chosen.append(members[rng.choice(len(members), size=count, replace=False)])
+    positions = np.concatenate(chosen)
+    return pool.index.to_numpy()[positions[rng.permutation(len(positions))]]
+
+
+# ---- evaluation points -----------------------------------------------------------------------------
+
+
+def select_eval_points(n_rows: int, n_select: int, n_heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Seeded disjoint selection and held-out test points from an evaluation split of n_rows.
+
+    When the split is smaller than n_select + n_heldout, the held-out set is filled first (it is what
+    Table 2 reports) and the selection set gets the rest. Returns (row indices, split names, report).
+    """
+    order = np.random.default_rng(seed).permutation(n_rows)
+    heldout = min(n_heldout, n_rows)
+    select = min(n_select, n_rows - heldout)
+    indices = np.concatenate([order[heldout : heldout + select], order[:heldout]])
+    splits = np.array(["select"] * select + ["heldout"] * heldout)
+    report = {
+        "n_select_requested": n_select, "n_heldout_requested": n_heldout, "n_select": int(select),
+        "n_heldout": int(heldout), "eval_size": n_rows, "capped": bool(select < n_select or heldout < n_heldout),
+    }  # fmt: skip
+    return indices, splits, report
+
+
+# ---- the whole prompt set --------------------------------------------------------------------------
+
+
+def build_prompt_set(
+    task: str,
+    task_spec: dict,
+    model: str,
+    tokenizer,
+    eval_table: pd.DataFrame,
+    pool: pd.DataFrame,
+    protocol: dict,
+    max_length: int | None,
+    tokenizer_name: str = "",
+) -> tuple[dict, list[dict]]:
+    """Meta dict and prompt records of one (model, task), following the prompt-file contract."""
+    where = f"task {task!r}, model {model!r}"
+    template, verbalizers = task_spec["template"], task_spec["verbalizers"]
+    check_template(template, verbalizers, f"tasks.{task}")
+    pieces = PieceTokenizer(tokenizer, where)
+    readout = protocol.get("readout", "single_token")
+    label_token_ids = pieces.label_token_ids(verbalizers, readout)
+    strategy_name = protocol.get("demo_strategy", "random")
+    if strategy_name not in STRATEGIES:
+        raise PromptError(f"protocol.demo_strategy {strategy_name!r} is unknown; available: {sorted(STRATEGIES)}")
+    strategy = STRATEGIES[strategy_name]
+    k, seed = int(protocol["n_demos"]), int(protocol["seed"])
+    policy = protocol.get("context_policy", "error")
+    max_length = protocol.get("max_length") or max_length
+    n_classes = len(task_spec["label_names"])
+
+    indices, splits, report = select_eval_points(len(eval_table), protocol["n_select"], protocol["n_heldout"], seed)
+    if report["capped"]:
+        log.warning(
+            "%s: the evaluation split %r has %d rows < n_select + n_heldout = %d; using %d selection + %d held-out",
+            where, task_spec["eval_split"], report["eval_size"], protocol["n_select"] + protocol["n_heldout"],
+            report["n_select"], report["n_heldout"],
+        )  # fmt: skip
+    records, n_dropped_prompts, n_dropped_demos = [], 0, 0
+    for prompt_id, (row_index, split) in enumerate(zip(indices, splits)):
+        test = eval_table.iloc[int(row_index)]
+        rng = np.random.default_rng([seed, int(row_index)])
+        chosen = strategy(test, pool, k, rng, n_classes=n_classes)
+        demos = [Demo(int(i), int(pool.at[i, "label"]), str(pool.at[i, "text"])) for i in chosen]
+        prompt = build_prompt(pieces, template, verbalizers, demos, str(test["text"]))
+        while max_length is not None and len(prompt["input_ids"]) > max_length:
+            message = (
+                f"{where}: prompt {prompt_id} (test_index {int(row_index)}) has {len(prompt['input_ids'])} tokens "
+                f"with {len(demos)} demonstrations, more than the model's context length {max_length}"
+            )
+            if policy == "error" or not demos:
+                raise PromptError(
+                    message + ". Reduce protocol.n_demos, or set protocol.context_policy: drop to drop demonstrations "
+                    "from the front until the prompt fits."
+                )
+            demos = demos[1:]
+            n_dropped_demos += 1
+            prompt = build_prompt(pieces, template, verbalizers, demos, str(test["text"]))
+        n_dropped_prompts += len(demos) < k
+        records.append({
+            "prompt_id": prompt_id, "split": str(split), "test_index": int(row_index), "gold": int(test["label"]),
+            "n_demos": len(demos), **prompt,
+        })  # fmt: skip
+    if n_dropped_demos:
+        log.warning("%s: dropped %d demonstrations from %d prompts to fit %d tokens", where, n_dropped_demos,
+                    n_dropped_prompts, max_length)  # fmt: skip
+    lengths = np.array([len(r["input_ids"]) for r in records])
+    meta = {
+        "task": task,
+        "model": model,
+        "label_names": list(task_spec["label_names"]),
+        "verbalizers": list(verbalizers),
+        "label_token_ids": [int(i) for i in label_token_ids],
+        "readout": readout,
+        "template": dict(template),
+        "n_demos": k,
+        "seed": seed,
+        "strategy": strategy_name,
+        "tokenizer": tokenizer_name or getattr(tokenizer, "name_or_path", ""),
+        **report,
+        "eval_split": task_spec["eval_split"],
+        "demo_split": task_spec["demo_split"],
+        "pool_size": len(pool),
+        "n_prompts": len(records),
+        "special_prefix_ids": [int(i) for i in pieces.prefix_ids],
+        "context_policy": policy,
+        "max_length": max_length,
+        "n_prompts_with_dropped_demos": int(n_dropped_prompts),
+        "prompt_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+        "eval_label_counts": np.bincount(eval_table["label"].to_numpy()[indices], minlength=n_classes).tolist(),
+        "pool_label_counts": np.bincount(pool["label"].to_numpy(), minlength=n_classes).tolist(),
+        "pool_eval_text_overlap": int(len(set(pool["text"]) & set(eval_table["text"].iloc[indices]))),
+    }
+    return meta, records
+
+
+def write_prompt_files(meta: dict, records: Sequence[dict], meta_path: str | Path, prompts_path: str | Path) -> None:
+    """Write meta.json and prompts.jsonl under temporary names, then rename both."""
+    meta_path, prompts_path = Path(meta_path), Path(prompts_path)
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    prompts_path.parent.mkdir(parents=True, exist_ok=True)
+    partial_prompts = prompts_path.with_name(f".{prompts_path.name}.partial")
+    with open(partial_prompts, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    partial_meta = meta_path.with_name(f".{meta_path.name}.partial")
+    partial_meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial_prompts, prompts_path)
+    os.replace(partial_meta, meta_path)
+
+
+def read_prompts(prompts_path: str | Path) -> list[dict]:
+    """All prompt records of a prompts.jsonl file."""
+    with open(prompts_path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def build_prompt_files(
+    task: str,
+    task_spec: dict,
+    model: str,
+    model_manifest: str | Path | dict,
+    eval_path: str | Path,
+    demo_path: str | Path,
+    protocol: dict,
+    meta_path: str | Path,
+    prompts_path: str | Path,
+) -> dict:
+    """Rule entry point: load the task splits and the model's tokenizer, build and write the prompt files."""
+    from kicl.models import load_tokenizer, read_manifest
+
+    manifest = read_manifest(model_manifest)
+    tokenizer = load_tokenizer(manifest)
+    eval_table = load_split(eval_path, task_spec)
+    pool = drop_empty(load_split(demo_path, task_spec), f"task {task!r}, demo split {task_spec['demo_split']!r}")
+    meta, records = build_prompt_set(
+        task, task_spec, model, tokenizer, eval_table, pool, protocol, manifest.get("max_length"),
+        tokenizer_name=manifest["path"],
+    )  # fmt: skip
+    write_prompt_files(meta, records, meta_path, prompts_path)
+    log.info(
+        "task %s, model %s: %d prompts (%d selection + %d held-out), %d tokens on average -> %s",
+        task, model, meta["n_prompts"], meta["n_select"], meta["n_heldout"], meta["prompt_length"]["mean"], prompts_path,
+    )  # fmt: skip
+    return meta
+
+
+def query_ids(tokenizer, template: dict, text: str) -> list[int]:
+    """Token ids of :func:`render_query` built piecewise like the prompts (special prefix included)."""
+    pieces = PieceTokenizer(tokenizer, "render_query")
+    head, space = _split_trailing_spaces(template["input_prefix"])
+    ids = list(pieces.prefix_ids)
+    for piece in (head, space + text, template["output_prefix"]):
+        if piece:
+            ids.extend(pieces.encode(piece))
+    return ids
