@@ -1,0 +1,37 @@
+"""Per-head heat-maps (layers on x, heads on y), one panel per kernel-weight pooling (Figs 3 and 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kicl.plotting import figure_style, plt, save_figure
+
+
+def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=None, vmax=None, cmap="viridis", best="max"):
+    """One panel per entry of `grids` (name -> array (layer, head)); the best head of each panel is boxed."""
+    names = list(grids)
+    n_layers, n_heads = next(iter(grids.values())).shape
+    width = float(np.clip(n_layers * 0.28, 3.2, 9))
+    height = float(np.clip(n_heads * 0.28, 2.4, 9))
+    with figure_style():
+        fig, axes = plt.subplots(1, len(names), figsize=(width * len(names) + 1.2, height + 1.2), squeeze=False, layout="constrained")
+        finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()] + [np.array([0.0])])
+        vmin = float(finite.min()) if vmin is None else vmin
+        vmax = float(finite.max()) if vmax is None else vmax
+        for ax, name in zip(axes[0], names):
+            grid = np.asarray(grids[name], dtype=float)
+            im = ax.imshow(grid.T, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xlabel("layer index")
+            ax.set_ylabel("head index")
+            if np.isfinite(grid).any() and best:
+                flat = np.nanargmax(grid) if best == "max" else np.nanargmax(np.abs(grid))
+                lay, head = np.unravel_index(flat, grid.shape)
+                ax.add_patch(plt.Rectangle((lay - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+                ax.set_title(f"{name}: best L{lay} H{head} = {grid[lay, head]:.3f}", fontsize=9)
+            else:
+                ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=list(axes[0]), fraction=0.03, pad=0.01, aspect=30, label=colorbar_label)
+        fig.suptitle(title, fontsize=10)
+        for ax in axes[0]:
+            ax.grid(False)
+    save_figure(fig, path)

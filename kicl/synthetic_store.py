@@ -1,0 +1,216 @@
+"""Small forward stores with planted structure, following the forward-store contract.
+
+`make_synthetic_store` writes `results/forward/{model}/{task}.zarr`-shaped stores whose answers are known:
+a planted head whose attention sits on the label tokens of the demonstrations that carry the model's
+prediction (reconstruction = 100 %), sim_pred planted to correlate with one head's kernel weight, and keys /
+values that encode demo_top_token / the demonstration label linearly at one head and offset. Used by the
+tests and for trying the figure rules without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+POOLINGS = ["max", "mean", "sum", "label"]
+OFFSETS = [-1, 0, 1, 2, 3]
+
+
+@dataclass
+class Planted:
+    """Where the known answers sit (layer, head) and how strong they are."""
+
+    label_head: tuple[int, int] | None = (1, 2)  # attention on label tokens of demos with label == prediction
+    label_mass: float = 0.8
+    simpred_head: tuple[int, int] | None = (0, 1)  # sim_pred correlates with this head's max kernel weight
+    simpred_rho: float = 0.6
+    kv_head: tuple[int, int] | None = (1, 0)  # (layer, kv_head) whose keys/values encode the targets
+    kv_offset: int = 0
+    kv_scale: float = 4.0
+    n_top_tokens: int = 4  # distinct demo_top_token ids (keys -> top token is a 4-class problem)
+    extra: dict = field(default_factory=dict)
+
+
+def _segment_layout(rng, n_demos, len_range):
+    """Token positions of one prompt: BOS, then `Input: x Output: y \\n` blocks, then `Input: x_test Output:`."""
+    pos = 1
+    rows = []
+    for _ in range(n_demos):
+        n_x = int(rng.integers(len_range[0], len_range[1] + 1))
+        input_start = pos + 1
+        input_end = input_start + n_x
+        label_pos = input_end + 1
+        rows.append((input_start, input_end, label_pos, label_pos + 1, label_pos + 2))
+        pos = label_pos + 2
+    n_x = int(rng.integers(len_range[0], len_range[1] + 1))
+    test_start = pos + 1
+    test_end = test_start + n_x
+    return rows, test_start, test_end, test_end + 1
+
+
+def kernel_weights_from_attention(attention, input_start, label_pos):
+    """Contract pooling of one prompt's attention (layer, head, position) -> (pooling, layer, head, demo)."""
+    n_layers, n_heads, _ = attention.shape
+    out = np.full((len(POOLINGS), n_layers, n_heads, len(input_start)), np.nan, np.float32)
+    for d, (s, lab) in enumerate(zip(input_start, label_pos)):
+        if s < 0:
+            continue
+        span = attention[:, :, s : lab + 1]
+        out[0, :, :, d] = span.max(-1)
+        out[1, :, :, d] = span.mean(-1)
+        out[2, :, :, d] = span.sum(-1)
+        out[3, :, :, d] = attention[:, :, lab]
+    return out
+
+
+def make_synthetic_store(
+    path,
+    *,
+    n_prompts: int = 60,
+    n_layers: int = 3,
+    n_heads: int = 4,
+    n_kv_heads: int | None = None,
+    n_demos: int = 6,
+    min_demos: int | None = None,
+    n_labels: int = 2,
+    head_dim: int = 16,
+    kv_prompts: int | None = None,
+    len_range: tuple[int, int] = (3, 9),
+    select_fraction: float = 0.7,
+    planted: Planted | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a contract-conforming Zarr v3 store with planted answers at `path` and return the path.
+
+    Demonstration labels and gold labels are independent uniform draws. Without a planted label head the
+    prediction is one too, so a head with random attention agrees with it at rate 1/n_labels; with one, the
+    prediction is the label of a random demonstration of the prompt. `min_demos` < `n_demos` gives some prompts
+    fewer demonstrations (missing demos: label -1, NaN weights, -1 positions).
+    """
+    planted = planted or Planted()
+    rng = np.random.default_rng(seed)
+    n_kv_heads = n_kv_heads or n_heads
+    kv_prompts = n_prompts if kv_prompts is None else kv_prompts
+    min_demos = n_demos if min_demos is None else min_demos
+
+    counts = rng.integers(min_demos, n_demos + 1, n_prompts)
+    layouts = [_segment_layout(rng, int(c), len_range) for c in counts]
+    lengths = np.array([lay[3] for lay in layouts])
+    n_pos = int(lengths.max())
+
+    def demo_array(idx, fill=-1):
+        out = np.full((n_prompts, n_demos), fill, np.int64)
+        for p, (rows, *_rest) in enumerate(layouts):
+            for d, row in enumerate(rows):
+                out[p, d] = row[idx]
+        return out
+
+    input_start, input_end, label_pos, delim_start, delim_end = (demo_array(i) for i in range(5))
+    present = input_start >= 0
+    demo_label = np.where(present, rng.integers(0, n_labels, (n_prompts, n_demos)), -1)
+    gold = rng.integers(0, n_labels, n_prompts)
+    prediction = rng.integers(0, n_labels, n_prompts)
+    if planted.label_head is not None:  # a head can only reconstruct ŷ if some demonstration carries it
+        pick = rng.integers(0, counts)
+        prediction = demo_label[np.arange(n_prompts), pick]
+    label_logits = rng.normal(size=(n_prompts, n_labels)).astype(np.float32)
+    label_logits[np.arange(n_prompts), prediction] += 5.0
+
+    attention = np.full((n_prompts, n_layers, n_heads, n_pos), np.nan, np.float32)
+    kernel_weight = np.full((n_prompts, len(POOLINGS), n_layers, n_heads, n_demos), np.nan, np.float32)
+    for p in range(n_prompts):
+        length = lengths[p]
+        att = rng.dirichlet(np.ones(length), size=(n_layers, n_heads)).astype(np.float32)
+        if planted.label_head is not None:
+            lay, head = planted.label_head
+            hits = label_pos[p][(demo_label[p] == prediction[p]) & present[p]]
+            row = att[lay, head] * (1 - planted.label_mass)
+            if len(hits):
+                row[hits] += planted.label_mass / len(hits)
+            else:  # no demo carries the prediction: put the mass on the last token (no label vote)
+                row[length - 1] += planted.label_mass
+            att[lay, head] = row
+        attention[p, :, :, :length] = att
+        kernel_weight[p] = kernel_weights_from_attention(att, input_start[p], label_pos[p])
+
+    top_ids = rng.choice(1000, planted.n_top_tokens, replace=False)
+    top_class = rng.integers(0, planted.n_top_tokens, (n_prompts, n_demos))
+    demo_top_token = np.where(present, top_ids[top_class], -1)
+    test_top_token = top_ids[rng.integers(0, planted.n_top_tokens, n_prompts)]
+
+    sim_pred = rng.uniform(0, 1, (n_prompts, n_demos)).astype(np.float32)
+    if planted.simpred_head is not None:
+        lay, head = planted.simpred_head
+        kw = kernel_weight[:, 0, lay, head, :].astype(np.float64)
+        z = (kw - np.nanmean(kw)) / np.nanstd(kw)
+        rho = planted.simpred_rho
+        sim_pred = (0.5 + 0.1 * (rho * z + np.sqrt(1 - rho**2) * rng.normal(size=z.shape))).astype(np.float32)
+    sim_pred[~present] = np.nan
+
+    kv_shape = (kv_prompts, n_layers, n_kv_heads, n_demos, len(OFFSETS), head_dim)
+    keys = rng.normal(size=kv_shape).astype(np.float32)
+    values = rng.normal(size=kv_shape).astype(np.float32)
+    if planted.kv_head is not None and kv_prompts:
+        lay, head = planted.kv_head
+        o = OFFSETS.index(planted.kv_offset)
+        top_dirs = rng.normal(size=(planted.n_top_tokens, head_dim))
+        label_dirs = rng.normal(size=(n_labels, head_dim))
+        keys[:, lay, head, :, o, :] += planted.kv_scale * top_dirs[top_class[:kv_prompts]]
+        values[:, lay, head, :, o, :] += planted.kv_scale * label_dirs[np.clip(demo_label[:kv_prompts], 0, None)]
+    missing_kv = ~present[:kv_prompts]
+    keys.transpose(0, 3, 1, 2, 4, 5)[missing_kv] = np.nan
+    values.transpose(0, 3, 1, 2, 4, 5)[missing_kv] = np.nan
+
+    n_select = int(round(select_fraction * n_prompts))
+    split = np.array(["select"] * n_select + ["heldout"] * (n_prompts - n_select), dtype=object)
+    rng.shuffle(split)
+    label_names = [f"label{k}" for k in range(n_labels)]
+    pd_dims = ("prompt", "demo")
+    ds = xr.Dataset(
+        {
+            "attention": (("prompt", "layer", "head", "position"), attention),
+            "length": (("prompt",), lengths.astype(np.int64)),
+            "split": (("prompt",), split),
+            "gold": (("prompt",), gold.astype(np.int64)),
+            "prediction": (("prompt",), prediction.astype(np.int64)),
+            "label_logits": (("prompt", "label"), label_logits),
+            "demo_label": (pd_dims, demo_label),
+            "kernel_weight": (("prompt", "pooling", "layer", "head", "demo"), kernel_weight),
+            "input_start": (pd_dims, input_start),
+            "input_end": (pd_dims, input_end),
+            "label_pos": (pd_dims, label_pos),
+            "delim_start": (pd_dims, delim_start),
+            "delim_end": (pd_dims, delim_end),
+            "test_start": (("prompt",), np.array([lay[1] for lay in layouts], np.int64)),
+            "test_end": (("prompt",), np.array([lay[2] for lay in layouts], np.int64)),
+            "sim_pred": (pd_dims, sim_pred),
+            "demo_top_token": (pd_dims, demo_top_token.astype(np.int64)),
+            "test_top_token": (("prompt",), test_top_token.astype(np.int64)),
+            "keys": (("kv_prompt", "layer", "kv_head", "demo", "offset", "head_dim"), keys),
+            "values": (("kv_prompt", "layer", "kv_head", "demo", "offset", "head_dim"), values),
+            "prompt_text": (("prompt",), np.array([f"synthetic prompt {p}" for p in range(n_prompts)], dtype=object)),
+        },
+        coords={"pooling": np.array(POOLINGS, dtype=object), "offset": OFFSETS, "kv_prompt": np.arange(kv_prompts)},
+        attrs={
+            "model": "synthetic",
+            "task": "synthetic",
+            "label_names": label_names,
+            "verbalizers": [f" {name}" for name in label_names],
+            "seed": seed,
+            "synthetic": True,
+        },
+    )
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path

@@ -1,0 +1,240 @@
+"""Table 2 (paper §5.5): explicit kernel regression vs ICL, head chosen on `select`, scored on `heldout`.
+
+Rows per task: the LM's ICL accuracy; the agreement of the chosen head's reconstruction ỹ with ŷ; ỹ's
+accuracy against gold; and sentence-encoder kernel regression over the same in-prompt demonstrations (raw
+cosine, as in the paper, and exp(cos/τ)). The head is the one whose ỹ agrees most with ŷ on the `select`
+prompts (ties: lowest layer, then head), using the kernel-weight pooling `analysis.table_pooling`.
+Intervals are percentile bootstraps over held-out prompts (`analysis.bootstrap`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import pandas as pd
+
+from kicl.fileio import write_text_atomic
+from kicl.reconstruction import head_reconstruction, reconstruct
+from kicl.storeview import label_names, open_store, split_mask
+
+log = logging.getLogger(__name__)
+
+PAPER_TASKS = ["sst2", "mnli", "rotten_tomatoes", "tweet_eval_hate", "tweet_eval_irony", "tweet_eval_offensive"]
+#: the paper's Table 2 (GPT-J-6B), by row key and paper task
+PAPER_TABLE2 = {
+    "icl_accuracy": [0.805, 0.383, 0.671, 0.539, 0.519, 0.542],
+    "recon_agreement": [0.797, 0.597, 0.683, 0.713, 0.722, 0.753],
+    "recon_accuracy": [0.750, 0.360, 0.527, 0.587, 0.522, 0.513],
+    "encoder:all-MiniLM-L6-v2:cosine": [0.503, 0.321, 0.478, 0.548, 0.491, 0.588],
+    "encoder:bert-base-nli-mean-tokens:cosine": [0.523, 0.325, 0.502, 0.545, 0.479, 0.597],
+}
+ROW_LABELS = {
+    "icl_accuracy": "ICL accuracy",
+    "recon_agreement": "ICL output reconstruction (ỹ vs ŷ)",
+    "recon_accuracy": "Reconstructed performance (ỹ vs gold)",
+}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def paper_value(row: str, task: str, aliases: dict | None = None):
+    """The paper's Table 2 number for (row, task), or None. Task and encoder names match after lower-casing and
+    dropping punctuation, or through `aliases` (our name -> the paper's name)."""
+    aliases = {_key(k): v for k, v in (aliases or {}).items()}
+    task_key = _key(aliases.get(_key(task), task))
+    columns = [_key(t) for t in PAPER_TASKS]
+    if task_key not in columns:
+        return None
+    if row.startswith("encoder:"):
+        _, encoder, kernel = row.split(":")
+        encoder_key = _key(aliases.get(_key(encoder), encoder))
+        row = next((r for r in PAPER_TABLE2 if r.startswith("encoder:") and _key(r.split(":")[1]) == encoder_key and r.endswith(f":{kernel}")), None)
+        if row is None:
+            return None
+    values = PAPER_TABLE2.get(row)
+    return None if values is None else values[columns.index(task_key)]
+
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of `values` with a percentile-bootstrap interval at `level`."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return (np.nan, np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (n_boot, values.size))].mean(1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
+def select_head(ds, pooling: str, split: str = "select") -> tuple[int, int, float]:
+    """(layer, head, agreement) of the head whose reconstruction agrees most with ŷ on `split`."""
+    prompts = np.flatnonzero(split_mask(ds, [split]))
+    if len(prompts) == 0:
+        raise ValueError(f"the store has no '{split}' prompts to choose a head on (protocol.n_select)")
+    grid = head_reconstruction(ds, prompts, [pooling])["agree_pred"].values[0]
+    layer, head = np.unravel_index(np.argmax(grid), grid.shape)
+    return int(layer), int(head), float(grid[layer, head])
+
+
+def lm_rows(store, task: str, pooling: str, n_boot: int, seed: int, level: float, split: str = "heldout") -> list[dict]:
+    """ICL accuracy and the selected head's reconstruction rows for one task's store."""
+    ds = open_store(store, needs=["kernel_weight", "demo_label", "prediction", "gold", "split"])
+    layer, head, select_agree = select_head(ds, pooling)
+    prompts = np.flatnonzero(split_mask(ds, [split]))
+    if len(prompts) == 0:
+        raise ValueError(f"{store} has no '{split}' prompts to evaluate on (protocol.n_heldout)")
+    kw = ds["kernel_weight"].isel(prompt=prompts, layer=layer, head=head).sel(pooling=pooling).values
+    y_tilde = reconstruct(kw, ds["demo_label"].isel(prompt=prompts).values, len(label_names(ds)))
+    pred, gold = ds["prediction"].values[prompts], ds["gold"].values[prompts]
+    base = {"task": task, "n": len(prompts), "head": f"L{layer} H{head}", "select_agreement": select_agree, "pooling": pooling}
+    rows = []
+    for key, hits in [("icl_accuracy", pred == gold), ("recon_agreement", y_tilde == pred), ("recon_accuracy", y_tilde == gold)]:
+        value, low, high = bootstrap_ci(hits, n_boot, seed, level)
+        rows.append({**base, "row": key, "value": value, "ci_low": low, "ci_high": high})
+    return rows
+
+
+def encoder_rows(csv, task: str, encoder: str, tau: float, n_boot: int, seed: int, level: float, split: str = "heldout") -> list[dict]:
+    """Encoder-KR rows (cosine, softmax) for one task from the per-prompt predictions CSV."""
+    frame = pd.read_csv(csv)
+    frame = frame[frame["split"] == split]
+    if frame.empty:
+        raise ValueError(f"{csv} has no '{split}' prompts")
+    rows = []
+    for kernel in ("cosine", "softmax"):
+        value, low, high = bootstrap_ci(frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(), n_boot, seed, level)
+        rows.append(
+            {"task": task, "n": len(frame), "row": f"encoder:{encoder}:{kernel}", "value": value, "ci_low": low, "ci_high": high, "tau": tau if kernel == "softmax" else np.nan}
+        )
+    return rows
+
+
+def row_label(key: str, tau=None) -> str:
+    if key in ROW_LABELS:
+        return ROW_LABELS[key]
+    _, encoder, kernel = key.split(":")
+    return f"{encoder} KR, raw cosine" if kernel == "cosine" else f"{encoder} KR, exp(cos/τ), τ={tau:g}"
+
+
+def _cell(value, low, high) -> str:
+    return "—" if not np.isfinite(value) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Methods as rows; per task an 'ours [95% CI]' column and a 'paper' column."""
+    tasks = list(dict.fromkeys(frame["task"]))
+    keys = list(dict.fromkeys(frame["row"]))
+    out = []
+    if "head" in frame:
+        heads = frame.dropna(subset=["head"]).drop_duplicates("task").set_index("task")
+        if len(heads):
+            row = {"method": "selected head (agreement on select)"}
+            for task in tasks:
+                row[task] = f"{heads.loc[task, 'head']} ({heads.loc[task, 'select_agreement']:.3f})" if task in heads.index else "—"
+                row[f"{task} (paper)"] = ""
+            out.append(row)
+    for key in keys:
+        sub = frame[frame["row"] == key].set_index("task")
+        tau = sub["tau"].dropna().iloc[0] if "tau" in sub and sub["tau"].notna().any() else None
+        row = {"method": row_label(key, tau)}
+        for task in tasks:
+            if task in sub.index:
+                r = sub.loc[task]
+                row[task] = _cell(r["value"], r["ci_low"], r["ci_high"])
+                paper = r["paper"]
+                row[f"{task} (paper)"] = "—" if pd.isna(paper) else f"{paper:.3f}"
+            else:
+                row[task], row[f"{task} (paper)"] = "—", "—"
+        out.append(row)
+    n_row = {"method": "held-out prompts (n)"}
+    for task in tasks:
+        n_row[task] = str(int(frame[frame["task"] == task]["n"].max()))
+        n_row[f"{task} (paper)"] = "300"
+    out.append(n_row)
+    return pd.DataFrame(out)
+
+
+def to_markdown(wide: pd.DataFrame) -> str:
+    cols = list(wide.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    text = str(text).replace("\\", r"\textbackslash{}")
+    for char in "&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text.replace("ỹ", r"$\tilde y$").replace("ŷ", r"$\hat y$").replace("τ", r"$\tau$").replace("—", "--")
+
+
+def to_latex(wide: pd.DataFrame, caption: str) -> str:
+    cols = list(wide.columns)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering\small",
+        rf"\caption{{{_tex(caption)}}}",
+        r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
+        r"\toprule",
+        " & ".join(_tex(c) for c in cols) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in wide.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(frame: pd.DataFrame, csv, md, tex, caption: str) -> None:
+    """Long CSV (one row per method and task) plus Markdown and LaTeX of the wide layout."""
+    with_paper = frame.copy()
+    with_paper.to_csv(csv, index=False, float_format="%.6g")
+    wide = wide_table(with_paper)
+    write_text_atomic(md, f"{caption}\n\n{to_markdown(wide)}")
+    write_text_atomic(tex, to_latex(wide, caption))
+
+
+def add_paper_column(frame: pd.DataFrame, aliases: dict | None) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["paper"] = [paper_value(r, t, aliases) for r, t in zip(frame["row"], frame["task"])]
+    frame["paper"] = frame["paper"].astype(float)
+    return frame
+
+
+def table2(model: str, stores: dict, encoder_csvs: dict, csv, md, tex, *, pooling="max", tau=0.1, n_boot=1000, seed=0, level=0.95, aliases=None, split="heldout") -> pd.DataFrame:
+    """Table 2 for one model: `stores` task -> store path; `encoder_csvs` (encoder, task) -> KR predictions CSV."""
+    rows = []
+    for task, store in stores.items():
+        rows += lm_rows(store, task, pooling, n_boot, seed, level, split)
+    for (encoder, task), path in encoder_csvs.items():
+        rows += encoder_rows(path, task, encoder, tau, n_boot, seed, level, split)
+    frame = add_paper_column(pd.DataFrame(rows), aliases)
+    frame.insert(0, "model", model)
+    order = {t: i for i, t in enumerate(stores)}
+    frame = frame.sort_values("task", key=lambda s: s.map(order), kind="stable")
+    caption = (
+        f"Table 2 ({model}): head chosen on 'select' by agreement with the ICL prediction (pooling '{pooling}'), "
+        f"scored on '{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples); "
+        "paper = Han et al. Table 2 (GPT-J-6B) where the task matches."
+    )
+    write_table(frame, csv, md, tex, caption)
+    return frame
+
+
+def encoder_table(model: str, encoder_csvs: dict, csv, md, tex, *, tau=0.1, n_boot=1000, seed=0, level=0.95, aliases=None, split="heldout") -> pd.DataFrame:
+    """Encoder-KR rows only (needs prompt files and encoders, no forward pass), with the paper's rows beside."""
+    rows = []
+    for (encoder, task), path in encoder_csvs.items():
+        rows += encoder_rows(path, task, encoder, tau, n_boot, seed, level, split)
+    frame = add_paper_column(pd.DataFrame(rows), aliases)
+    frame.insert(0, "model", model)
+    caption = (
+        f"Sentence-encoder kernel regression over the in-prompt demonstrations of the {model} prompts, scored on "
+        f"'{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples); paper = Han et al. Table 2."
+    )
+    write_table(frame, csv, md, tex, caption)
+    return frame
