@@ -183,14 +183,13 @@ def forward_variables(rotary: bool, with_kv: bool) -> dict[str, Variable]:
     return variables
 
 
-# Arrays with at least this many values per prompt get one chunk per prompt; smaller ones share chunks.
-_PER_PROMPT_CHUNK_VALUES = 4096
+# Per-prompt arrays of rank >= 3 (attention, kernel weights, keys, values) get one chunk per prompt, so a
+# reader of one prompt or a slice of prompts touches only those; small per-prompt tables share chunks.
 _SMALL_CHUNK_PROMPTS = 1024
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    per_prompt = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    lead = 1 if per_prompt >= _PER_PROMPT_CHUNK_VALUES else _SMALL_CHUNK_PROMPTS
+    lead = 1 if len(shape) >= 3 else _SMALL_CHUNK_PROMPTS
     return (max(1, min(lead, shape[0])), *(max(1, n) for n in shape[1:]))
 
 

@@ -1,0 +1,167 @@
+"""The forward-pass capture against transformers' eager attention (output_attentions=True) and past_key_values."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from forward_fixtures import eager_reference, make_model_folder, make_prompts
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from kicl.capture import (  # noqa: E402
+    CaptureError,
+    CaptureOptions,
+    _attention_modules,
+    _prerope_key_module,
+    forward_batch,
+    kernel_weights,
+    kv_positions,
+    prepare_model,
+    register_capture_attention,
+)
+
+FAMILIES = ["gptj", "llama", "gpt2", "qwen2"]
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def prompt_records(tmp_path_factory):
+    _, path = make_prompts(tmp_path_factory.mktemp("prompts"), n_prompts=7, demos=(1, 4), words=(2, 9))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_model(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    make_model_folder(folder, request.param, seed=FAMILIES.index(request.param))
+    return request.param, str(folder)
+
+
+def _capture_model(folder):
+    from transformers import AutoModelForCausalLM
+
+    register_capture_attention()
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32).eval()
+    return model, prepare_model(model)
+
+
+def _prerope_reference(eager_model, sequence, head_dim):
+    """Pre-rotary keys of the eager model from forward hooks on its key projections: (layers, n_kv, T, d)."""
+    captured, handles = [], []
+    for attention in _attention_modules(eager_model):
+        module = _prerope_key_module(attention)
+        handles.append(module.register_forward_hook(lambda m, i, o: captured.append(o[0].reshape(o.shape[1], -1, head_dim))))
+    with torch.inference_mode():
+        eager_model(torch.tensor([sequence]))
+    for handle in handles:
+        handle.remove()
+    return np.stack([c.transpose(0, 1).numpy() for c in captured])
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_last_row_and_logits_match_eager(family_model, prompt_records, padding_side):
+    family, folder = family_model
+    sequences = [p["input_ids"] for p in prompt_records]
+    assert len({len(s) for s in sequences}) > 1, "the batch must need padding"
+    _, reference = eager_reference(folder, sequences)
+    model, shape = _capture_model(folder)
+    result = forward_batch(model, sequences, padding_side=padding_side, n_layers=shape.n_layers)
+    for row, ref, sequence in zip(result.rows, reference, sequences):
+        assert row.shape == (shape.n_layers, shape.n_heads, len(sequence))
+        assert np.abs(row - ref["rows"]).max() <= TOL
+        np.testing.assert_allclose(row.sum(-1), 1.0, atol=1e-5)
+    # the random models are not uniform: the comparison has something to compare
+    assert max(ref["rows"].max() for ref in reference) > 0.5
+    np.testing.assert_allclose(result.logits.numpy(), np.stack([r["logits"] for r in reference]), atol=1e-4)
+
+
+def test_keys_values_match_cache_and_hooks(family_model, prompt_records):
+    family, folder = family_model
+    sequences = [p["input_ids"] for p in prompt_records[:4]]
+    eager, reference = eager_reference(folder, sequences)
+    model, shape = _capture_model(folder)
+    assert shape.rotary == (family != "gpt2")
+    offsets = [-1, 0, 1, 2, 3]
+    n_demos = 4
+    kv_rows = [0, 2, 3]
+    positions, valid = zip(*[
+        kv_positions([d["label_pos"] for d in prompt_records[r]["demos"]], offsets, len(sequences[r]), n_demos)
+        for r in kv_rows
+    ])  # fmt: skip
+    for side in ("right", "left"):
+        result = forward_batch(model, sequences, padding_side=side, kv_rows=kv_rows, kv_positions=np.array(positions),
+                               n_layers=shape.n_layers)
+        for k, r in enumerate(kv_rows):
+            pos = positions[k]
+            assert np.abs(result.keys[k] - reference[r]["keys"][:, :, pos, :]).max() <= TOL
+            assert np.abs(result.values[k] - reference[r]["values"][:, :, pos, :]).max() <= TOL
+            if shape.rotary:
+                prerope = _prerope_reference(eager, sequences[r], shape.head_dim)
+                assert np.abs(result.keys_prerope[k] - prerope[:, :, pos, :]).max() <= TOL
+                # rotary changes the keys (except at position 0), so the two are different arrays
+                assert np.abs(result.keys_prerope[k] - result.keys[k]).max() > 1e-3
+            else:
+                assert result.keys_prerope is None
+
+
+def test_kv_positions_marks_outside_and_missing():
+    positions, valid = kv_positions([3, 9], [-1, 0, 1, 2], length=11, n_demos=3)
+    assert positions.tolist() == [2, 3, 4, 5, 8, 9, 10, 10, 0, 0, 0, 0]
+    assert valid.tolist() == [[True] * 4, [True, True, True, False], [False] * 4]
+
+
+def test_kernel_weights_direct():
+    rng = np.random.default_rng(0)
+    attention = rng.random((2, 3, 30)).astype(np.float32)
+    starts, labels = np.array([1, 8, 20, -1]), np.array([5, 12, 27, -1])
+    weights = kernel_weights(attention, starts, labels)
+    for d in range(3):
+        inside = (np.arange(30) >= starts[d]) & (np.arange(30) <= labels[d])
+        np.testing.assert_array_equal(weights[0, :, :, d], np.where(inside, attention, -np.inf).max(-1))
+        np.testing.assert_allclose(weights[2, :, :, d], (attention * inside).sum(-1), rtol=1e-6)
+        np.testing.assert_allclose(weights[1, :, :, d], (attention * inside).sum(-1) / inside.sum(), rtol=1e-6)
+        np.testing.assert_array_equal(weights[3, :, :, d], attention[:, :, labels[d]])
+    assert np.isnan(weights[:, :, :, 3]).all()
+
+
+def test_unsupported_options_are_named():
+    with pytest.raises(CaptureError, match="capture.simpred_context"):
+        CaptureOptions.from_config({"simpred_context": "chat"})
+    with pytest.raises(CaptureError, match="capture.padding_side"):
+        CaptureOptions.from_config({"padding_side": "middle"})
+    options = CaptureOptions.from_config({"dtype": "auto", "device": "auto"}, {"dtype": "bfloat16", "device": "cpu"})
+    assert (options.dtype, options.device) == ("bfloat16", "cpu")
+
+
+def _smollm2_dir(request):
+    try:
+        return request.getfixturevalue("smollm2_dir")
+    except pytest.FixtureLookupError:
+        pytest.skip("no `smollm2_dir` fixture in tests/conftest.py (the models stage provides the converted SmolLM2)")
+
+
+def test_real_smollm2_matches_eager(request):
+    folder = str(_smollm2_dir(request))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = [
+        "Review: a charming and often affecting journey.\nSentiment: positive\nReview: dull and lifeless.\nSentiment:",
+        "Review: unflinchingly bleak and desperate.\nSentiment:",
+        "The capital of France is",
+    ]
+    sequences = [tokenizer(t)["input_ids"] for t in texts]
+    eager, reference = eager_reference(folder, sequences)
+    model, shape = _capture_model(folder)
+    assert (shape.n_layers, shape.n_heads, shape.n_kv_heads) == (30, 9, 3)
+    label_pos = [len(sequences[0]) - 8]
+    positions, _ = kv_positions(label_pos, [-1, 0, 1, 2, 3], len(sequences[0]), 1)
+    result = forward_batch(model, sequences, kv_rows=[0], kv_positions=positions[None], n_layers=shape.n_layers)
+    for row, ref in zip(result.rows, reference):
+        assert np.abs(row - ref["rows"]).max() <= TOL
+    assert np.abs(result.keys[0] - reference[0]["keys"][:, :, positions, :]).max() <= 1e-4
+    assert np.abs(result.values[0] - reference[0]["values"][:, :, positions, :]).max() <= 1e-4
+    np.testing.assert_allclose(result.logits.numpy(), np.stack([r["logits"] for r in reference]), atol=1e-3)
