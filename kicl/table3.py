@@ -170,6 +170,6 @@ def write_table3_figure(
     """Write the Table 3 figure and the CSV of exactly the numbers it shows."""
     data = figure_data(pd.read_csv(table_csv))
     with atomic_path(figure_csv) as temporary:
-        data.to_csv(temporary, index=False, float_format="%.6g")
+        data.to_csv(temporary, index=False, float_format="%.10g")
     with figure_style():
         save_figure(plot_table3(data), figure_path)

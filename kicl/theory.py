@@ -285,6 +285,6 @@ def write_table3(config: dict, table_csv: str | os.PathLike, per_hmm_csv: str | 
     log.info("Table 3 done in %.1fs\n%s", time.perf_counter() - started,
              summary.query("method == 'kernel_regression'").to_string(index=False, float_format="%.3f"))
     with atomic_path(per_hmm_csv) as temporary:
-        per_hmm.to_csv(temporary, index=False, float_format="%.6g")
+        per_hmm.to_csv(temporary, index=False, float_format="%.10g")
     with atomic_path(table_csv) as temporary:
-        summary.to_csv(temporary, index=False, float_format="%.6g")
+        summary.to_csv(temporary, index=False, float_format="%.10g")
