@@ -406,21 +406,18 @@ def read_prompts(meta_path: str | Path, prompts_path: str | Path) -> tuple[dict,
     return meta, prompts
 
 
-def render_context(text: str, meta: dict, mode: str) -> str:
-    """The text whose next-token distribution is P(o|x): the raw input, or the input alone in the template."""
-    if mode == "raw":
-        return text
-    try:
-        from kicl.prompts import render_query
-    except ImportError:  # the prompts stage has not landed yet
-        render_query = _render_query_fallback
-    return render_query(meta["template"], text)
+def context_ids(tokenizer, meta: dict, mode: str, text: str) -> list[int]:
+    """Token ids of the context whose next-token distribution is P(o|x).
 
+    ``raw``: the input text alone; ``template``: the input alone in the prompt template, ending where the label
+    would follow (``kicl.prompts.query_ids``). Both start with the special prefix (e.g. BOS) the prompts have.
+    """
+    from kicl.prompts import PieceTokenizer, query_ids
 
-def _render_query_fallback(template, text: str) -> str:
-    """Stand-in for kicl.prompts.render_query: the template's text up to the label slot."""
-    pattern = template if isinstance(template, str) else template.get("format", "Input: {x} Output: {y}")
-    return pattern.split("{y}")[0].replace("{x}", text).rstrip()
+    if mode == "template":
+        return query_ids(tokenizer, meta["template"], text)
+    prefix = PieceTokenizer(tokenizer).prefix_ids
+    return list(prefix) + list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _fingerprint(*parts) -> str:
@@ -461,8 +458,9 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, ascii=True, mininterval=5.0, dynamic_ncols=False)
 
 
-def _simpred_phase(model, tokenizer, contexts: list[str], parts: ShardDir, options: CaptureOptions, bar, vocab: int):
-    """P(o|x) of every unique context, one .npy shard (contexts × vocab, float32) per ``shard_size`` contexts."""
+def _simpred_phase(model, tokenizer, meta: dict, contexts: list[str], parts: ShardDir, options: CaptureOptions,
+                   bar, vocab: int):
+    """P(o|x) of every unique input text (run on its own, see :func:`context_ids`), one .npy shard (contexts × vocab, float32) per ``shard_size`` contexts."""
     names = []
     for first in range(0, len(contexts), options.shard_size):
         name = f"simpred-{first // options.shard_size:05d}.npy"
@@ -471,7 +469,7 @@ def _simpred_phase(model, tokenizer, contexts: list[str], parts: ShardDir, optio
         if parts.is_complete(name):
             bar.update(len(chunk))
             continue
-        encoded = [tokenizer(text)["input_ids"] for text in chunk]
+        encoded = [context_ids(tokenizer, meta, options.simpred_context, text) for text in chunk]
         for text, ids in zip(chunk, encoded):
             if not ids:
                 raise CaptureError(f"input {text!r} tokenizes to nothing; cannot compute P(o|x)")
@@ -594,10 +592,7 @@ def run_capture(
 
     fingerprint = _fingerprint(Path(meta_path), Path(prompts_path), asdict(options), manifest, _versions())
     parts = ShardDir(parts_path, fingerprint)
-    contexts = list(dict.fromkeys(
-        render_context(text, meta, options.simpred_context)
-        for p in prompts for text in [p["test_text"], *(d["text"] for d in p["demos"])]
-    ))  # fmt: skip
+    contexts = list(dict.fromkeys(text for p in prompts for text in [p["test_text"], *(d["text"] for d in p["demos"])]))
     shard_names = [f"shard-{i // options.shard_size:05d}.npz" for i in range(0, len(prompts), options.shard_size)]
     done = parts.complete(shard_names)
     log.info(
@@ -606,12 +601,12 @@ def run_capture(
         options.batch_size,
     )  # fmt: skip
     bar = _progress(len(contexts) + len(prompts), desc=f"forward {meta.get('model')}/{meta.get('task')}")
-    simpred_names = _simpred_phase(model, tokenizer, contexts, parts, options, bar, shape.vocab_size)
+    simpred_names = _simpred_phase(model, tokenizer, meta, contexts, parts, options, bar, shape.vocab_size)
     tables = [parts.map_array(name) for name in simpred_names]
     context_row = {text: divmod(i, options.shard_size) for i, text in enumerate(contexts)}
 
     def simpred(text: str) -> np.ndarray:
-        shard, row = context_row[render_context(text, meta, options.simpred_context)]
+        shard, row = context_row[text]
         return np.asarray(tables[shard][row])
 
     n_demos = max(len(p["demos"]) for p in prompts)

@@ -1,7 +1,7 @@
-"""Tiny random causal LMs, a word-level tokenizer and synthetic prompt files for the forward-stage tests.
+"""Tiny random causal LMs, a tiny byte-level BPE tokenizer and synthetic prompt files for the forward-stage tests.
 
-Prompts follow the prompt-file contract: demonstrations ``Input: <words> Output: <label> ||`` followed by
-``Input: <test words> Output:``; one token per word, so spans are word positions.
+Prompts are built by ``kicl.prompts.build_prompt`` (the prompts stage's own segment maps) from random
+"sentences" of words ``w0 .. w39`` in the template ``Input: <x> Output: <label>`` with newline delimiters.
 """
 
 from __future__ import annotations
@@ -13,23 +13,33 @@ import numpy as np
 import torch
 
 LABELS = ["negative", "positive"]
+VERBALIZERS = [" negative", " positive"]
 CONTENT = [f"w{i}" for i in range(40)]
-WORDS = ["[PAD]", "[UNK]", "Input:", "Output:", "||", *LABELS, *CONTENT]
+TEMPLATE = {"input_prefix": "Input: ", "output_prefix": " Output:", "delimiter": "\n"}
+VOCAB = 320
 
 
 def make_tokenizer(folder: Path):
-    """A whitespace word-level fast tokenizer over WORDS, saved to ``folder``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A byte-level BPE tokenizer (lossless, ' positive'/' negative' single tokens) saved to ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]")
+    rng = np.random.default_rng(0)
+    corpus = [
+        f"Input: {' '.join(rng.choice(CONTENT, 4))} Output:{rng.choice(VERBALIZERS)}\n" for _ in range(400)
+    ]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>")
+    assert len(tokenizer) <= VOCAB
     tokenizer.save_pretrained(folder)
     return tokenizer
 
 
-def tiny_config(family: str, vocab: int = len(WORDS), max_positions: int = 512):
+def tiny_config(family: str, vocab: int = VOCAB, max_positions: int = 512):
     """A small random config of an architecture family, with attention sharp enough to test against."""
     from transformers import GPT2Config, GPTJConfig, LlamaConfig, Qwen2Config
 
@@ -59,45 +69,31 @@ def make_model_folder(folder: Path, family: str, seed: int = 0) -> dict:
             "dtype": "float32", "device": "cpu", "architecture": type(model).__name__}
 
 
-def make_prompts(folder: Path, n_prompts: int = 10, seed: int = 0, demos: tuple[int, int] = (2, 4),
-                 words: tuple[int, int] = (2, 7), model: str = "tiny", task: str = "toy") -> tuple[Path, Path]:
-    """Write meta.json + prompts.jsonl with random demonstrations; demo counts vary between prompts."""
+def make_prompts(folder: Path, model_dir: str | Path, n_prompts: int = 10, seed: int = 0,
+                 demos: tuple[int, int] = (2, 4), words: tuple[int, int] = (2, 7), model: str = "tiny",
+                 task: str = "toy") -> tuple[Path, Path]:
+    """Write meta.json + prompts.jsonl with random demonstrations (demo counts vary between prompts)."""
+    from transformers import AutoTokenizer
+
+    from kicl.prompts import Demo, PieceTokenizer, build_prompt
+
+    pieces = PieceTokenizer(AutoTokenizer.from_pretrained(model_dir), "test prompts")
     rng = np.random.default_rng(seed)
-    vocab = {w: i for i, w in enumerate(WORDS)}
     pool = [" ".join(rng.choice(CONTENT, size=rng.integers(*words))) for _ in range(12)]
     pool_labels = rng.integers(0, 2, size=len(pool))
     records = []
     for pid in range(n_prompts):
-        tokens, demos_out = [], []
-        for pool_index in rng.choice(len(pool), size=rng.integers(demos[0], demos[1] + 1), replace=False):
-            text, label = pool[pool_index], int(pool_labels[pool_index])
-            block_start = len(tokens)
-            tokens.append("Input:")
-            input_start = len(tokens)
-            tokens += text.split()
-            input_end = len(tokens)
-            tokens.append("Output:")
-            label_pos = len(tokens)
-            tokens.append(LABELS[label])
-            tokens.append("||")
-            demos_out.append({"pool_index": int(pool_index), "label": label, "text": text,
-                              "block_span": [block_start, len(tokens)], "input_span": [input_start, input_end],
-                              "label_pos": label_pos, "delim_span": [len(tokens) - 1, len(tokens)]})
+        chosen = rng.choice(len(pool), size=rng.integers(demos[0], demos[1] + 1), replace=False)
+        demo_list = [Demo(int(i), int(pool_labels[i]), pool[i]) for i in chosen]
         test_text = " ".join(rng.choice(CONTENT, size=rng.integers(*words)))
-        tokens.append("Input:")
-        test_start = len(tokens)
-        tokens += test_text.split()
-        test_span = [test_start, len(tokens)]
-        tokens.append("Output:")
+        record = build_prompt(pieces, TEMPLATE, VERBALIZERS, demo_list, test_text)
         records.append({"prompt_id": pid, "split": "select" if pid % 3 else "heldout", "test_index": 100 + pid,
-                        "gold": int(rng.integers(0, 2)), "text": " ".join(tokens),
-                        "input_ids": [vocab[t] for t in tokens], "test_text": test_text, "test_span": test_span,
-                        "demos": demos_out})
-    meta = {"task": task, "model": model, "label_names": LABELS, "verbalizers": [f" {w}" for w in LABELS],
-            "label_token_ids": [vocab[w] for w in LABELS], "readout": "single_token",
-            "template": {"format": "Input: {x} Output: {y}"}, "n_demos": demos[1], "seed": seed,
-            "strategy": "random", "tokenizer": "word-level test tokenizer", "n_select": n_prompts,
-            "n_heldout": 0, "eval_split": "validation", "demo_split": "train"}
+                        "gold": int(rng.integers(0, 2)), **record})
+    meta = {"task": task, "model": model, "label_names": LABELS, "verbalizers": VERBALIZERS,
+            "label_token_ids": pieces.label_token_ids(VERBALIZERS, "single_token"), "readout": "single_token",
+            "template": TEMPLATE, "n_demos": demos[1], "seed": seed, "strategy": "random",
+            "tokenizer": str(model_dir), "n_select": n_prompts, "n_heldout": 0, "eval_split": "validation",
+            "demo_split": "train"}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").write_text(json.dumps(meta))
     with open(folder / "prompts.jsonl", "w") as handle:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from forward_fixtures import eager_reference, make_model_folder, make_prompts
+from forward_fixtures import eager_reference, make_model_folder, make_prompts, make_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,7 +29,9 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def prompt_records(tmp_path_factory):
-    _, path = make_prompts(tmp_path_factory.mktemp("prompts"), n_prompts=7, demos=(1, 4), words=(2, 9))
+    tokenizer_dir = tmp_path_factory.mktemp("tokenizer")
+    make_tokenizer(tokenizer_dir)
+    _, path = make_prompts(tmp_path_factory.mktemp("prompts"), tokenizer_dir, n_prompts=7, demos=(1, 4), words=(2, 9))
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 

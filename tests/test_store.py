@@ -26,7 +26,7 @@ CAPTURE = {"batch_size": 3, "shard_size": 4, "kv_prompts": 5, "kv_offsets": [-1,
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     manifest = make_model_folder(root / "model", "llama", seed=3)
-    meta, prompts = make_prompts(root / "prompts", n_prompts=10, demos=(1, 4))
+    meta, prompts = make_prompts(root / "prompts", manifest["path"], n_prompts=10, demos=(1, 4))
     store = root / "forward" / "toy.zarr"
     run_capture(meta, prompts, manifest, store, CAPTURE, config_attrs={"capture": CAPTURE})
     records = [json.loads(line) for line in prompts.read_text().splitlines()]
@@ -86,14 +86,27 @@ def test_store_matches_eager_and_contract(toy):
     assert ds.prompt_text.values[0] == records[0]["text"]
 
 
-def test_sim_pred_is_eq9_on_inputs_alone(toy):
-    """sim_pred = P(o|x_test)ᵀ P(o|x_i), each input tokenized and run on its own (raw context)."""
+@pytest.mark.parametrize("context", ["raw", "template"])
+def test_sim_pred_is_eq9_on_inputs_alone(toy, tmp_path, context):
+    """sim_pred = P(o|x_test)ᵀ P(o|x_i), each input run on its own: raw text, or alone in the template."""
     from transformers import AutoTokenizer
 
-    ds = open_forward_store(toy["store"])
+    from kicl.prompts import query_ids
+
+    store = toy["store"]
+    if context == "template":
+        store = tmp_path / "template.zarr"
+        run_capture(toy["meta"], toy["prompts"], toy["manifest"], store, {**CAPTURE, "simpred_context": context})
+    ds = open_forward_store(store)
     tokenizer = AutoTokenizer.from_pretrained(toy["manifest"]["path"])
+    template = json.loads(toy["meta"].read_text())["template"]
     texts = sorted({r["test_text"] for r in toy["records"]} | {d["text"] for r in toy["records"] for d in r["demos"]})
-    _, reference = eager_reference(toy["manifest"]["path"], [tokenizer(t)["input_ids"] for t in texts])
+    if context == "raw":
+        sequences = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    else:
+        sequences = [query_ids(tokenizer, template, t) for t in texts]
+        assert tokenizer.decode(sequences[0]) == f"Input: {texts[0]} Output:"
+    _, reference = eager_reference(toy["manifest"]["path"], sequences)
     probs = {t: torch.softmax(torch.tensor(ref["logits"], dtype=torch.float64), -1).numpy() for t, ref in zip(texts, reference)}
     for i, record in enumerate(toy["records"]):
         p_test = probs[record["test_text"]]
