@@ -54,7 +54,8 @@ def _run_workflow(
         copy_workflow(workdir)
     overrides = tmp_path / "overrides.yaml"
     overrides.write_text(yaml.safe_dump(config_overrides or {}, sort_keys=False))
-    command = [str(SNAKEMAKE), "--cores", "1", "--configfile", str(overrides), *extra_args, *targets]
+    # --configfile takes several values, so it goes last, after the targets and the extra arguments
+    command = [str(SNAKEMAKE), *targets, "--cores", "1", *extra_args, "--configfile", str(overrides)]
     environment = os.environ | {
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
