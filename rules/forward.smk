@@ -1,0 +1,29 @@
+# Forward pass: one job per (model, task) runs every prompt once through the model and writes the
+# forward store results/forward/{model}/{task}.zarr (layout: docs/store.md). Work lands in resumable
+# shards under results/forward/{model}/{task}.parts/ (not a declared output, so a failed or killed job
+# keeps them); rerunning the job continues from the last complete shard.
+
+
+rule forward_pass:
+    input:
+        meta="results/prompts/{model}/{task}/meta.json",
+        prompts="results/prompts/{model}/{task}/prompts.jsonl",
+        model="resources/models/{model}.json",
+    output:
+        directory("results/forward/{model}/{task}.zarr"),
+    log:
+        "logs/forward_pass/{model}/{task}.log",
+    benchmark:
+        "benchmarks/out/forward_pass/{model}/{task}.tsv"
+    conda:
+        "../envs/forward.yaml"
+    threads: 2
+    resources:
+        mem_mb=forward_mem_mb,
+        runtime=forward_runtime,
+        gpu=forward_gpus,
+    params:
+        capture=lookup(dpath="capture", within=config),
+        record=forward_record,
+    script:
+        "../scripts/forward_pass.py"
