@@ -20,60 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kicl.encoder_embed import read_prompt_records
 from kicl.fileio import atomic_path
 from kicl.reconstruction import label_votes
 
 log = logging.getLogger(__name__)
 KERNELS = ("cosine", "softmax")
-
-
-def read_prompt_records(path) -> list[dict]:
-    """The records of a prompts.jsonl file (prompt-file contract), in prompt_id order."""
-    records = []
-    with open(path) as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from err
-    for rec in records:
-        for key in ("prompt_id", "split", "gold", "test_text", "demos"):
-            if key not in rec:
-                raise ValueError(f"{path}: prompt record {rec.get('prompt_id', '?')} has no '{key}' (prompt-file contract)")
-    return sorted(records, key=lambda rec: rec["prompt_id"])
-
-
-def prompt_texts(records) -> list[str]:
-    """Every unique test and demonstration text of the records, in first-seen order."""
-    seen = {}
-    for rec in records:
-        seen.setdefault(rec["test_text"], None)
-        for demo in rec["demos"]:
-            seen.setdefault(demo["text"], None)
-    return list(seen)
-
-
-def encode_texts(encoder_dir, texts, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-    """L2-normalised sentence embeddings (n, dim) float32 from a local sentence-transformers folder."""
-    from sentence_transformers import SentenceTransformer
-
-    encoder_dir = Path(encoder_dir)
-    if not (encoder_dir / "modules.json").exists() and not (encoder_dir / "config.json").exists():
-        raise FileNotFoundError(f"{encoder_dir} is not a sentence-transformers folder (no modules.json / config.json)")
-    model = SentenceTransformer(str(encoder_dir), device=device, local_files_only=True)
-    emb = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    return np.asarray(emb, dtype=np.float32)
-
-
-def embed_prompt_file(prompts_jsonl, encoder_dir, out_npz, batch_size: int = 64, device: str = "cpu") -> None:
-    """Embed every unique text of a prompt file; write npz with `texts` and `embeddings` atomically."""
-    texts = prompt_texts(read_prompt_records(prompts_jsonl))
-    log.info("embedding %d unique texts of %s with %s", len(texts), prompts_jsonl, encoder_dir)
-    emb = encode_texts(encoder_dir, texts, batch_size, device)
-    with atomic_path(out_npz) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, texts=np.array(texts, dtype=str), embeddings=emb, encoder=str(encoder_dir))
 
 
 def kernel_regression(records, texts, embeddings, n_labels: int, tau: float) -> pd.DataFrame:

@@ -1,0 +1,186 @@
+# Paper figures from the forward store results/forward/{model}/{task}.zarr: Fig 2 (averaged attention map),
+# Fig 25 (one prompt's map), Fig 3a/3b (reconstruction heat-maps), Fig 4 (correlation with sim_pred) and
+# Fig 5a/5b (key/value probes), for every selected model and task (the paper's appendix set). Every figure
+# writes the CSV of the numbers it shows. Options come from config `analysis:` only, so changing them
+# reruns these rules and never a forward pass.
+
+
+rule fig2_attention_map:
+    input:
+        store="results/forward/{model}/{task}.zarr",
+    output:
+        png=report(
+            "results/figures/{model}/{task}/fig2_attention_map.png",
+            caption="../report/fig2_attention_map.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 2", "output": "attention map"},
+        ),
+        csv=report(
+            "results/figures/{model}/{task}/fig2_attention_map.csv",
+            caption="../report/figure_csv.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 2", "output": "data (CSV)"},
+        ),
+    log:
+        "logs/fig2_attention_map/{model}/{task}.log",
+    benchmark:
+        "benchmarks/out/fig2_attention_map/{model}/{task}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        rescale_len=lookup(dpath="analysis/rescale_len", within=config),
+        rescale_mode=lookup(dpath="analysis/rescale_mode", within=config),
+        splits=lookup(dpath="analysis/figure_splits", within=config),
+        color_scale=lookup(dpath="analysis/attention_color_scale", within=config),
+        vmax_quantile=lookup(dpath="analysis/attention_vmax_quantile", within=config),
+        batch_size=lookup(dpath="analysis/batch_size", within=config),
+    script:
+        "../scripts/fig2_attention_map.py"
+
+
+rule fig25_single_prompt_map:
+    input:
+        store="results/forward/{model}/{task}.zarr",
+    output:
+        png=report(
+            "results/figures/{model}/{task}/fig25_single_prompt_map.png",
+            caption="../report/fig25_single_prompt_map.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 25", "output": "single-prompt map"},
+        ),
+        csv=report(
+            "results/figures/{model}/{task}/fig25_single_prompt_map.csv",
+            caption="../report/figure_csv.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 25", "output": "data (CSV)"},
+        ),
+    log:
+        "logs/fig25_single_prompt_map/{model}/{task}.log",
+    benchmark:
+        "benchmarks/out/fig25_single_prompt_map/{model}/{task}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        prompt=lookup(dpath="analysis/single_prompt", within=config),
+        rescale_len=single_prompt_rescale_len,
+        rescale_mode=lookup(dpath="analysis/rescale_mode", within=config),
+        color_scale=lookup(dpath="analysis/attention_color_scale", within=config),
+        vmax_quantile=lookup(dpath="analysis/attention_vmax_quantile", within=config),
+    script:
+        "../scripts/fig25_single_prompt_map.py"
+
+
+rule fig3_reconstruction:
+    input:
+        store="results/forward/{model}/{task}.zarr",
+    output:
+        png_pred=report(
+            "results/figures/{model}/{task}/fig3a_reconstruction_vs_prediction.png",
+            caption="../report/fig3a_reconstruction.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 3a", "output": "ỹ vs ŷ"},
+        ),
+        png_gold=report(
+            "results/figures/{model}/{task}/fig3b_reconstruction_vs_gold.png",
+            caption="../report/fig3b_reconstruction.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 3b", "output": "ỹ vs gold"},
+        ),
+        csv=report(
+            "results/figures/{model}/{task}/fig3_reconstruction.csv",
+            caption="../report/figure_csv.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 3a/3b", "output": "data (CSV)"},
+        ),
+    log:
+        "logs/fig3_reconstruction/{model}/{task}.log",
+    benchmark:
+        "benchmarks/out/fig3_reconstruction/{model}/{task}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        poolings=lookup(dpath="analysis/poolings", within=config),
+        splits=lookup(dpath="analysis/figure_splits", within=config),
+        batch_size=lookup(dpath="analysis/batch_size", within=config),
+    script:
+        "../scripts/fig3_reconstruction.py"
+
+
+rule fig4_simpred_correlation:
+    input:
+        store="results/forward/{model}/{task}.zarr",
+    output:
+        png=report(
+            "results/figures/{model}/{task}/fig4_simpred_correlation.png",
+            caption="../report/fig4_simpred_correlation.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 4", "output": "correlation heat-map"},
+        ),
+        csv=report(
+            "results/figures/{model}/{task}/fig4_simpred_correlation.csv",
+            caption="../report/figure_csv.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 4", "output": "data (CSV)"},
+        ),
+    log:
+        "logs/fig4_simpred_correlation/{model}/{task}.log",
+    benchmark:
+        "benchmarks/out/fig4_simpred_correlation/{model}/{task}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        poolings=lookup(dpath="analysis/poolings", within=config),
+        splits=lookup(dpath="analysis/figure_splits", within=config),
+        pooling=lookup(dpath="analysis/pearson_pooling", within=config),
+        batch_size=lookup(dpath="analysis/batch_size", within=config),
+    script:
+        "../scripts/fig4_simpred_correlation.py"
+
+
+rule fig5_kv_probes:
+    input:
+        store="results/forward/{model}/{task}.zarr",
+    output:
+        png_keys=report(
+            "results/figures/{model}/{task}/fig5a_key_probes.png",
+            caption="../report/fig5a_key_probes.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 5a", "output": "key probes"},
+        ),
+        png_values=report(
+            "results/figures/{model}/{task}/fig5b_value_probes.png",
+            caption="../report/fig5b_value_probes.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 5b", "output": "value probes"},
+        ),
+        csv=report(
+            "results/figures/{model}/{task}/fig5_kv_probes.csv",
+            caption="../report/figure_csv.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Fig 5a/5b", "output": "data (CSV)"},
+        ),
+    log:
+        "logs/fig5_kv_probes/{model}/{task}.log",
+    benchmark:
+        "benchmarks/out/fig5_kv_probes/{model}/{task}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        alpha=lookup(dpath="analysis/probe_alpha", within=config),
+        test_fraction=lookup(dpath="analysis/probe_test_fraction", within=config),
+        seed=lookup(dpath="analysis/probe_seed", within=config),
+        key_variable=lookup(dpath="analysis/probe_keys", within=config),
+    script:
+        "../scripts/fig5_kv_probes.py"
