@@ -252,9 +252,10 @@ class ForwardStoreWriter:
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``target`` in one rename."""
     target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f"{target.name}{TEMP_TAG}*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f"{target.name}{TEMP_TAG}{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     try:
         yield tmp
     except BaseException:
