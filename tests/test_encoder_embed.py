@@ -1,0 +1,93 @@
+"""Sentence-encoder embeddings of prompt files and encoder KR from them, with a tiny random encoder (offline)."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from kicl.encoder_embed import embed_prompt_file, prompt_texts, read_prompt_records  # noqa: E402
+from kicl.encoder_kr import encoder_kr_file, kernel_regression  # noqa: E402
+
+WORDS = "good bad movie film great terrible the is was a b c".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A 1-layer random BERT with mean pooling saved as a sentence-transformers folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("encoder")
+    raw = root / "raw"
+    raw.mkdir()
+    (raw / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    BertModel(config).save_pretrained(raw)
+    BertTokenizerFast(vocab_file=str(raw / "vocab.txt")).save_pretrained(raw)
+    word = models.Transformer(str(raw))
+    model = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), "mean")], device="cpu")
+    model.save(str(root / "st"))
+    manifest = root / "tiny.json"
+    manifest.write_text(json.dumps({"name": "tiny", "path": str(root / "st"), "device": "cpu"}))
+    return manifest
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(WORDS, 4)) for _ in range(15)]
+    records = []
+    for p in range(12):
+        demos = rng.choice(len(sentences), 4, replace=False)
+        records.append({
+            "prompt_id": p, "split": "heldout" if p % 3 else "select", "test_index": p, "gold": int(rng.integers(0, 2)),
+            "test_text": sentences[p % len(sentences)],
+            "demos": [{"pool_index": int(d), "label": int(d % 2), "text": sentences[d]} for d in demos],
+        })  # fmt: skip
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in reversed(records)))  # out of order on purpose
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"label_names": ["negative", "positive"]}))
+    return path, meta
+
+
+def test_embeddings_cover_every_unique_text_normalised(tiny_encoder, prompt_file, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    prompts, _ = prompt_file
+    out = tmp_path / "emb.npz"
+    embed_prompt_file(prompts, tiny_encoder, out, batch_size=4)
+    records = read_prompt_records(prompts)
+    assert [r["prompt_id"] for r in records] == list(range(12))
+    with np.load(out) as data:
+        texts, emb = list(data["texts"]), data["embeddings"]
+    assert texts == prompt_texts(records) and len(set(texts)) == len(texts)
+    assert {r["test_text"] for r in records} | {d["text"] for r in records for d in r["demos"]} == set(texts)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    direct = SentenceTransformer(json.loads(tiny_encoder.read_text())["path"], device="cpu").encode(texts)
+    direct /= np.linalg.norm(direct, axis=1, keepdims=True)
+    np.testing.assert_allclose(emb, direct, atol=1e-5)
+
+
+def test_encoder_kr_file_matches_kernel_regression(tiny_encoder, prompt_file, tmp_path):
+    prompts, meta = prompt_file
+    emb_path = tmp_path / "emb.npz"
+    embed_prompt_file(prompts, tiny_encoder, emb_path)
+    frame = encoder_kr_file(prompts, meta, emb_path, tmp_path / "kr.csv", tau=0.05)
+    saved = pd.read_csv(tmp_path / "kr.csv")
+    assert list(saved["prompt_id"]) == list(range(12)) and set(saved["split"]) == {"select", "heldout"}
+    with np.load(emb_path) as data:
+        expected = kernel_regression(read_prompt_records(prompts), [str(t) for t in data["texts"]], data["embeddings"], 2, 0.05)
+    pd.testing.assert_frame_equal(frame.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_bad_encoder_path_is_named(tmp_path, prompt_file):
+    with pytest.raises(FileNotFoundError, match="no_such_encoder"):
+        embed_prompt_file(prompt_file[0], tmp_path / "no_such_encoder", tmp_path / "x.npz")
