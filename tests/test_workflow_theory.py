@@ -67,7 +67,7 @@ def test_theory_stage_end_to_end(run_workflow, tmp_path):
     assert (result.workdir / "benchmarks" / "out" / "theory_table3.tsv").exists()
 
     # the report renders the captions (they template config values) and includes the figure and table
-    report = run_workflow(tmp_path, TINY, [], extra_args=("--report", "report.zip"))
+    report = run_workflow(tmp_path, TINY, TARGETS, extra_args=("--report", "report.zip"))
     assert report.returncode == 0, report.stdout + report.stderr
     import zipfile
 
