@@ -24,7 +24,12 @@ rule all:
 
 
 # Under a cluster executor (profiles/slurm) these run on the submitting machine instead of as Slurm jobs:
-# trivial aggregation that costs less than a job's start-up (10-30 s), and rendering of small tables.
+# trivial aggregation and small tables, which cost less than a job's start-up (10-30 s), and task
+# preparation, which may download from the Hugging Face Hub (compute nodes often have no internet).
+# Other stages mark their own download rules with `localrule: True`.
 localrules:
     all,
+    prepare_task,
     theory_table3_tables,
+    table_encoder_kr,
+    report_summary,

@@ -213,6 +213,8 @@ SLURM_CI_ARGS=(
 
 # ---------------------------------------------------------------- 3. Table 3 through Slurm equals a local run
 # A tiny theory config (3 HMMs x 20 prompts); the experiment is seeded, so both runs must agree exactly.
+# The runs work in scratch dirs (-d), where the Snakefile's relative `configfile: "config.yaml"` is not found,
+# so the embedded default is passed explicitly before the override.
 cat >"$STATE/theory-ci.yaml" <<'YAML'
 theory:
   n_hmms: 3
@@ -226,7 +228,7 @@ run_theory() { # run_theory NAME TIMEOUT ARGS...: snakemake in $STATE/work-NAME,
     t=$(date +%s)
     set +e
     timeout -k 20 "$limit" "${SNAKEMAKE[@]}" -s "$ROOT/Snakefile" -d "$STATE/work-$name" \
-        --configfile "$STATE/theory-ci.yaml" "$@" "${THEORY_TARGETS[@]}" >"$STATE/log/snakemake-$name.log" 2>&1
+        --configfile "$ROOT/config.yaml" "$STATE/theory-ci.yaml" "$@" "${THEORY_TARGETS[@]}" >"$STATE/log/snakemake-$name.log" 2>&1
     rc=$?
     set -e
     say "$name run: snakemake exited $rc after $(($(date +%s) - t)) s"
