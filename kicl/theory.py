@@ -20,8 +20,15 @@ import numpy as np
 import pandas as pd
 
 from kicl.fileio import atomic_path
-from kicl.hmm import BlockHMM, joint_likelihood, labelled_likelihood, make_block_hmm, sample_segments, sample_tasks
-from kicl.hmm import start_forward
+from kicl.hmm import (
+    BlockHMM,
+    joint_likelihood,
+    labelled_likelihood,
+    make_block_hmm,
+    sample_segments,
+    sample_tasks,
+    start_forward,
+)
 from kicl.kernel_regression import (
     clip_normalise,
     features,

@@ -91,7 +91,8 @@ def expected_estimate(hmm: BlockHMM, task: int, test_input, kind: str, normalise
     """E[ŷ_n] = Σ_{x,y} P(x, y | θ*) e(y) K(x, x_test), by exact enumeration (the same for every n)."""
     prefixes = all_prefixes(hmm)
     joint = joint_likelihood(hmm, start_forward(hmm, prefixes))[:, task]  # (N, V)
-    kernel = kernel_to_test(features(hmm, prefixes, kind, normalise), features(hmm, test_input, kind, normalise), metric)
+    demo_phi, test_phi = features(hmm, prefixes, kind, normalise), features(hmm, test_input, kind, normalise)
+    kernel = kernel_to_test(demo_phi, test_phi, metric)
     return joint.T @ kernel
 
 
