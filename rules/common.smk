@@ -1,4 +1,7 @@
 # Config loading and validation, wildcard constraints and target helpers. No rules here.
+import re
+from pathlib import Path
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -25,5 +28,125 @@ def theory_outputs():
     ]
 
 
+# ---- Tasks, models, encoders and prompts (rules/data.smk, rules/models.smk, rules/prompts.smk)
+from kicl.tasks import TaskError, check_task_spec, local_split_file
+
+SELECTED_TASKS = list(config["run"]["tasks"])
+SELECTED_MODELS = list(config["run"]["models"])
+SELECTED_ENCODERS = list(config["run"]["encoders"])
+
+
+def _check_selection():
+    """Selected names exist in their catalogs and the selected task specs are coherent."""
+    problems = []
+    for kind, names in (
+        ("tasks", SELECTED_TASKS),
+        ("models", SELECTED_MODELS),
+        ("encoders", SELECTED_ENCODERS),
+    ):
+        for name in names:
+            if name not in config[kind]:
+                problems.append(
+                    f"run.{kind}: {name!r} is not in the {kind} catalog "
+                    f"(known: {', '.join(sorted(config[kind]))})"
+                )
+    for name in SELECTED_TASKS:
+        if name in config["tasks"]:
+            try:
+                check_task_spec(name, config["tasks"][name])
+            except TaskError as error:
+                problems.append(str(error))
+    if problems:
+        raise WorkflowError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+_check_selection()
+
+
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+wildcard_constraints:
+    task=_alternatives(SELECTED_TASKS),
+    model=_alternatives(SELECTED_MODELS),
+    encoder=_alternatives(SELECTED_ENCODERS),
+    split=r"[A-Za-z0-9_]+",
+
+
+def task_spec(wildcards):
+    """The config spec of the task in the wildcards."""
+    return config["tasks"][wildcards.task]
+
+
+def model_spec(wildcards):
+    """The config spec of the model in the wildcards."""
+    return config["models"][wildcards.model]
+
+
+def encoder_spec(wildcards):
+    """The config spec of the encoder in the wildcards."""
+    return config["encoders"][wildcards.encoder]
+
+
+def task_split_input(wildcards):
+    """Input of prepare_task: the extracted wheel member or the local split file."""
+    spec = config["tasks"][wildcards.task]
+    if spec["source"] == "packaged":
+        return {"package": f"resources/tasks/{wildcards.task}/package"}
+    if spec["source"] == "local":
+        return {"file": str(local_split_file(wildcards.task, spec, wildcards.split))}
+    return {}
+
+
+def packaged_member_path(wildcards, input):
+    """The extracted member file of a packaged task (None for other sources)."""
+    spec = config["tasks"][wildcards.task]
+    if spec["source"] != "packaged":
+        return None
+    return str(Path(input.package, *spec["packaged"]["member"].split("/")))
+
+
+def model_manifest_input(wildcards):
+    """The converted folder of a packaged_gguf model; nothing for hub and local models."""
+    if config["models"][wildcards.model]["source"] == "packaged_gguf":
+        return {"folder": f"resources/models/{wildcards.model}"}
+    return {}
+
+
+def encoder_manifest_input(wildcards):
+    """The extracted folder of a packaged encoder; nothing for hub and local encoders."""
+    if config["encoders"][wildcards.encoder]["source"] == "packaged":
+        return {"folder": f"resources/encoders/{wildcards.encoder}"}
+    return {}
+
+
+def prompt_inputs(wildcards):
+    """The task's evaluation and demonstration splits and the model manifest."""
+    spec = config["tasks"][wildcards.task]
+    return {
+        "eval": f"resources/tasks/{wildcards.task}/{spec['eval_split']}.parquet",
+        "demo": f"resources/tasks/{wildcards.task}/{spec['demo_split']}.parquet",
+        "model": f"resources/models/{wildcards.model}.json",
+    }
+
+
+def model_manifests():
+    return expand("resources/models/{model}.json", model=SELECTED_MODELS)
+
+
+def encoder_manifests():
+    return expand("resources/encoders/{encoder}.json", encoder=SELECTED_ENCODERS)
+
+
+def prompt_outputs():
+    return expand(
+        "results/prompts/{model}/{task}/{file}",
+        model=SELECTED_MODELS,
+        task=SELECTED_TASKS,
+        file=["meta.json", "prompts.jsonl"],
+    )
+
+
 def final_outputs():
-    return theory_outputs()
+    return theory_outputs() + prompt_outputs()
