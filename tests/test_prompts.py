@@ -308,3 +308,25 @@ def test_build_prompt_files_follow_the_contract(tokenizers, smollm2_dir, tmp_pat
                    for d in record["demos"])  # fmt: skip
         assert 3 not in [d["pool_index"] for d in record["demos"]]
         check_segment_map(tokenizers["smollm2"], meta, record, spec["template"])
+
+
+def test_prompt_rule_builds_the_contract_files_in_snakemake(run_workflow, tmp_path, smollm2_dir, wheel_cache, monkeypatch):
+    """prepare_task + model_manifest + build_prompts in Snakemake (SmolLM2 given as a local folder)."""
+    monkeypatch.setenv("KICL_WHEEL_CACHE", str(wheel_cache))
+    overrides = {
+        "run": {"tasks": ["trec"], "models": ["smollm2-135m"]},
+        "models": {"smollm2-135m": {"source": "local", "local": {"path": str(smollm2_dir)}}},
+        "protocol": {"n_select": 6, "n_heldout": 4, "demo_strategy": "class_balanced", "n_demos": 6},
+    }
+    targets = ["results/prompts/smollm2-135m/trec/meta.json", "results/prompts/smollm2-135m/trec/prompts.jsonl"]
+    result = run_workflow(tmp_path, overrides, targets)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    meta = json.loads((result.workdir / targets[0]).read_text())
+    records = read_prompts(result.workdir / targets[1])
+    assert meta["strategy"] == "class_balanced" and meta["tokenizer"] == str(smollm2_dir) and len(records) == 10
+    assert all(sorted(d["label"] for d in r["demos"]) == [0, 1, 2, 3, 4, 5] for r in records)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    for record in records:
+        check_segment_map(tokenizer, meta, record, meta["template"])
