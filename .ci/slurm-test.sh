@@ -67,10 +67,33 @@ stop_pid() { # stop_pid NAME PID: SIGTERM, wait up to 10 s, then SIGKILL
     say "stopped $name (pid $pid)"
 }
 
+RUNNING= # PID of the `timeout` around the snakemake call in progress
+
+bounded() { # bounded LIMIT LOG CMD...: CMD under timeout, output to LOG; sets RC (124/137: timed out)
+    local limit=$1 log=$2
+    shift 2
+    # in the background and waited for, so that a signal to this script interrupts it at once
+    timeout -k 20 "$limit" "$@" >"$log" 2>&1 &
+    RUNNING=$!
+    set +e
+    wait "$RUNNING"
+    RC=$?
+    set -e
+    RUNNING=
+}
+
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
+    if [ -n "$RUNNING" ] && kill -0 "$RUNNING" 2>/dev/null; then
+        # interrupted during a snakemake call: stop it (timeout passes SIGTERM on), then its child by parent PID
+        say "stopping the snakemake call in progress"
+        kill "$RUNNING"
+        sleep 5
+        pkill -KILL -P "$RUNNING"
+        stop_pid timeout "$RUNNING"
+    fi
     if ((${#PIDS[@]})); then
         # jobs still queued or running (e.g. after a timeout) would outlive slurmd as orphaned slurmstepd
         local jobs
@@ -222,17 +245,14 @@ theory:
 YAML
 THEORY_TARGETS=(theory_table3_tables theory_table3_figure) # rule names: every Table 3 output
 run_theory() { # run_theory NAME TIMEOUT ARGS...: snakemake in $STATE/work-NAME, log to $STATE/log
-    local name=$1 limit=$2 t rc
+    local name=$1 limit=$2 t
     shift 2
     mkdir -p "$STATE/work-$name"
     t=$(date +%s)
-    set +e
-    timeout -k 20 "$limit" "${SNAKEMAKE[@]}" -s "$ROOT/Snakefile" -d "$STATE/work-$name" \
-        --configfile "$ROOT/config.yaml" "$STATE/theory-ci.yaml" "$@" "${THEORY_TARGETS[@]}" >"$STATE/log/snakemake-$name.log" 2>&1
-    rc=$?
-    set -e
-    say "$name run: snakemake exited $rc after $(($(date +%s) - t)) s"
-    [ $rc -eq 0 ] || die "$name run of the theory stage failed (log: snakemake-$name.log)"
+    bounded "$limit" "$STATE/log/snakemake-$name.log" "${SNAKEMAKE[@]}" -s "$ROOT/Snakefile" -d "$STATE/work-$name" \
+        --configfile "$ROOT/config.yaml" "$STATE/theory-ci.yaml" "$@" "${THEORY_TARGETS[@]}"
+    say "$name run: snakemake exited $RC after $(($(date +%s) - t)) s"
+    [ $RC -eq 0 ] || die "$name run of the theory stage failed (log: snakemake-$name.log)"
 }
 say "Table 3 (tiny config) with the local executor"
 run_theory local 300 --workflow-profile none --cores 2
@@ -271,14 +291,11 @@ WORK=$STATE/work-fail
 mkdir -p "$WORK"
 say "failing job through Slurm (tests/slurm/Snakefile)"
 t=$(date +%s)
-set +e
-timeout -k 20 300 "${SNAKEMAKE[@]}" -s "$ROOT/tests/slurm/Snakefile" -d "$WORK" "${SLURM_CI_ARGS[@]}" \
-    --keep-going --retries 0 >"$STATE/log/snakemake-fail.log" 2>&1
-rc=$?
-set -e
-say "snakemake exited $rc after $(($(date +%s) - t)) s"
-[ $rc -eq 124 ] || [ $rc -eq 137 ] && die "snakemake hung on the failed job (killed by timeout)"
-[ $rc -ne 0 ] || die "snakemake exited 0 although rule 'fail' exits 3"
+bounded 300 "$STATE/log/snakemake-fail.log" "${SNAKEMAKE[@]}" -s "$ROOT/tests/slurm/Snakefile" -d "$WORK" \
+    "${SLURM_CI_ARGS[@]}" --keep-going --retries 0
+say "snakemake exited $RC after $(($(date +%s) - t)) s"
+[ $RC -eq 124 ] || [ $RC -eq 137 ] && die "snakemake hung on the failed job (killed by timeout after 300 s)"
+[ $RC -ne 0 ] || die "snakemake exited 0 although rule 'fail' exits 3"
 grep -q "Error in rule fail" "$STATE/log/snakemake-fail.log" || die "no 'Error in rule fail' in the snakemake log"
 [ -s "$WORK/results/ok.txt" ] || die "the good job's output is missing"
 [ ! -e "$WORK/results/fail.txt" ] || die "the failed job's output exists"
