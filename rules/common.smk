@@ -150,3 +150,60 @@ def prompt_outputs():
 
 def final_outputs():
     return theory_outputs() + prompt_outputs()
+
+
+# ---- Cluster resources of the forward pass (profiles/slurm). Called by Snakemake when it schedules a
+# forward_pass job, i.e. after its inputs exist (a dry run shows <TBD>); estimates in kicl/job_resources.py.
+def _forward_workload(wildcards, input):
+    """(ModelSize, PromptWorkload, dtype, device) of a forward_pass job, from its input files."""
+    import json
+
+    from kicl.job_resources import model_size, prompt_workload
+
+    manifest_path = f"resources/models/{wildcards.model}.json"
+    prompts_path = f"results/prompts/{wildcards.model}/{wildcards.task}/prompts.jsonl"
+    for path in (manifest_path, prompts_path):
+        if path not in input:
+            raise WorkflowError(
+                f"forward_mem_mb/forward_runtime need {path} among the rule's input"
+            )
+    # a missing input raises FileNotFoundError naming it: Snakemake then shows <TBD> (dry run)
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    dtype = config["capture"]["dtype"]
+    if dtype == "auto":
+        dtype = manifest.get("dtype", "float32")
+    dtype = dtype if dtype in ("float32", "float16", "bfloat16") else "float32"
+    # capture.device, else the model's catalog device (as forward_gpus); a device still "auto" counts as
+    # the slower CPU for the time limit
+    device = config["capture"]["device"]
+    if device == "auto":
+        device = config["models"][wildcards.model].get("device", "auto")
+    device = "cpu" if device == "auto" else device
+    return model_size(manifest["path"]), prompt_workload(prompts_path), dtype, device
+
+
+def forward_mem_mb(wildcards, input, attempt):
+    """Slurm --mem of a forward_pass job: weights, one shard, CPU activations; doubled on a retry."""
+    from kicl.job_resources import forward_memory_mb
+
+    model, work, dtype, device = _forward_workload(wildcards, input)
+    return forward_memory_mb(
+        model,
+        work,
+        dtype=dtype,
+        device=device,
+        batch_size=config["capture"]["batch_size"],
+        shard_size=config["capture"]["shard_size"],
+        attempt=attempt,
+    )
+
+
+def forward_runtime(wildcards, input, threads, attempt):
+    """Slurm -t (minutes) of a forward_pass job: 2 x parameters x tokens at a cautious rate; doubled on a retry."""
+    from kicl.job_resources import forward_runtime_minutes
+
+    model, work, dtype, device = _forward_workload(wildcards, input)
+    return forward_runtime_minutes(
+        model, work, dtype=dtype, device=device, threads=threads, attempt=attempt
+    )
