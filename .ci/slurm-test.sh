@@ -39,10 +39,12 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ -x .venv/bin/snakemake ] || make .venv/bin/.installed
-say "pip install -e '.[slurm]'"
-.venv/bin/pip install -q -c constraints.txt -e '.[slurm]' >/tmp/kicl-slurm-pip.log 2>&1 ||
-    { cat /tmp/kicl-slurm-pip.log; die "pip install of the slurm extra failed"; }
-rm -f /tmp/kicl-slurm-pip.log
+if ! .venv/bin/python -c "import snakemake_executor_plugin_slurm" 2>/dev/null; then
+    say "pip install -e '.[slurm]'"
+    .venv/bin/pip install -q -c constraints.txt -e '.[slurm]' >/tmp/kicl-slurm-pip.log 2>&1 ||
+        { cat /tmp/kicl-slurm-pip.log; die "pip install of the slurm extra failed"; }
+    rm -f /tmp/kicl-slurm-pip.log
+fi
 SNAKEMAKE=("$ROOT/.venv/bin/snakemake")
 
 # ---------------------------------------------------------------- 2. a private single-node Slurm
