@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 CAPTURE_ATTENTION = "kicl_capture"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SIMPRED_CONTEXTS = ("raw", "template")
+SHARD_FORMAT = 2  # bump when the content of the resumable shards changes, so that old shards are discarded
 PADDING_SIDES = ("right", "left")
 
 
@@ -458,14 +459,35 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, ascii=True, mininterval=5.0, dynamic_ncols=False)
 
 
+SIMPRED_SHARD_FACTOR = 8  # a P(o|x) shard holds this many times capture.shard_size inputs (they are short)
+
+
+def _token_budget_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices grouped longest first so that (rows × longest row) stays within ``budget`` tokens."""
+    order = np.argsort([-n for n in lengths], kind="stable").tolist()
+    batches: list[list[int]] = []
+    for index in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
 def _simpred_phase(model, tokenizer, meta: dict, contexts: list[str], parts: ShardDir, options: CaptureOptions,
-                   bar, vocab: int):
-    """P(o|x) of every unique input text (run on its own, see :func:`context_ids`), one .npy shard (contexts × vocab, float32) per ``shard_size`` contexts."""
+                   bar, vocab: int, budget: int) -> tuple[list[str], int]:
+    """P(o|x) of every unique input text, each run on its own (:func:`context_ids`).
+
+    One ``.npy`` shard (inputs × vocab, float32) per ``SIMPRED_SHARD_FACTOR × shard_size`` inputs; batches
+    hold as many inputs as fit into ``budget`` padded tokens (the token count of a prompt batch).
+    Returns the shard names and the number of inputs per shard.
+    """
+    per_shard = options.shard_size * SIMPRED_SHARD_FACTOR
     names = []
-    for first in range(0, len(contexts), options.shard_size):
-        name = f"simpred-{first // options.shard_size:05d}.npy"
+    for first in range(0, len(contexts), per_shard):
+        name = f"simpred-{first // per_shard:05d}.npy"
         names.append(name)
-        chunk = contexts[first : first + options.shard_size]
+        chunk = contexts[first : first + per_shard]
         if parts.is_complete(name):
             bar.update(len(chunk))
             continue
@@ -474,14 +496,12 @@ def _simpred_phase(model, tokenizer, meta: dict, contexts: list[str], parts: Sha
             if not ids:
                 raise CaptureError(f"input {text!r} tokenizes to nothing; cannot compute P(o|x)")
         probs = np.empty((len(chunk), vocab), np.float32)
-        order = np.argsort([-len(ids) for ids in encoded], kind="stable")
-        for start in range(0, len(chunk), options.batch_size):
-            rows = order[start : start + options.batch_size]
+        for rows in _token_budget_batches([len(ids) for ids in encoded], budget):
             result = forward_batch(model, [encoded[r] for r in rows], padding_side=options.padding_side, capture=False)
             probs[rows] = torch.softmax(result.logits, dim=-1).cpu().numpy()
             bar.update(len(rows))
         parts.write_array(name, probs)
-    return names
+    return names, per_shard
 
 
 def _prompt_shard(model, shape: ModelShape, prompts: list[dict], meta: dict, options: CaptureOptions,
@@ -590,7 +610,9 @@ def run_capture(
     if limit and longest > limit:
         raise CaptureError(f"{where}: the longest prompt has {longest} tokens, over the model's {limit}")
 
-    fingerprint = _fingerprint(Path(meta_path), Path(prompts_path), asdict(options), manifest, _versions())
+    fingerprint = _fingerprint(
+        Path(meta_path), Path(prompts_path), asdict(options), manifest, _versions(), SHARD_FORMAT, SIMPRED_SHARD_FACTOR
+    )
     parts = ShardDir(parts_path, fingerprint)
     contexts = list(dict.fromkeys(text for p in prompts for text in [p["test_text"], *(d["text"] for d in p["demos"])]))
     shard_names = [f"shard-{i // options.shard_size:05d}.npz" for i in range(0, len(prompts), options.shard_size)]
@@ -601,9 +623,10 @@ def run_capture(
         options.batch_size,
     )  # fmt: skip
     bar = _progress(len(contexts) + len(prompts), desc=f"forward {meta.get('model')}/{meta.get('task')}")
-    simpred_names = _simpred_phase(model, tokenizer, meta, contexts, parts, options, bar, shape.vocab_size)
+    budget = options.batch_size * longest
+    simpred_names, per_shard = _simpred_phase(model, tokenizer, meta, contexts, parts, options, bar, shape.vocab_size, budget)
     tables = [parts.map_array(name) for name in simpred_names]
-    context_row = {text: divmod(i, options.shard_size) for i, text in enumerate(contexts)}
+    context_row = {text: divmod(i, per_shard) for i, text in enumerate(contexts)}
 
     def simpred(text: str) -> np.ndarray:
         shard, row = context_row[text]

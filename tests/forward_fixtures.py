@@ -54,6 +54,10 @@ def tiny_config(family: str, vocab: int = VOCAB, max_positions: int = 512):
         return LlamaConfig(**decoder)
     if family == "qwen2":
         return Qwen2Config(**decoder)
+    if family == "mistral":  # sliding-window attention: the mask, not causality alone, limits the last row
+        from transformers import MistralConfig
+
+        return MistralConfig(sliding_window=8, **decoder)
     raise ValueError(family)
 
 

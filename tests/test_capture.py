@@ -23,7 +23,7 @@ from kicl.capture import (  # noqa: E402
     register_capture_attention,
 )
 
-FAMILIES = ["gptj", "llama", "gpt2", "qwen2"]
+FAMILIES = ["gptj", "llama", "gpt2", "qwen2", "mistral"]
 TOL = 1e-5
 
 
@@ -82,6 +82,8 @@ def test_last_row_and_logits_match_eager(family_model, prompt_records, padding_s
 
 def test_keys_values_match_cache_and_hooks(family_model, prompt_records):
     family, folder = family_model
+    if family == "mistral":
+        pytest.skip("a sliding-window cache keeps only the last window, so it is no reference for all positions")
     sequences = [p["input_ids"] for p in prompt_records[:4]]
     eager, reference = eager_reference(folder, sequences)
     model, shape = _capture_model(folder)
