@@ -483,12 +483,12 @@ def _simpred_phase(model, tokenizer, meta: dict, contexts: list[str], parts: Sha
     Returns the shard names and the number of inputs per shard.
     """
     per_shard = options.shard_size * SIMPRED_SHARD_FACTOR
-    names = []
-    for first in range(0, len(contexts), per_shard):
-        name = f"simpred-{first // per_shard:05d}.npy"
-        names.append(name)
-        chunk = contexts[first : first + per_shard]
-        if parts.is_complete(name):
+    names = [f"simpred-{i:05d}.npy" for i in range(-(-len(contexts) // per_shard))]
+    done = set(parts.complete(names))
+    log.info("P(o|x): %d unique inputs in %d shards (%d complete)", len(contexts), len(names), len(done))
+    for index, name in enumerate(names):
+        chunk = contexts[index * per_shard : (index + 1) * per_shard]
+        if name in done:
             bar.update(len(chunk))
             continue
         encoded = [context_ids(tokenizer, meta, options.simpred_context, text) for text in chunk]
@@ -618,9 +618,8 @@ def run_capture(
     shard_names = [f"shard-{i // options.shard_size:05d}.npz" for i in range(0, len(prompts), options.shard_size)]
     done = parts.complete(shard_names)
     log.info(
-        "%s: %d prompts in %d shards (%d complete), %d unique inputs for P(o|x), %s on %s, batch %d",
-        where, len(prompts), len(shard_names), len(done), len(contexts), options.dtype, options.device,
-        options.batch_size,
+        "%s: %d prompts in %d shards (%d complete), %s on %s, batch %d, parts in %s",
+        where, len(prompts), len(shard_names), len(done), options.dtype, options.device, options.batch_size, parts_path,
     )  # fmt: skip
     bar = _progress(len(contexts) + len(prompts), desc=f"forward {meta.get('model')}/{meta.get('task')}")
     budget = options.batch_size * longest
