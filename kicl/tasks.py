@@ -271,13 +271,15 @@ def render_text(template: dict, row: dict | pd.Series) -> str:
 
 
 def load_split(path: str | Path, spec: dict) -> pd.DataFrame:
-    """Normalised in-memory split: raw fields, ``text`` rendered through the template, int ``label``."""
+    """Normalised in-memory split: raw fields, ``text`` rendered through the template, int ``label``;
+    ``table.attrs["label_names"]`` holds the class names. The index is the row number in the split file."""
     table = pd.read_parquet(path)
     fields = template_fields(spec["template"])
     texts = [render_text(spec["template"], row) for row in table[fields].to_dict("records")]
     table = table.drop(columns=["text"]) if "text" in table.columns and fields != ["text"] else table
-    table = table.assign(text=texts, label=table["label"].astype(int))
-    return table.reset_index(drop=True)
+    table = table.assign(text=texts, label=table["label"].astype(int)).reset_index(drop=True)
+    table.attrs["label_names"] = list(spec["label_names"])
+    return table
 
 
 def drop_empty(table: pd.DataFrame, what: str) -> pd.DataFrame:

@@ -62,6 +62,7 @@ def test_paper_task_loads_from_shared_data(task, shared_manifest, tmp_path, monk
         counts = np.bincount(table["label"], minlength=len(spec["label_names"]))
         assert dict(zip(spec["label_names"], counts.tolist())) == expected["label_counts"]
         assert table["text"].map(type).eq(str).all()
+        assert table.attrs["label_names"] == entry["label_names"]
     pool = drop_empty(load_split(tmp_path / f"{spec['demo_split']}.parquet", spec), task)
     assert (pool["text"].str.strip() != "").all()
     if task == "tweet_eval_hate":
