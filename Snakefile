@@ -15,6 +15,7 @@ include: "rules/theory.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/prompts.smk"
+include: "rules/forward.smk"
 
 
 rule all:

@@ -148,6 +148,42 @@ def prompt_outputs():
     )
 
 
+# ---- Forward pass (rules/forward.smk)
+
+
+def forward_outputs():
+    return expand(
+        "results/forward/{model}/{task}.zarr",
+        model=SELECTED_MODELS,
+        task=SELECTED_TASKS,
+    )
+
+
+def forward_record(wildcards):
+    """The resolved config behind one forward store (kept in its attrs)."""
+    return {
+        "capture": config["capture"],
+        "protocol": config["protocol"],
+        "tasks": {wildcards.task: config["tasks"][wildcards.task]},
+        "models": {wildcards.model: config["models"][wildcards.model]},
+    }
+
+
+def _forward_device(wildcards):
+    device = config["capture"]["device"]
+    if device == "auto":
+        return config["models"][wildcards.model].get("device", "cpu")
+    return device
+
+
+def forward_gpus(wildcards):
+    """One GPU when the capture runs on CUDA (a Slurm job then asks for it), none on CPU."""
+    return 1 if _forward_device(wildcards).startswith("cuda") else 0
+
+
+# forward_mem_mb and forward_runtime: see "Cluster resources of the forward pass" at the end of this file.
+
+
 def final_outputs():
     return theory_outputs() + prompt_outputs()
 
