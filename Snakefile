@@ -16,6 +16,8 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/prompts.smk"
 include: "rules/forward.smk"
+include: "rules/figures.smk"
+include: "rules/tables.smk"
 
 
 rule all:

@@ -184,8 +184,130 @@ def forward_gpus(wildcards):
 # forward_mem_mb and forward_runtime: see "Cluster resources of the forward pass" at the end of this file.
 
 
+# ---- Figures and tables (rules/figures.smk, rules/tables.smk); options from config `analysis:` only
+
+
+#: (what, rule) of every figure and table in the report, in reading order; the summary page lists them
+REPORT_ITEMS = [
+    ("Table 3 (theory)", "theory_table3_tables"),
+    ("Table 3 figure (theory)", "theory_table3_figure"),
+    ("Fig 2: averaged attention map", "fig2_attention_map"),
+    ("Fig 25: one prompt's attention map", "fig25_single_prompt_map"),
+    ("Fig 3a/3b: reconstruction accuracy per head", "fig3_reconstruction"),
+    ("Fig 4: kernel weight vs sim_pred correlation", "fig4_simpred_correlation"),
+    ("Fig 5a/5b: key and value probes", "fig5_kv_probes"),
+    ("Table 2: kernel regression vs ICL", "table2"),
+    ("Table 2 encoder rows alone", "table_encoder_kr"),
+]
+FIGURE_RULES = [
+    "fig2_attention_map",
+    "fig25_single_prompt_map",
+    "fig3_reconstruction",
+    "fig4_simpred_correlation",
+]
+if config["capture"].get("kv_prompts", 0) > 0:
+    FIGURE_RULES.append("fig5_kv_probes")
+TABLE_RULES = ["table2", "table_encoder_kr"] if SELECTED_ENCODERS else ["table2"]
+
+
+def _rule_outputs(name):
+    """Every output of a rule, expanded over the selected models, tasks and encoders."""
+    patterns = [str(path) for path in getattr(rules, name).output]
+    files = expand(
+        patterns,
+        model=SELECTED_MODELS,
+        task=SELECTED_TASKS,
+        encoder=SELECTED_ENCODERS,
+        allow_missing=True,
+    )
+    return list(dict.fromkeys(files))
+
+
+def figure_outputs():
+    return [path for name in FIGURE_RULES for path in _rule_outputs(name)]
+
+
+def table_outputs():
+    return [path for name in TABLE_RULES for path in _rule_outputs(name)]
+
+
+def single_prompt_rescale_len(wildcards):
+    """Fig 25: None (one column per token) unless analysis.single_prompt_rescale asks for Fig 2's layout."""
+    analysis = config["analysis"]
+    return analysis["rescale_len"] if analysis["single_prompt_rescale"] else None
+
+
+def encoder_task_pairs():
+    """[encoder, task] for every selected pair, in the order of encoder_kr_csvs()."""
+    return [[encoder, task] for encoder in SELECTED_ENCODERS for task in SELECTED_TASKS]
+
+
+def encoder_kr_csvs(wildcards):
+    return [
+        f"results/encoder_kr/{encoder}/{wildcards.model}/{task}.csv"
+        for encoder, task in encoder_task_pairs()
+    ]
+
+
+def table2_inputs(wildcards):
+    """Every selected task's forward store for the model, and its encoder-KR predictions."""
+    return {
+        "stores": expand(
+            "results/forward/{model}/{task}.zarr",
+            model=wildcards.model,
+            task=SELECTED_TASKS,
+        ),
+        "kr": encoder_kr_csvs(wildcards),
+    }
+
+
+def summary_inputs():
+    return theory_outputs() + figure_outputs() + table_outputs()
+
+
+def summary_entries(wildcards):
+    """What the summary page lists: each report item, the rule that made it and its files."""
+    made = set(
+        FIGURE_RULES + TABLE_RULES + ["theory_table3_tables", "theory_table3_figure"]
+    )
+    entries = []
+    for what, name in REPORT_ITEMS:
+        if name not in made or not hasattr(rules, name):
+            continue
+        proxy = getattr(rules, name)
+        benchmark = str(proxy.benchmark) if proxy.rule.benchmark else None
+        entries.append(
+            {
+                "what": what,
+                "rule": name,
+                "files": _rule_outputs(name),
+                "benchmark": benchmark,
+                "benchmarks": _benchmark_files(benchmark),
+            }
+        )
+    return entries
+
+
+def _benchmark_files(pattern):
+    if not pattern:
+        return []
+    files = expand(
+        pattern,
+        model=SELECTED_MODELS,
+        task=SELECTED_TASKS,
+        encoder=SELECTED_ENCODERS,
+    )
+    return list(dict.fromkeys(files))
+
+
 def final_outputs():
-    return theory_outputs() + prompt_outputs()
+    return (
+        theory_outputs()
+        + prompt_outputs()
+        + figure_outputs()
+        + table_outputs()
+        + ["results/summary/index.html"]
+    )
 
 
 # ---- Cluster resources of the forward pass (profiles/slurm). Called by Snakemake when it schedules a
