@@ -169,3 +169,15 @@ def test_real_smollm2_matches_eager(request):
     assert np.abs(result.keys[0] - reference[0]["keys"][:, :, positions, :]).max() <= 1e-4
     assert np.abs(result.values[0] - reference[0]["values"][:, :, positions, :]).max() <= 1e-4
     np.testing.assert_allclose(result.logits.numpy(), np.stack([r["logits"] for r in reference]), atol=1e-3)
+
+
+def test_token_budget_batches_cover_every_input_once():
+    from kicl.capture import _token_budget_batches
+
+    lengths = [5, 30, 12, 12, 7, 30, 3, 9]
+    batches = _token_budget_batches(lengths, budget=40)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 40 or len(batch) == 1
+        assert lengths[batch[0]] == max(lengths[i] for i in batch)
+    assert batches[0] == [1] and batches[-1][-1] == 6
