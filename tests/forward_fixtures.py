@@ -107,7 +107,7 @@ def make_prompts(folder: Path, model_dir: str | Path, n_prompts: int = 10, seed:
 
 
 def eager_reference(model_dir: str, sequences, device: str = "cpu"):
-    """Per-prompt eager runs without padding: last-row attention (layers, heads, T), logits, past keys/values."""
+    """Per-prompt eager runs without padding: last-row attention (layers, heads, T), logits, cached keys/values."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
@@ -117,7 +117,7 @@ def eager_reference(model_dir: str, sequences, device: str = "cpu"):
         for sequence in sequences:
             result = model(torch.tensor([sequence]), output_attentions=True, use_cache=True)
             rows = np.stack([a[0, :, -1, :].numpy() for a in result.attentions])
-            cache = result.past_key_values
+            cache = result.cache
             keys = np.stack([layer.keys[0].numpy() for layer in cache.layers])  # (layers, n_kv, T, d)
             values = np.stack([layer.values[0].numpy() for layer in cache.layers])
             out.append({"rows": rows, "logits": result.logits[0, -1].numpy(), "keys": keys, "values": values})
