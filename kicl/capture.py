@@ -540,7 +540,7 @@ def _prompt_shard(model, shape: ModelShape, prompts: list[dict], meta: dict, opt
             kv_rows=kv_members, kv_positions=np.array(positions) if positions else None,
             n_layers=shape.n_layers,
         )  # fmt: skip
-        out["label_logits"][members] = result.logits[:, label_ids].cpu().numpy()
+        out["label_logits"][members] = result.logits.cpu()[:, label_ids].numpy()
         for b, local in enumerate(members):
             row = result.rows[b]
             out["attention"][local, :, :, : row.shape[-1]] = row

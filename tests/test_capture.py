@@ -181,3 +181,20 @@ def test_token_budget_batches_cover_every_input_once():
         assert len(batch) * max(lengths[i] for i in batch) <= 40 or len(batch) == 1
         assert lengths[batch[0]] == max(lengths[i] for i in batch)
     assert batches[0] == [1] and batches[-1][-1] == 6
+
+
+def test_half_precision_rows_stay_close_and_sum_to_one(family_model, prompt_records):
+    """bfloat16 weights (capture.dtype): the rows are still computed in float32 from the layer's q and k."""
+    from transformers import AutoModelForCausalLM
+
+    family, folder = family_model
+    sequences = [p["input_ids"] for p in prompt_records[:3]]
+    _, reference = eager_reference(folder, sequences)
+    register_capture_attention()
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.bfloat16).eval()
+    shape = prepare_model(model)
+    result = forward_batch(model, sequences, n_layers=shape.n_layers)
+    for row, ref in zip(result.rows, reference):
+        assert row.dtype == np.float32
+        np.testing.assert_allclose(row.sum(-1), 1.0, atol=1e-5)
+        assert np.abs(row - ref["rows"]).max() < 0.1
