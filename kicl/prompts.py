@@ -297,6 +297,8 @@ def build_prompt_set(
     n_classes = len(task_spec["label_names"])
 
     indices, splits, report = select_eval_points(len(eval_table), protocol["n_select"], protocol["n_heldout"], seed)
+    if len(indices) == 0:
+        raise PromptError(f"{where}: no test points (protocol.n_select + protocol.n_heldout is 0)")
     if report["capped"]:
         log.warning(
             "%s: the evaluation split %r has %d rows < n_select + n_heldout = %d; using %d selection + %d held-out",
