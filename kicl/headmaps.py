@@ -11,14 +11,19 @@ def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=No
     """One panel per entry of `grids` (name -> array (layer, head)); the best head of each panel is boxed."""
     names = list(grids)
     n_layers, n_heads = next(iter(grids.values())).shape
-    width = float(np.clip(n_layers * 0.28, 3.2, 9))
-    height = float(np.clip(n_heads * 0.28, 2.4, 9))
+    ncols = min(2, len(names))
+    nrows = int(np.ceil(len(names) / ncols))
+    width = float(np.clip(n_layers * 0.22, 3.0, 8.0))
+    height = float(np.clip(n_heads * 0.22, 2.0, 8.0)) + 0.7
     with figure_style():
-        fig, axes = plt.subplots(1, len(names), figsize=(width * len(names) + 1.2, height + 1.2), squeeze=False, layout="constrained")
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols + 1.2, height * nrows + 0.8), squeeze=False, layout="constrained")
+        for ax in axes.ravel()[len(names):]:
+            ax.remove()
         finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()] + [np.array([0.0])])
         vmin = float(finite.min()) if vmin is None else vmin
         vmax = float(finite.max()) if vmax is None else vmax
-        for ax, name in zip(axes[0], names):
+        panels = axes.ravel()[: len(names)]
+        for ax, name in zip(panels, names):
             grid = np.asarray(grids[name], dtype=float)
             im = ax.imshow(grid.T, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_xlabel("layer index")
@@ -30,8 +35,8 @@ def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=No
                 ax.set_title(f"{name}: best L{lay} H{head} = {grid[lay, head]:.3f}", fontsize=9)
             else:
                 ax.set_title(name, fontsize=9)
-        fig.colorbar(im, ax=list(axes[0]), fraction=0.03, pad=0.01, aspect=30, label=colorbar_label)
+        fig.colorbar(im, ax=list(panels), fraction=0.03, pad=0.01, aspect=30, label=colorbar_label)
         fig.suptitle(title, fontsize=10)
-        for ax in axes[0]:
+        for ax in panels:
             ax.grid(False)
     save_figure(fig, path)
