@@ -77,11 +77,14 @@ def check_template(template: dict, verbalizers: Sequence[str], where: str) -> No
 class PieceTokenizer:
     """Tokenises prompt pieces separately (cached) and checks that each piece decodes back to itself."""
 
+    ANCHOR = "\n"
+
     def __init__(self, tokenizer, where: str = ""):
         self.tokenizer = tokenizer
         self.where = where
         self.cache: dict[str, list[int]] = {}
         self.prefix_ids = self._special_prefix()
+        self.anchor_ids = list(tokenizer(self.ANCHOR, add_special_tokens=False)["input_ids"])
 
     def _special_prefix(self) -> list[int]:
         """Special tokens the tokenizer puts before a text (e.g. <s>/<bos>), found by comparison."""
@@ -95,16 +98,30 @@ class PieceTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
 
+    def _fits_in_context(self, ids: Sequence[int], piece: str) -> bool:
+        """Whether ids, placed after the anchor text, decode to exactly the anchor text + piece."""
+        return self.decode(self.anchor_ids + list(ids)) == self.decode(self.anchor_ids) + piece
+
     def encode(self, piece: str) -> list[int]:
-        """Token ids of a piece; raises PromptError if they do not decode back to the piece."""
+        """Token ids of a piece as it reads inside a prompt (after other text); raises PromptError if none do.
+
+        The piece is tokenised on its own; if that does not decode back to it inside a prompt (SentencePiece
+        tokenisers such as Llama-2's add a word-boundary marker at the start of every text), it is tokenised
+        after an anchor ("\n") and the anchor's tokens are removed.
+        """
         if piece not in self.cache:
             ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
-            if self.decode(ids) != piece:
-                raise PromptError(
-                    f"{self.where}: the tokenizer {getattr(self.tokenizer, 'name_or_path', '')!r} does not "
-                    f"round-trip the piece {piece!r} (decodes to {self.decode(ids)!r}); piecewise prompts need a "
-                    "tokenizer that decodes its tokens losslessly (byte-level BPE, tiktoken, Gemma-style SentencePiece)"
-                )
+            if self.decode(ids) != piece or not self._fits_in_context(ids, piece):
+                anchored = self.tokenizer(self.ANCHOR + piece, add_special_tokens=False)["input_ids"]
+                n_anchor = len(self.anchor_ids)
+                ids = anchored[n_anchor:]
+                if anchored[:n_anchor] != self.anchor_ids or not ids or not self._fits_in_context(ids, piece):
+                    raise PromptError(
+                        f"{self.where}: the tokenizer {getattr(self.tokenizer, 'name_or_path', '')!r} cannot "
+                        f"tokenise the piece {piece!r} on its own so that it decodes back to itself inside a prompt "
+                        f"(got {self.decode(ids)!r}); piecewise prompts need a tokenizer that decodes its tokens "
+                        "losslessly (byte-level BPE, tiktoken, SentencePiece with byte fallback)"
+                    )
             self.cache[piece] = list(ids)
         return self.cache[piece]
 
@@ -113,7 +130,7 @@ class PieceTokenizer:
 
         Raises VerbalizerError listing every offending word before any forward pass.
         """
-        encoded = {word: self.tokenizer(word, add_special_tokens=False)["input_ids"] for word in verbalizers}
+        encoded = {word: self.encode(word) for word in verbalizers}
         if readout == "single_token":
             bad = {w: ids for w, ids in encoded.items() if len(ids) != 1}
             if bad:
@@ -190,6 +207,9 @@ def build_prompt(
     add(head)
     test_span = add(space + test_text)
     add(template["output_prefix"])
+    body = "".join(text_parts[1:] if pieces.prefix_ids else text_parts)
+    if pieces.decode(ids[len(pieces.prefix_ids) :]) != body:
+        raise PromptError(f"{pieces.where}: the prompt's tokens do not decode back to its text: {body[:200]!r}")
     return {"text": "".join(text_parts), "input_ids": ids, "test_text": test_text, "test_span": list(test_span),
             "demos": records}  # fmt: skip
 

@@ -73,6 +73,31 @@ def bos_tokenizer(folder):
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="<|endoftext|>")
 
 
+def llama2_style_tokenizer(folder):
+    """A SentencePiece-style BPE like Llama-2's (Metaspace '▁' word marker prepended to a text, byte fallback,
+    <s> added), trained offline: decoding drops the marker of a text's first token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence([
+        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
+    ])  # fmt: skip
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    corpus = SENTENCES * 3 + ["Input: x Output: Positive Output: Negative Premise: Hypothesis: Yes Maybe No"] * 30
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<unk>", "<s>", *byte_tokens])
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", unk_token="<unk>")
+    wrapped.save_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+#: tokenizers whose tokens decode on their own exactly (byte-level); the others decode exactly in context
+STANDALONE = {"smollm2", "gpt2_bpe", "bpe_with_bos"}
+
+
 @pytest.fixture(scope="module")
 def tokenizers(smollm2_dir, tmp_path_factory):
     from transformers import AutoTokenizer
@@ -81,6 +106,7 @@ def tokenizers(smollm2_dir, tmp_path_factory):
         "smollm2": AutoTokenizer.from_pretrained(smollm2_dir),
         "gpt2_bpe": gpt2_style_tokenizer(tmp_path_factory.mktemp("bpe")),
         "bpe_with_bos": bos_tokenizer(tmp_path_factory.mktemp("bos")),
+        "llama2_style": llama2_style_tokenizer(tmp_path_factory.mktemp("sp")),
     }
 
 
@@ -104,38 +130,50 @@ PROTOCOL = {"seed": 0, "n_demos": 4, "demo_strategy": "random", "n_select": 8, "
             "readout": "single_token", "context_policy": "error", "max_length": None}  # fmt: skip
 
 
-def check_segment_map(tokenizer, meta, record, template):
-    """Every span decodes exactly to its piece; spans are ordered, disjoint and tile each block."""
+def check_segment_map(tokenizer, meta, record, template, standalone=True):
+    """Every span decodes exactly to its piece (on its own for byte-level tokenizers, and always in context:
+    the text of tokens [0, end) is the text of tokens [0, start) followed by the piece); spans are ordered,
+    disjoint and tile each block."""
     decode = lambda ids: tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
     ids = record["input_ids"]
     space = template["input_prefix"][len(template["input_prefix"].rstrip(" ")) :]
+    prefix = len(meta["special_prefix_ids"])
+
+    def piece(start, end):
+        before, through = decode(ids[:start]), decode(ids[:end])
+        assert through.startswith(before), (before, through)
+        in_context = through[len(before) :]
+        if standalone:
+            assert decode(ids[start:end]) == in_context
+        return in_context
+
     assert decode(ids) == record["text"]
-    previous_end = len(meta["special_prefix_ids"])
-    assert ids[:previous_end] == meta["special_prefix_ids"]
+    assert ids[:prefix] == meta["special_prefix_ids"]
+    previous_end = prefix
     for demo in record["demos"]:
         block, inp, delim = demo["block_span"], demo["input_span"], demo["delim_span"]
         assert block[0] == previous_end and block[1] == delim[1]
         assert block[0] < inp[0] < inp[1] < demo["label_pos"] < delim[0] < delim[1]
-        assert decode(ids[inp[0] : inp[1]]) == space + demo["text"]
-        assert decode([ids[demo["label_pos"]]]) == meta["verbalizers"][demo["label"]]
+        assert piece(*inp) == space + demo["text"]
+        assert piece(demo["label_pos"], demo["label_pos"] + 1) == meta["verbalizers"][demo["label"]]
         assert ids[demo["label_pos"]] == meta["label_token_ids"][demo["label"]]
-        assert decode(ids[delim[0] : delim[1]]) == template["delimiter"]
-        assert decode(ids[block[0] : inp[0]]) + space == template["input_prefix"]
-        assert decode(ids[inp[1] : demo["label_pos"]]) == template["output_prefix"]
+        assert piece(*delim) == template["delimiter"]
+        assert piece(block[0], inp[0]) + space == template["input_prefix"]
+        assert piece(inp[1], demo["label_pos"]) == template["output_prefix"]
         previous_end = block[1]
     test = record["test_span"]
-    assert decode(ids[test[0] : test[1]]) == space + record["test_text"]
-    assert decode(ids[previous_end : test[0]]) + space == template["input_prefix"]
-    assert decode(ids[test[1] :]) == template["output_prefix"]
+    assert piece(*test) == space + record["test_text"]
+    assert piece(previous_end, test[0]) + space == template["input_prefix"]
+    assert piece(test[1], len(ids)) == template["output_prefix"]
 
 
-@pytest.mark.parametrize("family", ["smollm2", "gpt2_bpe", "bpe_with_bos"])
+@pytest.mark.parametrize("family", ["smollm2", "gpt2_bpe", "bpe_with_bos", "llama2_style"])
 def test_spans_decode_exactly_to_input_label_and_delimiter(tokenizers, family):
     tokenizer = tokenizers[family]
     eval_table, pool = toy_task()
     spec = spec_with()
     meta, records = build_prompt_set("toy", spec, family, tokenizer, eval_table, pool, PROTOCOL, None)
-    assert meta["special_prefix_ids"] == ([tokenizer.bos_token_id] if family == "bpe_with_bos" else [])
+    assert meta["special_prefix_ids"] == ([tokenizer.bos_token_id] if family in ("bpe_with_bos", "llama2_style") else [])
     assert len(records) == 12 and [r["prompt_id"] for r in records] == list(range(12))
     assert [r["split"] for r in records] == ["select"] * 8 + ["heldout"] * 4
     for record in records:
@@ -143,10 +181,10 @@ def test_spans_decode_exactly_to_input_label_and_delimiter(tokenizers, family):
         assert len(record["demos"]) == 4
         for demo in record["demos"]:
             assert demo["text"] == pool.loc[demo["pool_index"], "text"] and demo["label"] == pool.loc[demo["pool_index"], "label"]
-        check_segment_map(tokenizer, meta, record, spec["template"])
+        check_segment_map(tokenizer, meta, record, spec["template"], standalone=family in STANDALONE)
 
 
-@pytest.mark.parametrize("family", ["smollm2", "gpt2_bpe"])
+@pytest.mark.parametrize("family", ["smollm2", "gpt2_bpe", "llama2_style"])
 def test_pair_template_spans_cover_premise_and_hypothesis(tokenizers, family):
     tokenizer = tokenizers[family]
     mnli = dict(default_config()["tasks"]["mnli"])
@@ -160,7 +198,7 @@ def test_pair_template_spans_cover_premise_and_hypothesis(tokenizers, family):
     table["text"] = [render_text(mnli["template"], row) for _, row in table.iterrows()]
     meta, records = build_prompt_set("mnli", mnli, family, tokenizer, table, table.copy(), PROTOCOL | {"n_demos": 3}, None)
     for record in records:
-        check_segment_map(tokenizer, meta, record, mnli["template"])
+        check_segment_map(tokenizer, meta, record, mnli["template"], standalone=family in STANDALONE)
         assert "\nHypothesis: " in record["test_text"]
 
 
@@ -330,3 +368,18 @@ def test_prompt_rule_builds_the_contract_files_in_snakemake(run_workflow, tmp_pa
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     for record in records:
         check_segment_map(tokenizer, meta, record, meta["template"])
+
+
+def test_sentencepiece_pieces_are_tokenised_as_inside_a_prompt(tokenizers):
+    """Llama-2-style tokenizers mark the start of every text; such pieces are tokenised after an anchor."""
+    tokenizer = tokenizers["llama2_style"]
+    pieces = PieceTokenizer(tokenizer)
+    n_anchor = len(pieces.anchor_ids)
+    for piece in ("Input:", "\n"):
+        plain = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        anchored = tokenizer("\n" + piece, add_special_tokens=False)["input_ids"][n_anchor:]
+        assert plain != anchored and pieces.encode(piece) == anchored
+    assert len(pieces.encode(" Positive")) == 1
+    smollm2 = PieceTokenizer(tokenizers["smollm2"])
+    for piece in ("Input:", "\n", " Positive"):
+        assert smollm2.encode(piece) == tokenizers["smollm2"](piece, add_special_tokens=False)["input_ids"]
