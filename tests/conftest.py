@@ -96,7 +96,7 @@ def default_config() -> dict:
 
 
 def _cached_build(folder: Path, build) -> Path:
-    """Build ``folder`` once (under a lock file name) unless it is already complete."""
+    """Build ``folder`` once; a marker file records that a previous build completed."""
     marker = folder / ".kicl-complete"
     if not marker.exists():
         from kicl.assets import AssetError
