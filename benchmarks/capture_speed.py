@@ -8,8 +8,13 @@ Variants, each measured in its own subprocess so that peak memory is clean:
 
 * ``capture``: ``kicl.capture.forward_batch`` (sdpa forward + last-row attention of every layer and head,
   logits at the last token only) plus the kernel-weight reductions of 8 demonstrations;
-* ``eager``: ``model(ids, output_attentions=True)`` with eager attention (every layer's L×L matrices);
-* ``sdpa``: ``model(ids)`` with sdpa attention and nothing captured (the floor).
+* ``eager``: ``model(ids, output_attentions=True)`` with eager attention (every layer's L×L matrices),
+  under ``torch.inference_mode()``;
+* ``eager_grad``: the same call without inference mode, as a plain call in a script runs it (autograd keeps
+  every layer's intermediate tensors alive until the output is dropped);
+* ``sdpa``: ``model(ids)`` with sdpa attention and nothing captured (logits at every position);
+* ``sdpa_last``: the same with ``logits_to_keep=1`` (logits at the last position only, as the capture does):
+  the strict floor.
 
 Each variant runs one warm-up prompt and then ``--prompts`` prompts of exactly L random tokens, batch size 1;
 the time per prompt is the fastest of them (the mean is in the JSON), which is robust to other jobs.
@@ -30,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("capture", "eager", "sdpa")
+VARIANTS = ("capture", "eager", "eager_grad", "sdpa", "sdpa_last")
 
 
 def _status_kb(field: str) -> int:
@@ -60,7 +65,8 @@ def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: i
 
     torch.set_num_threads(threads)
     register_capture_attention()
-    attention = {"capture": CAPTURE_ATTENTION, "eager": "eager", "sdpa": "sdpa"}[variant]
+    attention = {"capture": CAPTURE_ATTENTION, "eager": "eager", "eager_grad": "eager", "sdpa": "sdpa",
+                 "sdpa_last": "sdpa"}[variant]
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention, dtype=torch.float32).eval()
     shape = prepare_model(model) if variant == "capture" else None
     n_params = sum(p.numel() for p in model.parameters())
@@ -75,9 +81,13 @@ def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: i
             result = forward_batch(model, [ids], n_layers=shape.n_layers)
             kernel_weights(result.rows[0], starts, labels)
             return result.logits
+        kwargs = {"output_attentions": variant.startswith("eager"), "use_cache": False}
+        if variant == "sdpa_last":
+            kwargs["logits_to_keep"] = 1
+        if variant == "eager_grad":
+            return model(torch.tensor([ids]), **kwargs).logits[:, -1]
         with torch.inference_mode():
-            out = model(torch.tensor([ids]), output_attentions=variant == "eager", use_cache=False)
-        return out.logits[:, -1]
+            return model(torch.tensor([ids]), **kwargs).logits[:, -1]
 
     with torch.no_grad():  # fault in lazily mapped weight pages, so that they count as loaded, not as activations
         checksum = sum(float(p.float().sum()) for p in model.parameters())
@@ -190,16 +200,18 @@ def main() -> None:
     print()
     by = {(r["length"], r["variant"]): r for r in rows}
     for length in args.lengths:
-        cap, eager, sdpa = (by.get((length, v)) for v in VARIANTS)
+        cap = by.get((length, "capture"))
         if not cap:
             continue
-        parts = [f"L={length}:"]
-        if eager:
-            parts.append(f"eager/capture time {eager['seconds_per_prompt'] / cap['seconds_per_prompt']:.2f}x (target >= 3)")
-            parts.append(f"eager/capture activation memory {eager['activation_mb'] / max(cap['activation_mb'], 1):.1f}x (target >= 5)")
-        if sdpa:
-            parts.append(f"capture/sdpa time {cap['seconds_per_prompt'] / sdpa['seconds_per_prompt']:.2f}x (target <= 1.3)")
-        print("  ".join(parts))
+        lines = []
+        for name in ("eager", "eager_grad"):
+            if other := by.get((length, name)):
+                lines.append(f"{name}/capture time {other['seconds_per_prompt'] / cap['seconds_per_prompt']:.2f}x (target >= 3), "
+                             f"activation memory {other['activation_mb'] / max(cap['activation_mb'], 1):.1f}x (target >= 5)")
+        for name in ("sdpa", "sdpa_last"):
+            if other := by.get((length, name)):
+                lines.append(f"capture/{name} time {cap['seconds_per_prompt'] / other['seconds_per_prompt']:.2f}x (target <= 1.3)")
+        print(f"L={length}: " + "; ".join(lines))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"load_before": load_before, "load_after": load_after, "matmul_gflops": rate,
