@@ -68,10 +68,10 @@ class _Recorder:
         self.pending_prerope: dict[int, torch.Tensor] = {}
 
     def gather_kv(self, states: torch.Tensor) -> torch.Tensor:
-        """(B, n_kv, T, d) states -> (Bk, n_kv, S, d) float32 at the kv rows and positions."""
+        """(B, n_kv, T, d) states -> (Bk, n_kv, S, d) at the kv rows and positions (dtype kept)."""
         rows = states[self.kv_rows]
         index = self.kv_positions[:, None, :, None].expand(-1, rows.shape[1], -1, rows.shape[-1])
-        return torch.gather(rows, 2, index).float()
+        return torch.gather(rows, 2, index)
 
     def record(self, module, query, key, value, attention_mask, scaling, kwargs) -> None:
         for unsupported in ("position_bias", "s_aux", "sinks", "softcap"):
@@ -100,8 +100,8 @@ class _Recorder:
                 scores = scores + mask_row.float()
         self.rows.append(torch.softmax(scores, dim=-1))
         if self.kv_rows is not None:
-            self.keys.append(self.gather_kv(key))
-            self.values.append(self.gather_kv(value))
+            self.keys.append(self.gather_kv(key).float())
+            self.values.append(self.gather_kv(value).float())
             prerope = self.pending_prerope.pop(id(module), None)
             if prerope is not None:
                 self.keys_prerope.append(prerope)
@@ -157,13 +157,14 @@ def _attention_modules(model) -> list[torch.nn.Module]:
     return sorted(found, key=lambda module: module.layer_idx)
 
 
-def _prerope_key_module(attention: torch.nn.Module) -> torch.nn.Module | None:
-    """The submodule whose output is the key before rotary embedding (after a key norm where there is one)."""
-    for name in ("k_norm", "k_proj", "key"):
-        module = getattr(attention, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    return None
+def _prerope_key_module(attention: torch.nn.Module) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
+    """(key projection, per-head key norm or None): the key before rotary embedding is norm(projection(x)).
+
+    The norm (Qwen3, Gemma-3) acts on each head vector on its own, so it is applied to the gathered keys only.
+    """
+    projection = next((m for n in ("k_proj", "key") if isinstance(m := getattr(attention, n, None), torch.nn.Module)), None)
+    norm = getattr(attention, "k_norm", None)
+    return projection, norm if isinstance(norm, torch.nn.Module) else None
 
 
 def prepare_model(model) -> ModelShape:
@@ -185,22 +186,25 @@ def prepare_model(model) -> ModelShape:
     rotary = any("Rotary" in type(module).__name__ for module in model.modules())
     if rotary:
         for attention in attentions:
-            key_module = _prerope_key_module(attention)
-            if key_module is None:
+            projection, norm = _prerope_key_module(attention)
+            if projection is None:
                 raise CaptureError(f"{type(attention).__name__}: no key projection found for pre-rotary keys")
-            if not getattr(key_module, "_kicl_prerope_hooked", False):
-                key_module.register_forward_hook(_prerope_hook(attention, head_dim))
-                key_module._kicl_prerope_hooked = True
+            if not getattr(projection, "_kicl_prerope_hooked", False):
+                projection.register_forward_hook(_prerope_hook(attention, norm, head_dim))
+                projection._kicl_prerope_hooked = True
     return ModelShape(n_layers, n_heads, n_kv_heads, head_dim, rotary, model.get_output_embeddings().out_features)
 
 
-def _prerope_hook(attention: torch.nn.Module, head_dim: int):
+def _prerope_hook(attention: torch.nn.Module, norm: torch.nn.Module | None, head_dim: int):
+    """Forward hook on a key projection: keep its output at the kv rows/positions (normed where the model norms)."""
+
     def hook(_module, _inputs, output):
         recorder = _ACTIVE
         if recorder is None or recorder.kv_rows is None:
             return
         states = output.reshape(output.shape[0], output.shape[1], -1, head_dim).transpose(1, 2)
-        recorder.pending_prerope[id(attention)] = recorder.gather_kv(states)
+        keys = recorder.gather_kv(states)
+        recorder.pending_prerope[id(attention)] = (norm(keys) if norm is not None else keys).float()
 
     return hook
 

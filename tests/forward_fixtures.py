@@ -54,6 +54,10 @@ def tiny_config(family: str, vocab: int = VOCAB, max_positions: int = 512):
         return LlamaConfig(**decoder)
     if family == "qwen2":
         return Qwen2Config(**decoder)
+    if family == "gemma3":  # the optional gemma-3-270m: q/k norms, query_pre_attn_scalar, sliding + global layers
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(head_dim=16, sliding_window=8, query_pre_attn_scalar=24, **decoder)
     if family == "mistral":  # sliding-window attention: the mask, not causality alone, limits the last row
         from transformers import MistralConfig
 
@@ -108,14 +112,15 @@ def make_prompts(folder: Path, model_dir: str | Path, n_prompts: int = 10, seed:
 
 def eager_reference(model_dir: str, sequences, device: str = "cpu"):
     """Per-prompt eager runs without padding: last-row attention (layers, heads, T), logits, cached keys/values."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, DynamicCache
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
     model.eval()
     out = []
     with torch.inference_mode():
         for sequence in sequences:
-            result = model(torch.tensor([sequence]), output_attentions=True, use_cache=True)
+            # a cache built without the config keeps every position, also in sliding-window layers
+            result = model(torch.tensor([sequence]), output_attentions=True, use_cache=True, cache=DynamicCache())
             rows = np.stack([a[0, :, -1, :].numpy() for a in result.attentions])
             cache = result.cache
             keys = np.stack([layer.keys[0].numpy() for layer in cache.layers])  # (layers, n_kv, T, d)

@@ -23,7 +23,7 @@ from kicl.capture import (  # noqa: E402
     register_capture_attention,
 )
 
-FAMILIES = ["gptj", "llama", "gpt2", "qwen2", "mistral"]
+FAMILIES = ["gptj", "llama", "gpt2", "qwen2", "mistral", "gemma3"]
 TOL = 1e-5
 
 
@@ -51,16 +51,27 @@ def _capture_model(folder):
 
 
 def _prerope_reference(eager_model, sequence, head_dim):
-    """Pre-rotary keys of the eager model from forward hooks on its key projections: (layers, n_kv, T, d)."""
+    """Pre-rotary keys of the eager model, hooked at the key norm where there is one, else the key projection.
+
+    Returns (layers, n_kv, T, d); the key norm's output is (1, n_kv, T, d) in Gemma-3 and (1, T, n_kv, d) in Qwen3.
+    """
     captured, handles = [], []
+    length = len(sequence)
+
+    def keep(_module, _inputs, output):
+        if output.dim() == 4 and output.shape[2] == length:  # (1, n_kv, T, d)
+            captured.append(output[0])
+        else:  # (1, T, n_kv * d) or (1, T, n_kv, d)
+            captured.append(output[0].reshape(length, -1, head_dim).transpose(0, 1))
+
     for attention in _attention_modules(eager_model):
-        module = _prerope_key_module(attention)
-        handles.append(module.register_forward_hook(lambda m, i, o: captured.append(o[0].reshape(o.shape[1], -1, head_dim))))
+        module = getattr(attention, "k_norm", None) or _prerope_key_module(attention)[0]
+        handles.append(module.register_forward_hook(keep))
     with torch.inference_mode():
         eager_model(torch.tensor([sequence]))
     for handle in handles:
         handle.remove()
-    return np.stack([c.transpose(0, 1).numpy() for c in captured])
+    return np.stack([c.numpy() for c in captured])
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -82,8 +93,6 @@ def test_last_row_and_logits_match_eager(family_model, prompt_records, padding_s
 
 def test_keys_values_match_cache_and_hooks(family_model, prompt_records):
     family, folder = family_model
-    if family == "mistral":
-        pytest.skip("a sliding-window cache keeps only the last window, so it is no reference for all positions")
     sequences = [p["input_ids"] for p in prompt_records[:4]]
     eager, reference = eager_reference(folder, sequences)
     model, shape = _capture_model(folder)
