@@ -126,7 +126,7 @@ def _cell(value, low, high) -> str:
 
 
 def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Methods as rows; per task an 'ours [95% CI]' column and a 'paper' column."""
+    """Methods as rows; per task an 'ours [95% CI]' column, and a 'paper' column where the paper has the task."""
     tasks = list(dict.fromkeys(frame["task"]))
     keys = list(dict.fromkeys(frame["row"]))
     out = []
@@ -156,7 +156,8 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
         n_row[task] = str(int(frame[frame["task"] == task]["n"].max()))
         n_row[f"{task} (paper)"] = "300"
     out.append(n_row)
-    return pd.DataFrame(out)
+    without_paper = [f"{t} (paper)" for t in tasks if not frame.loc[frame["task"] == t, "paper"].notna().any()]
+    return pd.DataFrame(out).drop(columns=without_paper)
 
 
 def to_markdown(wide: pd.DataFrame) -> str:

@@ -15,7 +15,7 @@ from kicl.probes import probe_accuracy, probe_figure, ridge_fit_predict
 from kicl.reconstruction import head_reconstruction, label_votes, reconstruction_figure
 from kicl.storeview import StoreError, open_store, string_values
 from kicl.synthetic_store import Planted, make_synthetic_store
-from kicl.tables import bootstrap_ci, paper_value, table2
+from kicl.tables import bootstrap_ci, paper_value, table2, wide_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -321,3 +321,13 @@ def test_missing_store_variable_is_named(tmp_path):
     xr.Dataset({"length": (("prompt",), np.array([3]))}).to_zarr(path, zarr_format=3, consolidated=False)
     with pytest.raises(StoreError, match="kernel_weight"):
         reconstruction_figure(path, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.csv")
+
+
+def test_wide_table_has_paper_columns_only_for_the_papers_tasks():
+    rows = [
+        {"task": task, "row": "icl_accuracy", "value": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n": 300, "paper": paper}
+        for task, paper in [("sst2", 0.805), ("trec", np.nan)]
+    ]
+    wide = wide_table(pd.DataFrame(rows))
+    assert list(wide.columns) == ["method", "sst2", "sst2 (paper)", "trec"]
+    assert wide.loc[wide["method"] == "ICL accuracy", "sst2 (paper)"].item() == "0.805"
