@@ -13,7 +13,10 @@ start of the input piece (" " + x), as byte-level BPE tokenisers attach a word's
 verbalizer and ``delim_span`` to the delimiter. Each piece is checked to decode back to itself.
 
 Demonstrations are drawn per test point by a strategy from :data:`STRATEGIES` with a generator seeded by
-(protocol seed, test index), so a prompt does not depend on which other prompts are built.
+(protocol seed, test index), so a prompt does not depend on which other prompts are built. The retrieval
+strategies ``nearest``/``farthest`` rank the pool by sentence-encoder cosine to the test input and place the
+chosen demonstrations by ascending similarity (most similar last, next to the test input); see
+:mod:`kicl.retrieval`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kicl.retrieval import EmbedFunction, cap_pool, embed_once, is_retrieval, ranked_by_similarity
 from kicl.tasks import drop_empty, load_split
 
 log = logging.getLogger(__name__)
@@ -265,6 +269,36 @@ def class_balanced_demos(
     return pool.index.to_numpy()[positions[rng.permutation(len(positions))]]
 
 
+def _retrieved(pool: pd.DataFrame, k: int, similarities: np.ndarray | None, most_similar: bool, name: str) -> np.ndarray:
+    if similarities is None or len(similarities) != len(pool):
+        raise PromptError(f"the {name} strategy needs the test input's similarity to every pool example "
+                          "(build_prompt_set computes them when given an embedding function)")  # fmt: skip
+    try:
+        positions = ranked_by_similarity(similarities, k, most_similar)
+    except ValueError as error:
+        raise PromptError(str(error)) from error
+    return pool.index.to_numpy()[positions]
+
+
+@register_strategy("nearest")
+def nearest_demos(
+    test: pd.Series, pool: pd.DataFrame, k: int, rng: np.random.Generator, similarities: np.ndarray | None = None,
+    **options,
+) -> np.ndarray:  # fmt: skip
+    """The k pool examples most similar to the test input (cosine of sentence embeddings, one value per pool
+    row in ``similarities``), by ascending similarity: the most similar is last, next to the test input."""
+    return _retrieved(pool, k, similarities, True, "nearest")
+
+
+@register_strategy("farthest")
+def farthest_demos(
+    test: pd.Series, pool: pd.DataFrame, k: int, rng: np.random.Generator, similarities: np.ndarray | None = None,
+    **options,
+) -> np.ndarray:  # fmt: skip
+    """The k pool examples least similar to the test input, by ascending similarity (least similar first)."""
+    return _retrieved(pool, k, similarities, False, "farthest")
+
+
 # ---- evaluation points -----------------------------------------------------------------------------
 
 
@@ -299,8 +333,13 @@ def build_prompt_set(
     protocol: dict,
     max_length: int | None,
     tokenizer_name: str = "",
+    embed: EmbedFunction | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Meta dict and prompt records of one (model, task), following the prompt-file contract."""
+    """Meta dict and prompt records of one (model, task), following the prompt-file contract.
+
+    ``embed`` (texts -> embeddings) is needed by the retrieval strategies only: it is called once, on the
+    selected test inputs and the (possibly capped, ``protocol.retrieval_pool_size``) pool.
+    """
     where = f"task {task!r}, model {model!r}"
     template, verbalizers = task_spec["template"], task_spec["verbalizers"]
     check_template(template, verbalizers, f"tasks.{task}")
@@ -326,10 +365,27 @@ def build_prompt_set(
             report["n_select"], report["n_heldout"],
         )  # fmt: skip
     records, n_dropped_prompts, n_dropped_demos = [], 0, 0
+    retrieval = is_retrieval(strategy_name)
+    if retrieval:
+        if embed is None:
+            raise PromptError(f"{where}: protocol.demo_strategy {strategy_name!r} needs sentence embeddings "
+                              "(protocol.retrieval_encoder) but no embedding function was given")  # fmt: skip
+        pool = cap_pool(pool, protocol.get("retrieval_pool_size"), seed)
+        test_vectors, pool_vectors = embed_once(
+            embed, [str(eval_table["text"].iloc[int(i)]) for i in indices], pool["text"].astype(str).tolist()
+        )
+        pool_position = {index: position for position, index in enumerate(pool.index)}
+        log.info("%s: embedded %d test inputs and %d pool examples for %s retrieval", where, len(indices),
+                 len(pool), strategy_name)  # fmt: skip
+    records, n_dropped_prompts, n_dropped_demos = [], 0, 0
     for prompt_id, (row_index, split) in enumerate(zip(indices, splits)):
         test = eval_table.iloc[int(row_index)]
         rng = np.random.default_rng([seed, int(row_index)])
-        chosen = strategy(test, pool, k, rng, n_classes=n_classes)
+        if retrieval:
+            similarities = pool_vectors @ test_vectors[prompt_id]
+            chosen = strategy(test, pool, k, rng, n_classes=n_classes, similarities=similarities)
+        else:
+            chosen = strategy(test, pool, k, rng, n_classes=n_classes)
         demos = [Demo(int(i), int(pool.at[i, "label"]), str(pool.at[i, "text"])) for i in chosen]
         prompt = build_prompt(pieces, template, verbalizers, demos, str(test["text"]))
         while max_length is not None and len(prompt["input_ids"]) > max_length:
@@ -350,6 +406,8 @@ def build_prompt_set(
             "prompt_id": prompt_id, "split": str(split), "test_index": int(row_index), "gold": int(test["label"]),
             "n_demos": len(demos), **prompt,
         })  # fmt: skip
+        if retrieval:  # extra field: each kept demonstration's cosine to the test input, in prompt order
+            records[-1]["demo_similarity"] = [float(similarities[pool_position[d.pool_index]]) for d in demos]
     if n_dropped_demos:
         log.warning("%s: dropped %d demonstrations from %d prompts to fit %d tokens", where, n_dropped_demos,
                     n_dropped_prompts, max_length)  # fmt: skip
@@ -380,6 +438,9 @@ def build_prompt_set(
         "pool_label_counts": np.bincount(pool["label"].to_numpy(), minlength=n_classes).tolist(),
         "pool_eval_text_overlap": int(len(set(pool["text"]) & set(eval_table["text"].iloc[indices]))),
     }
+    if retrieval:
+        meta["retrieval_encoder"] = protocol.get("retrieval_encoder")
+        meta["retrieval_pool_size"] = protocol.get("retrieval_pool_size")
     return meta, records
 
 
@@ -414,9 +475,19 @@ def build_prompt_files(
     protocol: dict,
     meta_path: str | Path,
     prompts_path: str | Path,
+    encoder_manifest: str | Path | None = None,
 ) -> dict:
-    """Rule entry point: load the task splits and the model's tokenizer, build and write the prompt files."""
+    """Rule entry point: load the task splits and the model's tokenizer, build and write the prompt files.
+
+    ``encoder_manifest`` (retrieval strategies only): the sentence encoder that ranks the demonstrations.
+    """
     from kicl.models import load_tokenizer, read_manifest
+    from kicl.retrieval import encoder_embed_function
+
+    strategy = protocol.get("demo_strategy", "random")
+    if is_retrieval(strategy) and encoder_manifest is None:
+        raise PromptError(f"task {task!r}, model {model!r}: protocol.demo_strategy {strategy!r} needs the manifest "
+                          f"of protocol.retrieval_encoder {protocol.get('retrieval_encoder')!r}")  # fmt: skip
 
     manifest = read_manifest(model_manifest)
     tokenizer = load_tokenizer(manifest)
@@ -425,6 +496,7 @@ def build_prompt_files(
     meta, records = build_prompt_set(
         task, task_spec, model, tokenizer, eval_table, pool, protocol, manifest.get("max_length"),
         tokenizer_name=manifest["path"],
+        embed=encoder_embed_function(encoder_manifest) if encoder_manifest is not None else None,
     )  # fmt: skip
     write_prompt_files(meta, records, meta_path, prompts_path)
     log.info(

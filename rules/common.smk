@@ -29,11 +29,21 @@ def theory_outputs():
 
 
 # ---- Tasks, models, encoders and prompts (rules/data.smk, rules/models.smk, rules/prompts.smk)
+from kicl.retrieval import is_retrieval
 from kicl.tasks import TaskError, check_task_spec, local_split_file
 
 SELECTED_TASKS = list(config["run"]["tasks"])
 SELECTED_MODELS = list(config["run"]["models"])
 SELECTED_ENCODERS = list(config["run"]["encoders"])
+# the sentence encoder that ranks demonstrations, needed only by the retrieval strategies (nearest/farthest)
+RETRIEVAL_ENCODER = (
+    config["protocol"]["retrieval_encoder"]
+    if is_retrieval(config["protocol"]["demo_strategy"])
+    else None
+)
+ENCODERS_IN_USE = SELECTED_ENCODERS + [
+    name for name in [RETRIEVAL_ENCODER] if name and name not in SELECTED_ENCODERS
+]
 
 
 def _check_selection():
@@ -56,6 +66,12 @@ def _check_selection():
                 check_task_spec(name, config["tasks"][name])
             except TaskError as error:
                 problems.append(str(error))
+    retrieval_encoder = config["protocol"]["retrieval_encoder"]
+    if retrieval_encoder not in config["encoders"]:
+        problems.append(
+            f"protocol.retrieval_encoder: {retrieval_encoder!r} is not in the encoders catalog "
+            f"(known: {', '.join(sorted(config['encoders']))})"
+        )
     if problems:
         raise WorkflowError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -70,7 +86,7 @@ def _alternatives(names):
 wildcard_constraints:
     task=_alternatives(SELECTED_TASKS),
     model=_alternatives(SELECTED_MODELS),
-    encoder=_alternatives(SELECTED_ENCODERS),
+    encoder=_alternatives(ENCODERS_IN_USE),
     split=r"[A-Za-z0-9_]+",
 
 
@@ -122,13 +138,17 @@ def encoder_manifest_input(wildcards):
 
 
 def prompt_inputs(wildcards):
-    """The task's evaluation and demonstration splits and the model manifest."""
+    """The task's evaluation and demonstration splits and the model manifest; with a retrieval
+    demo_strategy (nearest/farthest) also the manifest of protocol.retrieval_encoder."""
     spec = config["tasks"][wildcards.task]
-    return {
+    inputs = {
         "eval": f"resources/tasks/{wildcards.task}/{spec['eval_split']}.parquet",
         "demo": f"resources/tasks/{wildcards.task}/{spec['demo_split']}.parquet",
         "model": f"resources/models/{wildcards.model}.json",
     }
+    if RETRIEVAL_ENCODER:
+        inputs["encoder"] = f"resources/encoders/{RETRIEVAL_ENCODER}.json"
+    return inputs
 
 
 def model_manifests():

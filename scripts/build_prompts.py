@@ -18,4 +18,5 @@ build_prompt_files(
     protocol=snakemake.params.protocol,  # noqa: F821
     meta_path=snakemake.output.meta,  # noqa: F821
     prompts_path=snakemake.output.prompts,  # noqa: F821
+    encoder_manifest=getattr(snakemake.input, "encoder", None),  # noqa: F821 (retrieval strategies only)
 )

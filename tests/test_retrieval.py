@@ -1,0 +1,175 @@
+"""Retrieval strategies nearest/farthest: toy embeddings (exact ranking and order), the real MiniLM, workflow wiring."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kicl.prompts import STRATEGIES, PromptError, build_prompt_set, read_prompts
+from kicl.retrieval import cap_pool, encoder_embed_function
+from test_prompts import PROTOCOL, SENTENCES, check_segment_map, gpt2_style_tokenizer, spec_with
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return gpt2_style_tokenizer(tmp_path_factory.mktemp("bpe"))
+
+
+def toy_tables(n_eval=20, n_pool=30):
+    """Eval and pool tables with unique texts (so a text identifies its toy embedding)."""
+    rng = np.random.default_rng(3)
+    make = lambda n, tag: pd.DataFrame({  # noqa: E731
+        "text": [f"{SENTENCES[i % len(SENTENCES)].strip()} {tag}{i}" for i in range(n)], "label": rng.integers(0, 2, n),
+    })  # fmt: skip
+    pool = make(n_pool, "p")
+    pool.index = np.arange(500, 500 + n_pool)  # pool labels are rows of the demo split, not positions
+    return make(n_eval, "e"), pool
+
+
+class ToyEmbedding:
+    """A fixed random (unnormalised) vector per text; counts its calls."""
+
+    def __init__(self, texts, dim=5):
+        rng = np.random.default_rng(7)
+        self.vectors = {text: rng.normal(size=dim) * rng.uniform(0.5, 3) for text in texts}
+        self.calls = 0
+
+    def __call__(self, texts):
+        self.calls += 1
+        return np.stack([self.vectors[text] for text in texts])
+
+
+def cosine(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("strategy", ["nearest", "farthest"])
+def test_toy_embeddings_give_top_or_bottom_k_by_cosine_in_ascending_order(tokenizer, strategy):
+    eval_table, pool = toy_tables()
+    embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
+    protocol = PROTOCOL | {"demo_strategy": strategy, "retrieval_encoder": "toy"}
+    meta, records = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, protocol, None, embed=embed)
+    assert embed.calls == 1 and meta["strategy"] == strategy and meta["retrieval_encoder"] == "toy"
+    assert len(records) == 12
+    for record in records:
+        test_vector = embed.vectors[eval_table.loc[record["test_index"], "text"]]
+        cosines = pd.Series([cosine(test_vector, embed.vectors[t]) for t in pool["text"]], index=pool.index)
+        ranked = cosines.sort_values(ascending=(strategy == "farthest"))
+        expected = list(ranked.index[:4])
+        if strategy == "nearest":
+            expected = expected[::-1]  # most similar last, next to the test input
+        assert [d["pool_index"] for d in record["demos"]] == expected
+        assert np.allclose(record["demo_similarity"], cosines[expected].to_numpy(), atol=1e-5)
+        assert record["demo_similarity"] == sorted(record["demo_similarity"])
+        check_segment_map(tokenizer, meta, record, spec_with()["template"])
+
+
+def test_strategies_on_given_similarities_and_their_errors():
+    pool = pd.DataFrame({"text": list("abcde"), "label": [0, 1, 0, 1, 0]}, index=[100, 101, 102, 103, 104])
+    test = pd.Series({"text": "x", "label": 0})
+    similarities = np.array([0.1, 0.9, 0.5, -0.3, 0.7])
+    assert list(STRATEGIES["nearest"](test, pool, 3, None, similarities=similarities)) == [102, 104, 101]
+    assert list(STRATEGIES["farthest"](test, pool, 3, None, similarities=similarities)) == [103, 100, 102]
+    with pytest.raises(PromptError, match="needs the test input's similarity"):
+        STRATEGIES["nearest"](test, pool, 3, None)
+    with pytest.raises(PromptError, match="6 demonstrations requested but the demonstration pool has 5"):
+        STRATEGIES["farthest"](test, pool, 6, None, similarities=similarities)
+
+
+def test_retrieval_without_embeddings_stops_and_random_path_ignores_them(tokenizer):
+    eval_table, pool = toy_tables()
+    with pytest.raises(PromptError, match="protocol.demo_strategy 'nearest' needs sentence embeddings"):
+        build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL | {"demo_strategy": "nearest"}, None)
+    embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
+    plain = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL, None)
+    given = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL, None, embed=embed)
+    assert plain == given and embed.calls == 0 and "demo_similarity" not in plain[1][0]
+
+
+def test_pool_cap_is_a_seeded_subsample_used_for_every_prompt(tokenizer):
+    eval_table, pool = toy_tables()
+    assert cap_pool(pool, None, 0) is pool and cap_pool(pool, 99, 0) is pool
+    capped = cap_pool(pool, 10, 0)
+    assert len(capped) == 10 and capped.index.is_monotonic_increasing and capped.equals(cap_pool(pool, 10, 0))
+    assert not capped.index.equals(cap_pool(pool, 10, 1).index)
+    embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
+    protocol = PROTOCOL | {"demo_strategy": "nearest", "retrieval_pool_size": 10}
+    meta, records = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, protocol, None, embed=embed)
+    assert meta["pool_size"] == 10 and meta["retrieval_pool_size"] == 10
+    assert {d["pool_index"] for r in records for d in r["demos"]} <= set(capped.index)
+
+
+def test_real_minilm_ranks_paraphrases_nearest_and_unrelated_farthest(minilm_dir, tokenizer, tmp_path):
+    manifest = tmp_path / "minilm.json"
+    manifest.write_text(json.dumps({"name": "all-minilm-l6-v2", "path": str(minilm_dir), "device": "cpu"}))
+    pool = pd.DataFrame({
+        "text": ["I loved this film, it was great.", "The stock market fell sharply today.",
+                 "A delightful and touching movie.", "How many legs does a spider have?",
+                 "Preheat the oven to 200 degrees."],
+        "label": [1, 0, 1, 0, 0],
+    })  # fmt: skip
+    eval_table = pd.DataFrame({"text": ["The movie was wonderful and moving."], "label": [1]})
+    embed = encoder_embed_function(manifest)
+    base = PROTOCOL | {"n_demos": 2, "n_select": 0, "n_heldout": 1}
+    _, (near,) = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, base | {"demo_strategy": "nearest"},
+                                  None, embed=embed)  # fmt: skip
+    _, (far,) = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, base | {"demo_strategy": "farthest"},
+                                 None, embed=embed)  # fmt: skip
+    assert {d["pool_index"] for d in near["demos"]} == {0, 2}
+    assert {d["pool_index"] for d in far["demos"]} <= {1, 3, 4}
+    assert near["demo_similarity"][0] < near["demo_similarity"][1] and min(near["demo_similarity"]) > max(far["demo_similarity"])
+
+
+def _dry_run_build_prompts(run_workflow, tmp_path, protocol, encoders=()):
+    overrides = {"run": {"tasks": ["trec"], "models": ["smollm2-135m"], "encoders": list(encoders)}, "protocol": protocol}
+    result = run_workflow(tmp_path, overrides, ["results/prompts/smollm2-135m/trec/prompts.jsonl", "-n"])
+    return result, result.stdout + result.stderr
+
+
+def test_encoder_manifest_is_a_prompt_input_only_for_retrieval_strategies(run_workflow, tmp_path):
+    for strategy in ("random", "class_balanced"):
+        result, output = _dry_run_build_prompts(run_workflow, tmp_path / strategy, {"demo_strategy": strategy})
+        assert result.returncode == 0, output[-3000:]
+        assert "rule build_prompts" in output and "resources/encoders/" not in output
+    for strategy in ("nearest", "farthest"):
+        # the retrieval encoder need not be among run.encoders (the Table 2 encoder rows)
+        result, output = _dry_run_build_prompts(run_workflow, tmp_path / strategy, {"demo_strategy": strategy})
+        assert result.returncode == 0, output[-3000:]
+        assert "rule encoder_manifest" in output and "resources/encoders/all-minilm-l6-v2.json" in output
+
+
+def test_unknown_retrieval_encoder_stops_before_any_job_naming_the_key(run_workflow, tmp_path):
+    result, output = _dry_run_build_prompts(
+        run_workflow, tmp_path, {"demo_strategy": "nearest", "retrieval_encoder": "no-such-encoder"}
+    )
+    assert result.returncode != 0
+    assert "protocol.retrieval_encoder: 'no-such-encoder' is not in the encoders catalog" in output
+    assert "rule " not in output and "Job stats" not in output
+
+
+def test_build_prompts_rule_retrieves_with_the_packaged_minilm(run_workflow, tmp_path, smollm2_dir, minilm_dir,
+                                                             wheel_cache, monkeypatch):  # fmt: skip
+    """prepare_task + model/encoder manifests + build_prompts with nearest retrieval over a capped pool."""
+    monkeypatch.setenv("KICL_WHEEL_CACHE", str(wheel_cache))
+    overrides = {
+        "run": {"tasks": ["trec"], "models": ["smollm2-135m"], "encoders": []},
+        "models": {"smollm2-135m": {"source": "local", "local": {"path": str(smollm2_dir)}}},
+        "encoders": {"minilm-local": {"source": "local", "local": {"path": str(minilm_dir)}}},
+        "protocol": {"n_select": 3, "n_heldout": 2, "n_demos": 3, "demo_strategy": "nearest",
+                     "retrieval_encoder": "minilm-local", "retrieval_pool_size": 40},
+    }  # fmt: skip
+    targets = ["results/prompts/smollm2-135m/trec/meta.json", "results/prompts/smollm2-135m/trec/prompts.jsonl"]
+    result = run_workflow(tmp_path, overrides, targets)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    meta = json.loads((result.workdir / targets[0]).read_text())
+    records = read_prompts(result.workdir / targets[1])
+    assert meta["strategy"] == "nearest" and meta["retrieval_encoder"] == "minilm-local" and meta["pool_size"] == 40
+    assert len(records) == 5
+    for record in records:
+        assert len(record["demos"]) == 3 and record["demo_similarity"] == sorted(record["demo_similarity"])
