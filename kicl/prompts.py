@@ -270,6 +270,7 @@ def class_balanced_demos(
 
 
 def _retrieved(pool: pd.DataFrame, k: int, similarities: np.ndarray | None, most_similar: bool, name: str) -> np.ndarray:
+    """Pool index labels of the k most/least similar rows, by ascending similarity (prompt order)."""
     if similarities is None or len(similarities) != len(pool):
         raise PromptError(f"the {name} strategy needs the test input's similarity to every pool example "
                           "(build_prompt_set computes them when given an embedding function)")  # fmt: skip
