@@ -365,7 +365,6 @@ def build_prompt_set(
             where, task_spec["eval_split"], report["eval_size"], protocol["n_select"] + protocol["n_heldout"],
             report["n_select"], report["n_heldout"],
         )  # fmt: skip
-    records, n_dropped_prompts, n_dropped_demos = [], 0, 0
     retrieval = is_retrieval(strategy_name)
     if retrieval:
         if embed is None:
