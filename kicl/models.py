@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kicl.assets import AssetError, hub_snapshot, join_packaged_parts, sha256_of
+from kicl.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +162,7 @@ def write_model_manifest(name: str, spec: dict, out_json: str | Path, resources:
         "model_type": config.model_type,
         "max_length": spec.get("max_length") or max_context_length(config),
     }
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_json.with_name(f".{out_json.name}.partial")
-    partial.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(partial, out_json)
+    write_text_atomic(out_json, json.dumps(manifest, indent=1) + "\n")
     log.info("model %s: manifest %s -> %s", name, out_json, folder)
     return manifest
 

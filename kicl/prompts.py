@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kicl.fileio import atomic_path
 from kicl.retrieval import EmbedFunction, cap_pool, embed_once, is_retrieval, ranked_by_similarity
 from kicl.tasks import drop_empty, load_split
 
@@ -446,17 +446,11 @@ def build_prompt_set(
 
 def write_prompt_files(meta: dict, records: Sequence[dict], meta_path: str | Path, prompts_path: str | Path) -> None:
     """Write meta.json and prompts.jsonl under temporary names, then rename both."""
-    meta_path, prompts_path = Path(meta_path), Path(prompts_path)
-    meta_path.parent.mkdir(parents=True, exist_ok=True)
-    prompts_path.parent.mkdir(parents=True, exist_ok=True)
-    partial_prompts = prompts_path.with_name(f".{prompts_path.name}.partial")
-    with open(partial_prompts, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    partial_meta = meta_path.with_name(f".{meta_path.name}.partial")
-    partial_meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial_prompts, prompts_path)
-    os.replace(partial_meta, meta_path)
+    with atomic_path(prompts_path) as partial_prompts, atomic_path(meta_path) as partial_meta:
+        with open(partial_prompts, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        partial_meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def read_prompts(prompts_path: str | Path) -> list[dict]:

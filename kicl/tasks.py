@@ -21,12 +21,13 @@ A packaged file is one table; ``packaged.split_fractions`` partitions it, after 
 from __future__ import annotations
 
 import logging
-import os
 import string
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from kicl.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -249,11 +250,8 @@ def prepare_split(
     """Load, check and write one split to ``out_path`` (parquet, written under a temporary name)."""
     check_task_spec(name, spec)
     table = check_split(name, spec, split, load_raw_split(name, spec, split, member_path))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.name}.partial")
-    table.to_parquet(partial, index=False)
-    os.replace(partial, out_path)
+    with atomic_path(out_path) as partial:
+        table.to_parquet(partial, index=False)
     counts = np.bincount(table["label"], minlength=len(spec["label_names"]))
     log.info(
         "task %s, split %s: %d rows, labels %s -> %s",
