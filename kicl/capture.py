@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kicl.prompts import read_prompts as read_prompts_file
 from kicl.store import POOLINGS, ForwardStoreWriter, ShardDir, atomic_directory, forward_variables
 
 log = logging.getLogger(__name__)
@@ -383,8 +384,7 @@ def read_prompts(meta_path: str | Path, prompts_path: str | Path) -> tuple[dict,
     """Read and check a prompt set (meta.json + prompts.jsonl, per the prompt-file contract)."""
     meta = json.loads(Path(meta_path).read_text())
     where = f"{prompts_path} (task {meta.get('task')!r}, model {meta.get('model')!r})"
-    with open(prompts_path) as handle:
-        prompts = [json.loads(line) for line in handle if line.strip()]
+    prompts = read_prompts_file(prompts_path)
     if not prompts:
         raise CaptureError(f"{where}: no prompts")
     for key in ("label_names", "label_token_ids"):

@@ -13,20 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from kicl.fileio import atomic_path
+from kicl.prompts import read_prompts
 
 log = logging.getLogger(__name__)
 
 
 def read_prompt_records(path) -> list[dict]:
     """The records of a prompts.jsonl file (prompt-file contract), in prompt_id order."""
-    records = []
-    with open(path) as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from err
+    records = read_prompts(path)
     for rec in records:
         for key in ("prompt_id", "split", "gold", "test_text", "demos"):
             if key not in rec:

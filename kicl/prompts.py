@@ -454,9 +454,16 @@ def write_prompt_files(meta: dict, records: Sequence[dict], meta_path: str | Pat
 
 
 def read_prompts(prompts_path: str | Path) -> list[dict]:
-    """All prompt records of a prompts.jsonl file."""
+    """All prompt records of a prompts.jsonl file, in file order; a malformed line is named by its number."""
+    records = []
     with open(prompts_path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line_no, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise PromptError(f"{prompts_path}:{line_no}: not valid JSON ({err})") from err
+    return records
 
 
 def build_prompt_files(
