@@ -6,7 +6,7 @@ Usage (from the repo root, after the workflow has converted SmolLM2 to resources
 
 Variants, each measured in its own subprocess so that peak memory is clean:
 
-* ``capture``: ``kicl.capture.forward_batch`` (sdpa forward + last-row attention of every layer and head,
+* ``capture``: ``kicl.capture.run.forward_batch`` (sdpa forward + last-row attention of every layer and head,
   logits at the last token only) plus the kernel-weight reductions of 8 demonstrations;
 * ``eager``: ``model(ids, output_attentions=True)`` with eager attention (every layer's L×L matrices),
   under ``torch.inference_mode()``;
@@ -61,7 +61,7 @@ def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: i
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kicl.capture import CAPTURE_ATTENTION, forward_batch, kernel_weights, prepare_model, register_capture_attention
+    from kicl.capture.run import CAPTURE_ATTENTION, forward_batch, kernel_weights, prepare_model, register_capture_attention
 
     torch.set_num_threads(threads)
     register_capture_attention()

@@ -19,9 +19,9 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from kicl.models import load_model, load_tokenizer, read_manifest
-from kicl.prompts import build_prompt_set
-from kicl.tasks import drop_empty, load_split
+from kicl.data.models import load_model, load_tokenizer, read_manifest
+from kicl.prompts.build import build_prompt_set
+from kicl.data.tasks import drop_empty, load_split
 
 REPO = Path(__file__).resolve().parents[1]
 

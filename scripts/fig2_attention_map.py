@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.attention_map import attention_map_figure
+from kicl.analysis.attention_map import attention_map_figure
 
 attention_map_figure(
     snakemake.input.store,  # noqa: F821

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.reconstruction import reconstruction_figure
+from kicl.analysis.reconstruction import reconstruction_figure
 
 reconstruction_figure(
     snakemake.input.store,  # noqa: F821

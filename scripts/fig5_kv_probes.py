@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.probes import probe_figure
+from kicl.analysis.probes import probe_figure
 
 probe_figure(
     snakemake.input.store,  # noqa: F821

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.capture import run_capture
+from kicl.capture.run import run_capture
 
 run_capture(
     meta_path=snakemake.input.meta,  # noqa: F821

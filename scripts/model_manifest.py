@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.models import write_model_manifest
+from kicl.data.models import write_model_manifest
 
 write_model_manifest(
     snakemake.wildcards.model,  # noqa: F821

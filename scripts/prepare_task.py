@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.tasks import prepare_split
+from kicl.data.tasks import prepare_split
 
 prepare_split(
     snakemake.wildcards.task,  # noqa: F821

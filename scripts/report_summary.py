@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.summary import write_summary
+from kicl.workflow.summary import write_summary
 
 write_summary(
     snakemake.params.entries,  # noqa: F821

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.tables import table2
+from kicl.tables.table2 import table2
 
 table2(
     snakemake.wildcards.model,  # noqa: F821

@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.tables import encoder_table
+from kicl.tables.table2 import encoder_table
 
 encoder_table(
     snakemake.wildcards.model,  # noqa: F821

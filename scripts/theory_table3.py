@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.theory import write_table3
+from kicl.theory.experiment import write_table3
 
 write_table3(
     snakemake.params.theory,  # noqa: F821

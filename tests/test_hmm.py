@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from kicl.hmm import (
+from kicl.theory.hmm import (
     BlockHMM,
     block_forward,
     joint_likelihood,
@@ -17,7 +17,7 @@ from kicl.hmm import (
     sample_tasks,
     start_forward,
 )
-from kicl.posterior import (
+from kicl.theory.posterior import (
     oracle_predictive,
     posterior_closed_form,
     posterior_forward_pass,

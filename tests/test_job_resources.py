@@ -1,10 +1,10 @@
-"""Cluster resource estimates of the forward pass (kicl.job_resources)."""
+"""Cluster resource estimates of the forward pass (kicl.workflow.resources)."""
 
 import json
 
 import pytest
 
-from kicl.job_resources import (
+from kicl.workflow.resources import (
     ModelSize,
     PromptWorkload,
     attention_store_mb,

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import default_config
-from kicl.assets import AssetError, download_wheel, extract_members, fetch_packaged, join_packaged_parts, sha256_of
-from kicl.models import load_model, load_tokenizer, write_model_manifest
+from kicl.data.assets import AssetError, download_wheel, extract_members, fetch_packaged, join_packaged_parts, sha256_of
+from kicl.data.models import load_model, load_tokenizer, write_model_manifest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -145,7 +145,7 @@ def test_uncached_hub_model_offline_says_how_to_provide_it(tmp_path, monkeypatch
 
 
 def test_packaged_minilm_encoder_embeds_sensibly(minilm_dir, tmp_path):
-    from kicl.encoders import load_encoder, write_encoder_manifest
+    from kicl.data.encoders import load_encoder, write_encoder_manifest
 
     manifest = write_encoder_manifest("minilm", {"source": "local", "local": {"path": str(minilm_dir)}}, tmp_path / "e.json")
     encoder = load_encoder(manifest)

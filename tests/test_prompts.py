@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import default_config
-from kicl.prompts import (
+from kicl.prompts.build import (
     STRATEGIES,
     Demo,
     PieceTokenizer,
@@ -193,7 +193,7 @@ def test_pair_template_spans_cover_premise_and_hypothesis(tokenizers, family):
         "premise": [SENTENCES[i % 10] for i in range(20)], "hypothesis": [SENTENCES[(i * 3) % 10] for i in range(20)],
         "label": rng.integers(0, 3, 20),
     })  # fmt: skip
-    from kicl.tasks import render_text
+    from kicl.data.tasks import render_text
 
     table["text"] = [render_text(mnli["template"], row) for _, row in table.iterrows()]
     meta, records = build_prompt_set("mnli", mnli, family, tokenizer, table, table.copy(), PROTOCOL | {"n_demos": 3}, None)
@@ -315,8 +315,8 @@ def test_template_with_a_trailing_space_before_the_label_is_rejected(tokenizers)
 
 
 def test_build_prompt_files_follow_the_contract(tokenizers, smollm2_dir, tmp_path):
-    from kicl.models import write_model_manifest
-    from kicl.tasks import prepare_split
+    from kicl.data.models import write_model_manifest
+    from kicl.data.tasks import prepare_split
 
     spec = spec_with()
     spec["source"], spec["local"] = "local", {"dir": str(tmp_path), "pattern": "{split}.jsonl"}

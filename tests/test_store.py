@@ -16,8 +16,8 @@ from forward_fixtures import eager_reference, make_model_folder, make_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kicl.capture import run_capture  # noqa: E402
-from kicl.store import ShardDir, open_forward_store  # noqa: E402
+from kicl.capture.run import run_capture  # noqa: E402
+from kicl.store.writer import ShardDir, open_forward_store  # noqa: E402
 
 CAPTURE = {"batch_size": 3, "shard_size": 4, "kv_prompts": 5, "kv_offsets": [-1, 0, 1, 2, 3]}
 
@@ -91,7 +91,7 @@ def test_sim_pred_is_eq9_on_inputs_alone(toy, tmp_path, context):
     """sim_pred = P(o|x_test)ᵀ P(o|x_i), each input run on its own: raw text, or alone in the template."""
     from transformers import AutoTokenizer
 
-    from kicl.prompts import query_ids
+    from kicl.prompts.build import query_ids
 
     store = toy["store"]
     if context == "template":
@@ -161,7 +161,7 @@ def test_shard_dir_accepts_only_verified_shards(tmp_path):
 
 RUNNER = """
 import json, sys, time
-from kicl.capture import run_capture
+from kicl.capture.run import run_capture
 args = json.loads(sys.argv[1])
 delay = args.pop("delay")
 def done(name):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, default_config
-from kicl.tasks import (
+from kicl.data.tasks import (
     DataNotAvailable,
     TaskError,
     check_task_spec,

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kicl.hmm import BlockHMM, joint_likelihood, make_block_hmm, sample_segments, start_forward
-from kicl.kernel_regression import (
+from kicl.theory.hmm import BlockHMM, joint_likelihood, make_block_hmm, sample_segments, start_forward
+from kicl.theory.kernel import (
     clip_normalise,
     features,
     kernel_to_test,
@@ -21,9 +21,9 @@ from kicl.kernel_regression import (
     second_moment_monte_carlo,
     sum_normalise,
 )
-from kicl.schema_errors import config_errors
-from kicl.table3 import PAPER_TABLE3, figure_data, table3_html, table3_markdown, write_table3_figure
-from kicl.theory import METHODS, TheoryConfig, prediction_metrics, run_table3, summarise_table3, write_table3
+from kicl.config import config_errors
+from kicl.theory.table3 import PAPER_TABLE3, figure_data, table3_html, table3_markdown, write_table3_figure
+from kicl.theory.experiment import METHODS, TheoryConfig, prediction_metrics, run_table3, summarise_table3, write_table3
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "schemas" / "config.schema.yaml"

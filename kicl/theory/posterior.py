@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from kicl.hmm import BlockHMM, joint_likelihood, labelled_likelihood, start_forward
+from kicl.theory.hmm import BlockHMM, joint_likelihood, labelled_likelihood, start_forward
 
 
 def demo_log_likelihood(hmm: BlockHMM, demo_inputs: np.ndarray, demo_labels: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kicl.hmm import BlockHMM, block_forward, sample_segments, sample_tasks, start_forward
+from kicl.theory.hmm import BlockHMM, block_forward, sample_segments, sample_tasks, start_forward
 
 FEATURE_KINDS = ("start", "full")
 NORMALISATIONS = ("pre", "none")

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kicl.assets import AssetError, fetch_packaged, hub_snapshot
+from kicl.data.assets import AssetError, fetch_packaged, hub_snapshot
 from kicl.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from kicl.fileio import atomic_path
-from kicl.hmm import (
+from kicl.theory.hmm import (
     BlockHMM,
     joint_likelihood,
     labelled_likelihood,
@@ -29,7 +29,7 @@ from kicl.hmm import (
     sample_tasks,
     start_forward,
 )
-from kicl.kernel_regression import (
+from kicl.theory.kernel import (
     clip_normalise,
     features,
     kernel_to_test,
@@ -39,7 +39,7 @@ from kicl.kernel_regression import (
     second_moment_monte_carlo,
     sum_normalise,
 )
-from kicl.posterior import oracle_predictive, posterior_from_weights, task_log_weights
+from kicl.theory.posterior import oracle_predictive, posterior_from_weights, task_log_weights
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ Demonstrations are drawn per test point by a strategy from :data:`STRATEGIES` wi
 (protocol seed, test index), so a prompt does not depend on which other prompts are built. The retrieval
 strategies ``nearest``/``farthest`` rank the pool by sentence-encoder cosine to the test input and place the
 chosen demonstrations by ascending similarity (most similar last, next to the test input); see
-:mod:`kicl.retrieval`.
+:mod:`kicl.prompts.retrieval`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from kicl.fileio import atomic_path
-from kicl.retrieval import EmbedFunction, cap_pool, embed_once, is_retrieval, ranked_by_similarity
-from kicl.tasks import drop_empty, load_split
+from kicl.prompts.retrieval import EmbedFunction, cap_pool, embed_once, is_retrieval, ranked_by_similarity
+from kicl.data.tasks import drop_empty, load_split
 
 log = logging.getLogger(__name__)
 
@@ -482,8 +482,8 @@ def build_prompt_files(
 
     ``encoder_manifest`` (retrieval strategies only): the sentence encoder that ranks the demonstrations.
     """
-    from kicl.models import load_tokenizer, read_manifest
-    from kicl.retrieval import encoder_embed_function
+    from kicl.data.models import load_tokenizer, read_manifest
+    from kicl.prompts.retrieval import encoder_embed_function
 
     strategy = protocol.get("demo_strategy", "random")
     if is_retrieval(strategy) and encoder_manifest is None:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kicl.assets import AssetError, hub_snapshot, join_packaged_parts, sha256_of
+from kicl.data.assets import AssetError, hub_snapshot, join_packaged_parts, sha256_of
 from kicl.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)

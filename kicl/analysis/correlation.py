@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from kicl.headmaps import head_heatmaps
-from kicl.storeview import open_store, poolings, prompt_batches, split_mask
+from kicl.figures.heatmaps import head_heatmaps
+from kicl.store.reader import open_store, poolings, prompt_batches, split_mask
 
 POOLING_MODES = ("pairs", "per_prompt")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from kicl.headmaps import head_heatmaps
-from kicl.storeview import label_names, open_store, poolings, prompt_batches, split_mask
+from kicl.figures.heatmaps import head_heatmaps
+from kicl.store.reader import label_names, open_store, poolings, prompt_batches, split_mask
 
 
 def label_votes(kernel_weight: np.ndarray, demo_label: np.ndarray, n_labels: int) -> np.ndarray:

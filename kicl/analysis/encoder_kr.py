@@ -8,7 +8,7 @@ For a prompt with test input x and demonstrations (x_i, y_i), each text is embed
 
 Raw cosine weights can be negative and barely differ from a vote of the demonstration labels, which is why
 the paper's encoder rows are near chance; τ → 0 turns the softmax variant into 1-nearest-demonstration.
-Exact ties go to the lowest label id (as in kicl.reconstruction).
+Exact ties go to the lowest label id (as in kicl.analysis.reconstruction).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kicl.encoder_embed import read_prompt_records
+from kicl.analysis.encoder_embed import read_prompt_records
 from kicl.fileio import atomic_path
-from kicl.reconstruction import label_votes
+from kicl.analysis.reconstruction import label_votes
 
 log = logging.getLogger(__name__)
 KERNELS = ("cosine", "softmax")

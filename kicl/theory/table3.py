@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from kicl.fileio import atomic_path, write_text_atomic
-from kicl.plotting import BASELINE_ALPHA, BASELINE_COLORS, MAIN_COLOR, REFERENCE_COLOR, log2_axis, save_figure
-from kicl.plotting import figure_style, subplots
+from kicl.figures.style import BASELINE_ALPHA, BASELINE_COLORS, MAIN_COLOR, REFERENCE_COLOR, log2_axis, save_figure
+from kicl.figures.style import figure_style, subplots
 
 #: Han et al. (arXiv 2305.12766), Table 3: L1 distance and accuracy of kernel regression vs the posterior
 PAPER_TABLE3 = pd.DataFrame(
@@ -119,7 +119,7 @@ def table3_html(summary: pd.DataFrame) -> str:
 def write_table3_tables(
     table_csv: str | os.PathLike, markdown_path: str | os.PathLike, html_path: str | os.PathLike
 ) -> None:
-    """Write the Markdown and HTML tables of ``table_csv`` (the summary of ``kicl.theory.write_table3``)."""
+    """Write the Markdown and HTML tables of ``table_csv`` (the summary of ``kicl.theory.experiment.write_table3``)."""
     summary = pd.read_csv(table_csv)
     write_text_atomic(markdown_path, table3_markdown(summary))
     write_text_atomic(html_path, table3_html(summary))

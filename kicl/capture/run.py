@@ -13,7 +13,7 @@ family, Qwen2, Mistral, ...); the capture checks after the first batch that ever
 with a clear error otherwise. Per-family knowledge is limited to :func:`_prerope_key_module`.
 
 :func:`run_capture` drives a whole task: P(o|x) of every unique test/demonstration input run on its own
-(paper Eq. 9), then the prompts, in shards that a killed run resumes (:class:`kicl.store.ShardDir`), then
+(paper Eq. 9), then the prompts, in shards that a killed run resumes (:class:`kicl.store.writer.ShardDir`), then
 the Zarr store (layout in docs/store.md).
 """
 
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kicl.prompts import read_prompts as read_prompts_file
-from kicl.store import POOLINGS, ForwardStoreWriter, ShardDir, atomic_directory, forward_variables
+from kicl.prompts.build import read_prompts as read_prompts_file
+from kicl.store.writer import POOLINGS, ForwardStoreWriter, ShardDir, atomic_directory, forward_variables
 
 log = logging.getLogger(__name__)
 
@@ -415,9 +415,9 @@ def context_ids(tokenizer, meta: dict, mode: str, text: str) -> list[int]:
     """Token ids of the context whose next-token distribution is P(o|x).
 
     ``raw``: the input text alone; ``template``: the input alone in the prompt template, ending where the label
-    would follow (``kicl.prompts.query_ids``). Both start with the special prefix (e.g. BOS) the prompts have.
+    would follow (``kicl.prompts.build.query_ids``). Both start with the special prefix (e.g. BOS) the prompts have.
     """
-    from kicl.prompts import PieceTokenizer, query_ids
+    from kicl.prompts.build import PieceTokenizer, query_ids
 
     if mode == "template":
         return query_ids(tokenizer, meta["template"], text)
@@ -586,11 +586,11 @@ def run_capture(
 ) -> Path:
     """Capture a whole prompt set into the Zarr store ``store_path`` (resumable; see the module docstring).
 
-    ``manifest`` is the model manifest (kicl.models) or a dict with at least ``path`` (a HF folder);
+    ``manifest`` is the model manifest (kicl.data.models) or a dict with at least ``path`` (a HF folder);
     ``capture`` the ``capture:`` config section; ``config_attrs`` the resolved config recorded in the store.
     Work lands in ``parts_path`` (default: ``<store>.parts`` next to the store), removed after success.
     """
-    from kicl.models import load_model, load_tokenizer, read_manifest
+    from kicl.data.models import load_model, load_tokenizer, read_manifest
 
     store_path = Path(store_path)
     parts_path = Path(parts_path) if parts_path else store_path.with_name(store_path.stem + ".parts")

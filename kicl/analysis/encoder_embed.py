@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kicl.fileio import atomic_path
-from kicl.prompts import read_prompts
+from kicl.prompts.build import read_prompts
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def prompt_texts(records) -> list[str]:
 
 def encode_texts(encoder, texts, batch_size: int = 64, device: str | None = None) -> np.ndarray:
     """L2-normalised sentence embeddings (n, dim) float32; `encoder` = manifest JSON or a local folder."""
-    from kicl.encoders import load_encoder
+    from kicl.data.encoders import load_encoder
 
     encoder = Path(encoder)
     if encoder.suffix == ".json":

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from kicl.fileio import write_text_atomic
-from kicl.reconstruction import head_reconstruction, reconstruct
-from kicl.storeview import label_names, open_store, split_mask
+from kicl.analysis.reconstruction import head_reconstruction, reconstruct
+from kicl.store.reader import label_names, open_store, split_mask
 
 log = logging.getLogger(__name__)
 

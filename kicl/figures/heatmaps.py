@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kicl.plotting import figure_style, plt, save_figure
+from kicl.figures.style import figure_style, plt, save_figure
 
 
 def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=None, vmax=None, cmap="viridis", best="max"):

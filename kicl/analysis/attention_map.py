@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import colors
 
-from kicl.plotting import figure_style, plt, save_figure
-from kicl.storeview import open_store, prompt_batches, split_mask
+from kicl.figures.style import figure_style, plt, save_figure
+from kicl.store.reader import open_store, prompt_batches, split_mask
 
 log = logging.getLogger(__name__)
 RESCALED_KINDS = ("input", "test")

@@ -1,6 +1,6 @@
 """Similarity-based demonstration retrieval (our extension of the paper's §4.2 sample-selection discussion).
 
-The retrieval strategies ``nearest`` and ``farthest`` (registered in :mod:`kicl.prompts`) choose each test
+The retrieval strategies ``nearest`` and ``farthest`` (registered in :mod:`kicl.prompts.build`) choose each test
 point's demonstrations by the cosine similarity of sentence-encoder embeddings. The embeddings of the test
 inputs and of the demonstration pool are computed once per prompt set (one encoder load, one call of the
 embedding function); the pool can be capped to a seeded subsample first (``protocol.retrieval_pool_size``).
@@ -70,7 +70,7 @@ def ranked_by_similarity(similarities: np.ndarray, k: int, most_similar: bool) -
 
 def encoder_embed_function(encoder_manifest, batch_size: int = 64) -> EmbedFunction:
     """An embedding function backed by the sentence encoder of a manifest (loaded when called)."""
-    from kicl.encoder_embed import encode_texts
+    from kicl.analysis.encoder_embed import encode_texts
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return encode_texts(encoder_manifest, texts, batch_size=batch_size)

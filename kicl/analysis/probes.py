@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from kicl.plotting import BASELINE_COLORS, MAIN_COLOR, figure_style, plt, save_figure
-from kicl.storeview import open_store
+from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, figure_style, plt, save_figure
+from kicl.store.reader import open_store
 
 TARGETS = {"keys": "demo_top_token", "keys_prerope": "demo_top_token", "values": "demo_label"}
 

@@ -1,0 +1,1 @@
+"""Numbers behind the figures and tables (plain numpy/pandas/xarray; never imports matplotlib)."""

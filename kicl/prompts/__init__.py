@@ -1,0 +1,1 @@
+"""Prompt construction (rules/prompts.smk): templates, demonstration strategies, the prompt-file contract."""

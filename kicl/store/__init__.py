@@ -1,0 +1,1 @@
+"""The forward-store contract: writer, reader and planted synthetic stores."""

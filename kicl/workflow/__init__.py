@@ -1,0 +1,1 @@
+"""Snakemake-facing helpers: cluster resources, the summary page, adapter logging."""
