@@ -1,17 +1,14 @@
 """Snakemake adapter: sentence-encoder kernel regression over each prompt's own demonstrations."""
 
-import sys
+from kicl.workflow.logs import log_to
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake is injected)
-import logging
-
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])
 from kicl.analysis.encoder_kr import encoder_kr_file
 
 encoder_kr_file(
-    snakemake.input.prompts,  # noqa: F821
-    snakemake.input.meta,  # noqa: F821
-    snakemake.input.embeddings,  # noqa: F821
-    snakemake.output[0],  # noqa: F821
-    tau=snakemake.params.tau,  # noqa: F821
+    snakemake.input.prompts,
+    snakemake.input.meta,
+    snakemake.input.embeddings,
+    snakemake.output[0],
+    tau=snakemake.params.tau,
 )

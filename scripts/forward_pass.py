@@ -1,19 +1,16 @@
 """Snakemake adapter: capture the forward passes of one (model, task) prompt set into its Zarr store."""
 
-import sys
+from kicl.workflow.logs import log_to
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake is injected)
-import logging
-
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])
 from kicl.capture.run import run_capture
 
 run_capture(
-    meta_path=snakemake.input.meta,  # noqa: F821
-    prompts_path=snakemake.input.prompts,  # noqa: F821
-    manifest=snakemake.input.model,  # noqa: F821
-    store_path=snakemake.output[0],  # noqa: F821
-    capture=snakemake.params.capture,  # noqa: F821
-    config_attrs=snakemake.params.record,  # noqa: F821
-    threads=snakemake.threads,  # noqa: F821
+    meta_path=snakemake.input.meta,
+    prompts_path=snakemake.input.prompts,
+    manifest=snakemake.input.model,
+    store_path=snakemake.output[0],
+    capture=snakemake.params.capture,
+    config_attrs=snakemake.params.record,
+    threads=snakemake.threads,
 )

@@ -1,22 +1,19 @@
 """Snakemake adapter: Table 2 for one model (head chosen on select, scored on heldout, encoder-KR rows)."""
 
-import sys
+from kicl.workflow.logs import log_to
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821 (snakemake is injected)
-import logging
-
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])
 from kicl.tables.table2 import table2
 
 table2(
-    snakemake.wildcards.model,  # noqa: F821
-    dict(zip(snakemake.params.tasks, snakemake.input.stores)),  # noqa: F821
-    dict(zip(map(tuple, snakemake.params.kr_keys), snakemake.input.kr)),  # noqa: F821
-    snakemake.output.csv,  # noqa: F821
-    snakemake.output.md,  # noqa: F821
-    snakemake.output.tex,  # noqa: F821
-    pooling=snakemake.params.pooling,  # noqa: F821
-    tau=snakemake.params.tau,  # noqa: F821
-    aliases=snakemake.params.aliases,  # noqa: F821
-    **snakemake.params.bootstrap,  # noqa: F821
+    snakemake.wildcards.model,
+    dict(zip(snakemake.params.tasks, snakemake.input.stores)),
+    dict(zip(map(tuple, snakemake.params.kr_keys), snakemake.input.kr)),
+    snakemake.output.csv,
+    snakemake.output.md,
+    snakemake.output.tex,
+    pooling=snakemake.params.pooling,
+    tau=snakemake.params.tau,
+    aliases=snakemake.params.aliases,
+    **snakemake.params.bootstrap,
 )
