@@ -17,7 +17,8 @@ from forward_fixtures import eager_reference, make_model_folder, make_prompts
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kicl.capture.run import run_capture  # noqa: E402
-from kicl.store.writer import ShardDir, open_forward_store  # noqa: E402
+from kicl.store.reader import open_store  # noqa: E402
+from kicl.store.writer import ShardDir  # noqa: E402
 
 CAPTURE = {"batch_size": 3, "shard_size": 4, "kv_prompts": 5, "kv_offsets": [-1, 0, 1, 2, 3]}
 
@@ -34,7 +35,7 @@ def toy(tmp_path_factory):
 
 
 def test_store_matches_eager_and_contract(toy):
-    ds = open_forward_store(toy["store"])
+    ds = open_store(toy["store"], needs="all")
     records = toy["records"]
     meta = json.loads(toy["meta"].read_text())
     assert not (toy["store"].parent / "toy.parts").exists(), "the parts directory is removed after success"
@@ -97,7 +98,7 @@ def test_sim_pred_is_eq9_on_inputs_alone(toy, tmp_path, context):
     if context == "template":
         store = tmp_path / "template.zarr"
         run_capture(toy["meta"], toy["prompts"], toy["manifest"], store, {**CAPTURE, "simpred_context": context})
-    ds = open_forward_store(store)
+    ds = open_store(store)
     tokenizer = AutoTokenizer.from_pretrained(toy["manifest"]["path"])
     template = json.loads(toy["meta"].read_text())["template"]
     texts = sorted({r["test_text"] for r in toy["records"]} | {d["text"] for r in toy["records"] for d in r["demos"]})
@@ -239,7 +240,7 @@ def test_forward_pass_rule_writes_the_store(toy, run_workflow, tmp_path):
     overrides = {"capture": {"shard_size": 3, "kv_prompts": 2, "simpred_context": "template"}}
     result = run_workflow(tmp_path, overrides, [target, "--allowed-rules", "forward_pass"])
     assert result.returncode == 0, result.stdout + result.stderr
-    ds = open_forward_store(workdir / target)
+    ds = open_store(workdir / target)
     assert ds.sizes["prompt"] == 10 and ds.sizes["kv_prompt"] == 2
     assert ds.attrs["capture"]["simpred_context"] == "template"
     assert ds.attrs["config"]["models"][model]["source"] == "packaged_gguf"  # the catalog entry is recorded

@@ -8,48 +8,47 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-# variable -> dimensions, as fixed by the forward-store contract
-CONTRACT = {
-    "attention": ("prompt", "layer", "head", "position"),
-    "length": ("prompt",),
-    "split": ("prompt",),
-    "gold": ("prompt",),
-    "prediction": ("prompt",),
-    "label_logits": ("prompt", "label"),
-    "demo_label": ("prompt", "demo"),
-    "kernel_weight": ("prompt", "pooling", "layer", "head", "demo"),
-    "input_start": ("prompt", "demo"),
-    "input_end": ("prompt", "demo"),
-    "label_pos": ("prompt", "demo"),
-    "delim_start": ("prompt", "demo"),
-    "delim_end": ("prompt", "demo"),
-    "test_start": ("prompt",),
-    "test_end": ("prompt",),
-    "sim_pred": ("prompt", "demo"),
-    "demo_top_token": ("prompt", "demo"),
-    "test_top_token": ("prompt",),
-}
-KV_CONTRACT = ("kv_prompt", "layer", "kv_head", "demo", "offset", "head_dim")
+from kicl.store.schema import ALWAYS, SCHEMA, dtype_matches, forward_variables
 
 
 class StoreError(ValueError):
-    """A forward store is missing something an analysis needs."""
+    """A forward store is missing something an analysis needs, or does not match the store schema."""
+
+
+def check_variables(ds: xr.Dataset, names, where: str = "forward store") -> None:
+    """Raise StoreError unless every variable in ``names`` is present with the schema's dims and dtype."""
+    for name in names:
+        declared = SCHEMA.get(name)
+        if name not in ds.variables:
+            when = f" (written {declared.present})" if declared is not None and declared.present != ALWAYS else ""
+            raise StoreError(f"{where} has no variable '{name}'{when}; it is needed here (see docs/store.md)")
+        if declared is None:
+            continue
+        if tuple(ds[name].dims) != declared.dims:
+            raise StoreError(f"{where}: '{name}' has dims {tuple(ds[name].dims)}, the schema says {declared.dims}")
+        if not dtype_matches(declared.dtype, ds[name].dtype):
+            raise StoreError(f"{where}: '{name}' has dtype {ds[name].dtype}, the schema says {declared.dtype}")
 
 
 def open_store(path, needs=()) -> xr.Dataset:
-    """Open a forward store lazily (no dask) and check that the variables in `needs` exist with contract dims."""
+    """Open a forward store lazily (no dask); check that the variables in ``needs`` match the store schema.
+
+    ``needs`` names variables of ``kicl.store.schema.VARIABLES`` (dims and dtype are checked) or, for other
+    names, variables that must merely exist. ``needs="all"`` checks every variable the store should have
+    (keys/values when it has a ``kv_prompt`` dimension; pre-rotary keys when its ``rotary`` attribute is true).
+    """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"forward store {path} does not exist")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 'no consolidated metadata' fallback
         ds = xr.open_zarr(path, chunks=None)
-    for name in needs:
-        if name not in ds.variables:
-            raise StoreError(f"forward store {path} has no variable '{name}' (needed here; see the store contract)")
-        want = CONTRACT.get(name, KV_CONTRACT if name in ("keys", "keys_prerope", "values") else None)
-        if want is not None and tuple(ds[name].dims) != want:
-            raise StoreError(f"forward store {path}: '{name}' has dims {ds[name].dims}, contract says {want}")
+    if isinstance(needs, str):
+        if needs != "all":
+            raise ValueError(f"open_store: needs is a list of variable names or 'all', not {needs!r}")
+        with_kv = ds.sizes.get("kv_prompt", 0) > 0
+        needs = forward_variables(rotary=bool(ds.attrs.get("rotary", False)), with_kv=with_kv)
+    check_variables(ds, needs, where=f"forward store {path}")
     return ds
 
 

@@ -9,16 +9,17 @@ tests and for trying the figure rules without a GPU.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
-POOLINGS = ["max", "mean", "sum", "label"]
-OFFSETS = [-1, 0, 1, 2, 3]
+from kicl.fileio import atomic_directory
+from kicl.store.pooling import POOLINGS, kernel_weights
+from kicl.store.schema import forward_variables, layout
+from kicl.store.writer import ForwardStoreWriter
+
+OFFSETS = [-1, 0, 1, 2, 3]  # the default capture.kv_offsets
 
 
 @dataclass
@@ -53,21 +54,6 @@ def _segment_layout(rng, n_demos, len_range):
     return rows, test_start, test_end, test_end + 1
 
 
-def kernel_weights_from_attention(attention, input_start, label_pos):
-    """Contract pooling of one prompt's attention (layer, head, position) -> (pooling, layer, head, demo)."""
-    n_layers, n_heads, _ = attention.shape
-    out = np.full((len(POOLINGS), n_layers, n_heads, len(input_start)), np.nan, np.float32)
-    for d, (s, lab) in enumerate(zip(input_start, label_pos)):
-        if s < 0:
-            continue
-        span = attention[:, :, s : lab + 1]
-        out[0, :, :, d] = span.max(-1)
-        out[1, :, :, d] = span.mean(-1)
-        out[2, :, :, d] = span.sum(-1)
-        out[3, :, :, d] = attention[:, :, lab]
-    return out
-
-
 def make_synthetic_store(
     path,
     *,
@@ -85,7 +71,7 @@ def make_synthetic_store(
     planted: Planted | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write a contract-conforming Zarr v3 store with planted answers at `path` and return the path.
+    """Write a forward store with planted answers at `path` through the real writer and return the path.
 
     Demonstration labels and gold labels are independent uniform draws. Without a planted label head the
     prediction is one too, so a head with random attention agrees with it at rate 1/n_labels; with one, the
@@ -136,7 +122,7 @@ def make_synthetic_store(
                 row[length - 1] += planted.label_mass
             att[lay, head] = row
         attention[p, :, :, :length] = att
-        kernel_weight[p] = kernel_weights_from_attention(att, input_start[p], label_pos[p])
+        kernel_weight[p] = kernel_weights(att, input_start[p], label_pos[p])
 
     top_ids = rng.choice(1000, planted.n_top_tokens, replace=False)
     top_class = rng.integers(0, planted.n_top_tokens, (n_prompts, n_demos))
@@ -167,50 +153,59 @@ def make_synthetic_store(
     values.transpose(0, 3, 1, 2, 4, 5)[missing_kv] = np.nan
 
     n_select = int(round(select_fraction * n_prompts))
-    split = np.array(["select"] * n_select + ["heldout"] * (n_prompts - n_select), dtype=object)
+    split = np.array(["select"] * n_select + ["heldout"] * (n_prompts - n_select), dtype=str)
     rng.shuffle(split)
     label_names = [f"label{k}" for k in range(n_labels)]
-    pd_dims = ("prompt", "demo")
-    ds = xr.Dataset(
-        {
-            "attention": (("prompt", "layer", "head", "position"), attention),
-            "length": (("prompt",), lengths.astype(np.int64)),
-            "split": (("prompt",), split),
-            "gold": (("prompt",), gold.astype(np.int64)),
-            "prediction": (("prompt",), prediction.astype(np.int64)),
-            "label_logits": (("prompt", "label"), label_logits),
-            "demo_label": (pd_dims, demo_label),
-            "kernel_weight": (("prompt", "pooling", "layer", "head", "demo"), kernel_weight),
-            "input_start": (pd_dims, input_start),
-            "input_end": (pd_dims, input_end),
-            "label_pos": (pd_dims, label_pos),
-            "delim_start": (pd_dims, delim_start),
-            "delim_end": (pd_dims, delim_end),
-            "test_start": (("prompt",), np.array([lay[1] for lay in layouts], np.int64)),
-            "test_end": (("prompt",), np.array([lay[2] for lay in layouts], np.int64)),
-            "sim_pred": (pd_dims, sim_pred),
-            "demo_top_token": (pd_dims, demo_top_token.astype(np.int64)),
-            "test_top_token": (("prompt",), test_top_token.astype(np.int64)),
-            "keys": (("kv_prompt", "layer", "kv_head", "demo", "offset", "head_dim"), keys),
-            "values": (("kv_prompt", "layer", "kv_head", "demo", "offset", "head_dim"), values),
-            "prompt_text": (("prompt",), np.array([f"synthetic prompt {p}" for p in range(n_prompts)], dtype=object)),
-        },
-        coords={"pooling": np.array(POOLINGS, dtype=object), "offset": OFFSETS, "kv_prompt": np.arange(kv_prompts)},
-        attrs={
-            "model": "synthetic",
-            "task": "synthetic",
-            "label_names": label_names,
-            "verbalizers": [f" {name}" for name in label_names],
-            "seed": seed,
-            "synthetic": True,
-        },
-    )
+    test_text = np.array([f"synthetic test input {p}" for p in range(n_prompts)], dtype=str)
+    demo_text = np.where(present, np.char.add("synthetic demonstration ", np.arange(n_demos).astype(str)), "")
+    block_start = np.where(present, input_start - 1, -1)  # the template word before the input
+    data = {
+        "attention": attention,
+        "length": lengths.astype(np.int64),
+        "split": split,
+        "test_index": np.arange(n_prompts, dtype=np.int64),
+        "gold": gold.astype(np.int64),
+        "prediction": prediction.astype(np.int64),
+        "label_logits": label_logits,
+        "demo_label": demo_label.astype(np.int64),
+        "demo_pool_index": np.where(present, rng.integers(0, 10 * n_demos, (n_prompts, n_demos)), -1),
+        "kernel_weight": kernel_weight,
+        "input_start": input_start,
+        "input_end": input_end,
+        "label_pos": label_pos,
+        "delim_start": delim_start,
+        "delim_end": delim_end,
+        "block_start": block_start,
+        "block_end": delim_end,
+        "test_start": np.array([lay[1] for lay in layouts], np.int64),
+        "test_end": np.array([lay[2] for lay in layouts], np.int64),
+        "sim_pred": sim_pred,
+        "demo_top_token": demo_top_token.astype(np.int64),
+        "test_top_token": test_top_token.astype(np.int64),
+        "prompt_text": np.array([f"synthetic prompt {p}" for p in range(n_prompts)], dtype=str),
+        "test_text": test_text,
+        "demo_text": demo_text,
+    }
+    if kv_prompts:
+        data.update(keys=keys, values=values)
+    sizes, coords = layout(
+        n_prompts=n_prompts, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, n_positions=n_pos,
+        label_names=label_names, n_demos=n_demos, n_kv_prompts=kv_prompts, offsets=OFFSETS, head_dim=head_dim,
+    )  # fmt: skip
+    attrs = {
+        "kicl_store": "forward",
+        "model": "synthetic",
+        "task": "synthetic",
+        "label_names": label_names,
+        "verbalizers": [f" {name}" for name in label_names],
+        "seed": seed,
+        "rotary": False,
+        "synthetic": True,
+    }
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    with atomic_directory(path) as tmp:
+        writer = ForwardStoreWriter(tmp, sizes, coords, forward_variables(rotary=False, with_kv=kv_prompts > 0), attrs)
+        for name, values in data.items():
+            writer.write(name, 0, values)
+        writer.finalize()
     return path

@@ -13,35 +13,27 @@ only when its marker exists and matches the file, so a truncated or half-written
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from kicl.fileio import TEMP_TAG, atomic_directory, fsync_dir, sha256_file
+from kicl.store.pooling import POOLINGS
+from kicl.store.schema import DIMENSIONS, SCHEMA, Variable, forward_variables, layout
+
 log = logging.getLogger(__name__)
 
-POOLINGS = ("max", "mean", "sum", "label")
 MANIFEST = "manifest.json"
-TEMP_TAG = ".tmp-"
-
-
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+# re-exported for the capture (the definitions live in kicl.fileio, kicl.store.pooling and kicl.store.schema)
+__all__ = ["POOLINGS", "ForwardStoreWriter", "ShardDir", "atomic_directory", "forward_variables", "layout"]
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -49,14 +41,6 @@ def _fsync_write(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShardDir:
@@ -85,7 +69,7 @@ class ShardDir:
         tmp = target.with_name(f"{target.name}{TEMP_TAG}{os.getpid()}")
         _fsync_write(tmp, data)
         os.replace(tmp, target)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _marker(self, name: str) -> Path:
         return self.path / f"{name}.done"
@@ -135,54 +119,6 @@ class ShardDir:
         shutil.rmtree(self.path)
 
 
-@dataclass(frozen=True)
-class Variable:
-    """One array of the store: its dimensions, dtype and fill value (NaN, -1 or '')."""
-
-    dims: tuple[str, ...]
-    dtype: str
-    fill: object
-
-
-def forward_variables(rotary: bool, with_kv: bool) -> dict[str, Variable]:
-    """The data variables of a forward store (coordinates excluded)."""
-    nan, missing = float("nan"), -1
-    variables = {
-        "attention": Variable(("prompt", "layer", "head", "position"), "float32", nan),
-        "length": Variable(("prompt",), "int64", missing),
-        "split": Variable(("prompt",), "str", ""),
-        "test_index": Variable(("prompt",), "int64", missing),
-        "gold": Variable(("prompt",), "int64", missing),
-        "prediction": Variable(("prompt",), "int64", missing),
-        "label_logits": Variable(("prompt", "label"), "float32", nan),
-        "demo_label": Variable(("prompt", "demo"), "int64", missing),
-        "demo_pool_index": Variable(("prompt", "demo"), "int64", missing),
-        "kernel_weight": Variable(("prompt", "pooling", "layer", "head", "demo"), "float32", nan),
-        "input_start": Variable(("prompt", "demo"), "int64", missing),
-        "input_end": Variable(("prompt", "demo"), "int64", missing),
-        "label_pos": Variable(("prompt", "demo"), "int64", missing),
-        "delim_start": Variable(("prompt", "demo"), "int64", missing),
-        "delim_end": Variable(("prompt", "demo"), "int64", missing),
-        "block_start": Variable(("prompt", "demo"), "int64", missing),
-        "block_end": Variable(("prompt", "demo"), "int64", missing),
-        "test_start": Variable(("prompt",), "int64", missing),
-        "test_end": Variable(("prompt",), "int64", missing),
-        "sim_pred": Variable(("prompt", "demo"), "float32", nan),
-        "demo_top_token": Variable(("prompt", "demo"), "int64", missing),
-        "test_top_token": Variable(("prompt",), "int64", missing),
-        "prompt_text": Variable(("prompt",), "str", ""),
-        "test_text": Variable(("prompt",), "str", ""),
-        "demo_text": Variable(("prompt", "demo"), "str", ""),
-    }
-    if with_kv:
-        kv_dims = ("kv_prompt", "layer", "kv_head", "demo", "offset", "head_dim")
-        variables["keys"] = Variable(kv_dims, "float32", nan)
-        variables["values"] = Variable(kv_dims, "float32", nan)
-        if rotary:
-            variables["keys_prerope"] = Variable(kv_dims, "float32", nan)
-    return variables
-
-
 # Per-prompt arrays of rank >= 3 (attention, kernel weights, keys, values) get one chunk per prompt, so a
 # reader of one prompt or a slice of prompts touches only those; small per-prompt tables share chunks.
 _SMALL_CHUNK_PROMPTS = 1024
@@ -194,7 +130,12 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 class ForwardStoreWriter:
-    """Creates a forward store with all variables and coordinates, then takes prompt-range writes."""
+    """Creates a forward store with the schema's variables and coordinates, then takes prompt-range writes.
+
+    ``variables`` must be declarations from ``kicl.store.schema`` (normally ``forward_variables(rotary,
+    with_kv)``); ``sizes`` gives every dimension (``kicl.store.schema.layout`` builds sizes and coordinates).
+    ``finalize`` refuses a store in which some rows of a variable were never written.
+    """
 
     def __init__(
         self,
@@ -204,71 +145,69 @@ class ForwardStoreWriter:
         variables: Mapping[str, Variable],
         attrs: Mapping[str, object],
     ):
+        for name, var in variables.items():
+            if SCHEMA.get(name) != var:
+                raise ValueError(f"forward store: variable {name!r} is not the one declared in kicl/store/schema.py")
+            missing = [d for d in var.dims if d not in sizes]
+            if missing:
+                raise ValueError(f"forward store: no size given for dimension(s) {missing} of {name!r}")
+        for name, values in coords.items():
+            if name not in _COORDINATES:
+                raise ValueError(f"forward store: {name!r} is not a dimension with a coordinate in the schema")
+            if len(values) != sizes[name]:
+                raise ValueError(f"forward store: coordinate {name!r} has {len(values)} values, size is {sizes[name]}")
         self.path = Path(path)
         self.group = zarr.open_group(store=str(self.path), mode="w", zarr_format=3)
         self.group.attrs.update(dict(attrs))
         self.arrays = {}
+        self._written: dict[str, np.ndarray] = {}
         for name, values in coords.items():
             self.coordinate(name, values)
         for name, var in variables.items():
             shape = tuple(sizes[d] for d in var.dims)
-            self._create(name, var, shape, _chunks(shape))
+            self._create(name, var.dims, var.dtype, var.fill, shape, _chunks(shape))
+            self._written[name] = np.zeros(shape[0], dtype=bool)
 
-    def _create(self, name: str, var: Variable, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None:
-        is_str = var.dtype == "str"
+    def _create(self, name, dims, dtype: str, fill, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None:
+        is_str = dtype == "str"
         self.arrays[name] = self.group.create_array(
             name,
             shape=shape,
             chunks=chunks,
-            dtype=str if is_str else var.dtype,
-            fill_value=var.fill,
-            dimension_names=var.dims,
+            dtype=str if is_str else dtype,
+            fill_value=fill,
+            dimension_names=tuple(dims),
             compressors=None if is_str else BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),
         )
 
     def coordinate(self, name: str, values: np.ndarray) -> None:
-        """Create the coordinate array ``name`` (dimension ``name``) holding ``values``."""
-        values = np.asarray(values)
-        is_str = values.dtype.kind in "UOT"
-        var = Variable((name,), "str" if is_str else str(values.dtype), "" if is_str else 0)
-        self._create(name, var, (len(values),), (max(1, len(values)),))
+        """Create the coordinate array ``name`` (dimension ``name``) holding ``values``, in the schema's dtype."""
+        dtype = _COORDINATES[name]
+        values = np.asarray(values, dtype=str if dtype == "str" else dtype)
+        fill = "" if dtype == "str" else 0
+        self._create(name, (name,), dtype, fill, (len(values),), (max(1, len(values)),))
         if len(values):
             self.arrays[name][:] = values
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
         """Write ``values`` into variable ``name`` at leading-dimension rows ``start .. start+len``."""
         array = self.arrays[name]
+        if np.ndim(values) != array.ndim or any(n > m for n, m in zip(np.shape(values)[1:], array.shape[1:])):
+            raise ValueError(f"forward store: {name!r} {array.shape} cannot take values of shape {np.shape(values)}")
         region = (slice(start, start + len(values)),) + tuple(slice(0, n) for n in np.shape(values)[1:])
         array[region] = values
+        if name in self._written:
+            self._written[name][start : start + len(values)] = True
 
     def finalize(self) -> None:
-        """Consolidate metadata so that readers open the store with a single request."""
+        """Check that every row of every variable was written; consolidate metadata (one request to open)."""
+        unwritten = {name: int((~rows).sum()) for name, rows in self._written.items() if not rows.all()}
+        if unwritten:
+            detail = ", ".join(f"{name} ({n} rows)" for name, n in unwritten.items())
+            raise ValueError(f"forward store {self.path}: never written: {detail}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(self.path))
 
 
-@contextmanager
-def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``target`` in one rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f"{target.name}{TEMP_TAG}*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.with_name(f"{target.name}{TEMP_TAG}{os.getpid()}")
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
-
-
-def open_forward_store(path: str | Path):
-    """Open a forward store as an ``xarray.Dataset`` (lazy)."""
-    import xarray as xr
-
-    return xr.open_zarr(str(path), consolidated=True)
+_COORDINATES = {d.name: d.coordinate for d in DIMENSIONS if d.coordinate is not None}
