@@ -6,19 +6,23 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
-
 from forward_fixtures import eager_reference, make_model_folder, make_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kicl.capture.run import run_capture  # noqa: E402
-from kicl.store.reader import open_store  # noqa: E402
-from kicl.store.writer import ShardDir  # noqa: E402
+from kicl.fileio import atomic_directory, write_csv_atomic  # noqa: E402
+from kicl.store import schema  # noqa: E402
+from kicl.store.pooling import POOLINGS, kernel_weights  # noqa: E402
+from kicl.store.reader import StoreError, open_store  # noqa: E402
+from kicl.store.synthetic import make_synthetic_store  # noqa: E402
+from kicl.store.writer import ForwardStoreWriter, ShardDir  # noqa: E402
 
 CAPTURE = {"batch_size": 3, "shard_size": 4, "kv_prompts": 5, "kv_offsets": [-1, 0, 1, 2, 3]}
 
@@ -108,7 +112,8 @@ def test_sim_pred_is_eq9_on_inputs_alone(toy, tmp_path, context):
         sequences = [query_ids(tokenizer, template, t) for t in texts]
         assert tokenizer.decode(sequences[0]) == f"Input: {texts[0]} Output:"
     _, reference = eager_reference(toy["manifest"]["path"], sequences)
-    probs = {t: torch.softmax(torch.tensor(ref["logits"], dtype=torch.float64), -1).numpy() for t, ref in zip(texts, reference)}
+    logits = {t: torch.tensor(ref["logits"], dtype=torch.float64) for t, ref in zip(texts, reference)}
+    probs = {t: torch.softmax(value, -1).numpy() for t, value in logits.items()}
     for i, record in enumerate(toy["records"]):
         p_test = probs[record["test_text"]]
         assert ds.test_top_token.values[i] == int(np.argmax(p_test))
@@ -248,3 +253,154 @@ def test_forward_pass_rule_writes_the_store(toy, run_workflow, tmp_path):
     log = (workdir / f"logs/forward_pass/{model}/{task}.log").read_text()
     assert "forward tiny/toy" in log and "100%" in log and "4 shards (0 complete)" in log  # progress bar
     assert (workdir / f"benchmarks/out/forward_pass/{model}/{task}.tsv").exists()
+
+
+# ---------------------------------------------------------------- the schema: writer, reader, docs, synthetic stores
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "store.md"
+
+
+def _declared_arrays(path) -> dict[str, tuple[tuple[str, ...], np.dtype]]:
+    group = zarr.open_group(str(path), mode="r")
+    return {name: (tuple(array.metadata.dimension_names), array.dtype) for name, array in group.arrays()}
+
+
+def _assert_follows_schema(path, rotary: bool, with_kv: bool):
+    arrays = _declared_arrays(path)
+    expected = schema.forward_variables(rotary=rotary, with_kv=with_kv)
+    coordinates = {d.name for d in schema.DIMENSIONS if d.coordinate is not None}
+    if not with_kv:
+        coordinates -= {"kv_prompt", "offset"}
+    assert set(arrays) == set(expected) | coordinates
+    for name, var in expected.items():
+        dims, dtype = arrays[name]
+        assert dims == var.dims, name
+        assert schema.dtype_matches(var.dtype, dtype), (name, dtype)
+    for name in coordinates:
+        assert arrays[name][0] == (name,)
+
+
+def test_capture_store_has_exactly_the_schema_arrays(toy):
+    _assert_follows_schema(toy["store"], rotary=True, with_kv=True)
+
+
+@pytest.mark.parametrize("kv_prompts", [0, 7])
+def test_synthetic_store_is_written_through_the_writer(tmp_path, kv_prompts):
+    path = make_synthetic_store(tmp_path / "s.zarr", n_prompts=12, kv_prompts=kv_prompts, min_demos=3, seed=4)
+    _assert_follows_schema(path, rotary=False, with_kv=kv_prompts > 0)
+    group = zarr.open_group(str(path), mode="r")
+    assert group["attention"].chunks[0] == 1 and "blosc" in type(group["attention"].compressors[0]).__name__.lower()
+    ds = open_store(path, needs="all")
+    assert list(ds["pooling"].values) == list(POOLINGS)
+    # its kernel weights are the shared pooling of its own attention rows
+    for p in range(ds.sizes["prompt"]):
+        expected = kernel_weights(ds.attention.values[p], ds.input_start.values[p], ds.label_pos.values[p])
+        np.testing.assert_array_equal(ds.kernel_weight.values[p], expected)
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def _small_store(path, drop=(), replace=None):
+    """A store written by xarray (not the writer), with variables dropped or replaced, to test the reader."""
+    import xarray as xr
+
+    ds = xr.open_zarr(make_synthetic_store(path.with_name("src.zarr"), n_prompts=6, kv_prompts=2), chunks=None)
+    ds = ds.load().drop_vars(list(drop))
+    for name, value in (replace or {}).items():
+        ds[name] = value
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    return path
+
+
+def test_open_store_names_a_missing_variable(tmp_path):
+    path = _small_store(tmp_path / "bad.zarr", drop=["sim_pred", "keys"])
+    with pytest.raises(StoreError, match="'sim_pred'"):
+        open_store(path, needs=["attention", "sim_pred"])
+    with pytest.raises(StoreError, match="'keys' .*with kv"):
+        open_store(path, needs=["keys"])
+    with pytest.raises(StoreError, match="'sim_pred'"):
+        open_store(path, needs="all")
+    open_store(path, needs=["attention", "kernel_weight"])  # what is there passes
+
+
+def test_open_store_names_a_wrong_dim_or_dtype(tmp_path):
+    import xarray as xr
+
+    good = xr.open_zarr(make_synthetic_store(tmp_path / "g.zarr", n_prompts=6), chunks=None)
+    swapped = xr.DataArray(good["label_pos"].values.T, dims=("demo", "prompt"))
+    path = _small_store(tmp_path / "dims.zarr", replace={"label_pos": swapped})
+    with pytest.raises(StoreError, match="'label_pos' has dims \\('demo', 'prompt'\\)"):
+        open_store(path, needs=["label_pos"])
+    as_float = good["gold"].astype("float64")
+    path = _small_store(tmp_path / "dtype.zarr", replace={"gold": as_float})
+    with pytest.raises(StoreError, match="'gold' has dtype float64, the schema says int64"):
+        open_store(path, needs=["prediction", "gold"])
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(tmp_path / "nowhere.zarr")
+
+
+def test_writer_takes_only_schema_variables_and_refuses_unwritten_rows(tmp_path):
+    variables = schema.forward_variables(rotary=False, with_kv=False)
+    sizes, coords = schema.layout(n_prompts=3, n_layers=1, n_heads=2, n_kv_heads=2, n_positions=5,
+                                  label_names=["a", "b"], n_demos=2, n_kv_prompts=0, offsets=[0], head_dim=4)
+    wrong = {**variables, "length": schema.Variable("length", ("prompt",), "float32", "wrong")}
+    with pytest.raises(ValueError, match="'length' is not the one declared"):
+        ForwardStoreWriter(tmp_path / "w.zarr", sizes, coords, wrong, {})
+    writer = ForwardStoreWriter(tmp_path / "x.zarr", sizes, coords, variables, {})
+    for name, var in variables.items():
+        shape = tuple(sizes[d] for d in var.dims)
+        value = np.zeros(shape, dtype=str if var.dtype == "str" else var.dtype)
+        writer.write(name, 0, value if name != "gold" else value[:2])  # prompt 2 of gold never written
+    with pytest.raises(ValueError, match=r"never written: gold \(1 rows\)"):
+        writer.finalize()
+    writer.write("gold", 2, np.zeros(1, np.int64))
+    writer.finalize()
+    with pytest.raises(ValueError, match="'length'"):
+        writer.write("length", 0, np.zeros((3, 2), np.int64))
+
+
+def _markdown_rows(text: str, header: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if not line.startswith("| `"):
+            break
+        rows.append(cells)
+    return rows
+
+
+def test_docs_variable_table_is_the_schema():
+    text = DOCS.read_text(encoding="utf-8")
+    assert f"{schema.TABLE_BEGIN}\n{schema.markdown_table()}\n{schema.TABLE_END}" in text, (
+        "docs/store.md is out of date: run `python -m kicl.store.schema docs/store.md`"
+    )
+    rows = _markdown_rows(text, "| variable |")
+    documented = {row[0].strip("`"): (tuple(d.strip() for d in row[1].split(",")), row[2], row[3]) for row in rows}
+    assert documented == {v.name: (v.dims, v.dtype, v.present) for v in schema.VARIABLES}
+    dims = {name.strip("`") for row in _markdown_rows(text, "| dimension |") for name in row[0].split(", ")}
+    assert dims == set(schema.DIMENSION_NAMES)
+
+
+def test_atomic_directory_keeps_the_old_folder_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("first")
+    (tmp_path / "out.tmp-99999").mkdir()  # left by a killed run
+    with pytest.raises(RuntimeError, match="boom"), atomic_directory(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("second")
+        raise RuntimeError("boom")
+    assert (target / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(FileNotFoundError, match="nothing was written"), atomic_directory(target):
+        pass
+    assert (target / "a.txt").read_text() == "first"
+
+
+def test_write_csv_atomic(tmp_path):
+    import pandas as pd
+
+    path = write_csv_atomic(pd.DataFrame({"a": [1, 2]}), tmp_path / "sub" / "t.csv")
+    assert path.read_text() == "a\n1\n2\n" and sorted(p.name for p in path.parent.iterdir()) == ["t.csv"]
