@@ -178,11 +178,22 @@ run_capture(**args, threads=1, on_shard_done=done)
 
 
 def _start(toy, store, delay):
-    args = {"meta_path": str(toy["meta"]), "prompts_path": str(toy["prompts"]), "manifest": toy["manifest"],
-            "store_path": str(store), "capture": {**CAPTURE, "shard_size": 2, "batch_size": 2}, "delay": delay}
+    args = {
+        "meta_path": str(toy["meta"]),
+        "prompts_path": str(toy["prompts"]),
+        "manifest": toy["manifest"],
+        "store_path": str(store),
+        "capture": {**CAPTURE, "shard_size": 2, "batch_size": 2},
+        "delay": delay,
+    }
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
 
 
 def _all_arrays(path):
@@ -340,8 +351,18 @@ def test_open_store_names_a_wrong_dim_or_dtype(tmp_path):
 
 def test_writer_takes_only_schema_variables_and_refuses_unwritten_rows(tmp_path):
     variables = schema.forward_variables(rotary=False, with_kv=False)
-    sizes, coords = schema.layout(n_prompts=3, n_layers=1, n_heads=2, n_kv_heads=2, n_positions=5,
-                                  label_names=["a", "b"], n_demos=2, n_kv_prompts=0, offsets=[0], head_dim=4)
+    sizes, coords = schema.layout(
+        n_prompts=3,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        n_positions=5,
+        label_names=["a", "b"],
+        n_demos=2,
+        n_kv_prompts=0,
+        offsets=[0],
+        head_dim=4,
+    )
     wrong = {**variables, "length": schema.Variable("length", ("prompt",), "float32", "wrong")}
     with pytest.raises(ValueError, match="'length' is not the one declared"):
         ForwardStoreWriter(tmp_path / "w.zarr", sizes, coords, wrong, {})
