@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from kicl.analysis.encoder_embed import embed_prompt_file, prompt_texts, read_prompt_records  # noqa: E402
 from kicl.analysis.encoder_kr import encoder_kr_file, kernel_regression  # noqa: E402
 
-WORDS = "good bad movie film great terrible the is was a b c".split()
+WORDS = ["good", "bad", "movie", "film", "great", "terrible", "the", "is", "was", "a", "b", "c"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,19 @@ def tiny_encoder(tmp_path_factory):
     return manifest
 
 
+def _record(prompt_id, split, gold, test_text, demos):
+    """A prompt record of the contract with made-up token ids: 3 tokens per demonstration, 2 for the query."""
+    demo_records = [
+        {"pool_index": pool_index, "label": label, "text": text, "block_span": [3 * i, 3 * i + 3],
+         "input_span": [3 * i, 3 * i + 1], "label_pos": 3 * i + 1, "delim_span": [3 * i + 2, 3 * i + 3]}
+        for i, (pool_index, label, text) in enumerate(demos)
+    ]  # fmt: skip
+    length = 3 * len(demos) + 2
+    return {"prompt_id": prompt_id, "split": split, "test_index": prompt_id, "gold": gold, "n_demos": len(demos),
+            "input_ids": list(range(length)), "test_text": test_text, "test_span": [length - 2, length - 1],
+            "demos": demo_records}  # fmt: skip
+
+
 @pytest.fixture
 def prompt_file(tmp_path):
     rng = np.random.default_rng(0)
@@ -46,16 +59,31 @@ def prompt_file(tmp_path):
     records = []
     for p in range(12):
         demos = rng.choice(len(sentences), 4, replace=False)
-        records.append({
-            "prompt_id": p, "split": "heldout" if p % 3 else "select", "test_index": p, "gold": int(rng.integers(0, 2)),
-            "test_text": sentences[p % len(sentences)],
-            "demos": [{"pool_index": int(d), "label": int(d % 2), "text": sentences[d]} for d in demos],
-        })  # fmt: skip
+        records.append(_record(p, "heldout" if p % 3 else "select", int(rng.integers(0, 2)), sentences[p % len(sentences)],
+                               [(int(d), int(d % 2), sentences[d]) for d in demos]))  # fmt: skip
     path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in reversed(records)))  # out of order on purpose
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"label_names": ["negative", "positive"]}))
+    meta.write_text(json.dumps({"task": "toy", "model": "m", "label_names": ["negative", "positive"],
+                                "verbalizers": [" negative", " positive"], "label_token_ids": [5, 6],
+                                "readout": "single_token", "template": {}}))  # fmt: skip
     return path, meta
+
+
+def test_prompt_records_keep_the_contract(prompt_file, tmp_path):
+    """The encoder stage reads prompt files through kicl.prompts.files: rows out of order or broken are named."""
+    prompts, _ = prompt_file
+    lines = prompts.read_text().splitlines()
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match=r"shuffled.jsonl, prompt 0: prompt_id 1 is not its row number"):
+        read_prompt_records(shuffled)
+    record = json.loads(lines[3])
+    del record["demos"][1]["text"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([*lines[:3], json.dumps(record), *lines[4:]]) + "\n")
+    with pytest.raises(ValueError, match=r"prompt 3, demonstration 1: missing 'text'"):
+        read_prompt_records(broken)
 
 
 def test_embeddings_cover_every_unique_text_normalised(tiny_encoder, prompt_file, tmp_path):

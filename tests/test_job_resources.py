@@ -53,20 +53,29 @@ def test_model_size_falls_back_to_config_json(tmp_path):
     assert model_size(tmp_path).n_params == config_parameter_count(SMOLLM2_135M)
 
 
-def _prompt(test_text, demo_texts, length):
-    demos = [{"text": t, "input_span": [2 + 5 * i, 4 + 5 * i]} for i, t in enumerate(demo_texts)]
-    return {"input_ids": list(range(length)), "test_text": test_text, "test_span": [length - 4, length - 1],
+def _prompt(prompt_id, test_text, demo_texts, length):
+    demos = [
+        {"pool_index": i, "label": 0, "text": t, "block_span": [1 + 5 * i, 6 + 5 * i], "input_span": [2 + 5 * i, 4 + 5 * i],
+         "label_pos": 4 + 5 * i, "delim_span": [5 + 5 * i, 6 + 5 * i]}
+        for i, t in enumerate(demo_texts)
+    ]  # fmt: skip
+    return {"prompt_id": prompt_id, "split": "select", "test_index": prompt_id, "gold": 0,
+            "input_ids": list(range(length)), "test_text": test_text, "test_span": [length - 4, length - 1],
             "demos": demos}  # fmt: skip
 
 
 def test_prompt_workload_counts_prompts_tokens_and_unique_inputs(tmp_path):
     path = tmp_path / "prompts.jsonl"
-    rows = [_prompt("t1", ["a", "b"], 20), _prompt("t2", ["b", "c"], 30), _prompt("t1", ["a", "c"], 25)]
+    rows = [_prompt(0, "t1", ["a", "b"], 20), _prompt(1, "t2", ["b", "c"], 30), _prompt(2, "t1", ["a", "c"], 25)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "\n")
     work = prompt_workload(path)
     assert (work.n_prompts, work.prompt_tokens, work.max_length) == (3, 75, 30)
     assert work.n_contexts == 5  # t1, t2, a, b, c
     assert work.context_tokens == 2 * 3 + 3 * 2  # test spans of 3 tokens, demo input spans of 2
+    rows[1]["demos"][0]["label_pos"] = 99  # a broken prompt file is named, not counted
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match=r"prompt 1: label_pos 99 is outside"):
+        prompt_workload(path)
 
 
 def test_gptj_on_a_gpu_fits_a_common_node_and_retries_ask_for_more():

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import default_config
+
 from kicl.prompts.build import (
     STRATEGIES,
     Demo,
@@ -20,11 +20,11 @@ from kicl.prompts.build import (
     build_prompt_files,
     build_prompt_set,
     query_ids,
-    read_prompts,
     register_strategy,
     render_query,
     select_eval_points,
 )
+from kicl.prompts.files import read_prompt_records as read_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -8,10 +8,12 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-
-from kicl.prompts.build import STRATEGIES, PromptError, build_prompt_set, read_prompts
-from kicl.prompts.retrieval import cap_pool, encoder_embed_function
 from test_prompts import PROTOCOL, SENTENCES, check_segment_map, gpt2_style_tokenizer, spec_with
+
+from kicl.data.encoders import encoder_embed_function
+from kicl.prompts.build import STRATEGIES, PromptError, build_prompt_set
+from kicl.prompts.files import read_prompt_records as read_prompts
+from kicl.prompts.retrieval import cap_pool
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

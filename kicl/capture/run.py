@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kicl.prompts.build import read_prompts as read_prompts_file
+from kicl.prompts.files import read_prompt_set
 from kicl.store.writer import POOLINGS, ForwardStoreWriter, ShardDir, atomic_directory, forward_variables
 
 log = logging.getLogger(__name__)
@@ -381,34 +381,8 @@ class CaptureOptions:
 
 
 def read_prompts(meta_path: str | Path, prompts_path: str | Path) -> tuple[dict, list[dict]]:
-    """Read and check a prompt set (meta.json + prompts.jsonl, per the prompt-file contract)."""
-    meta = json.loads(Path(meta_path).read_text())
-    where = f"{prompts_path} (task {meta.get('task')!r}, model {meta.get('model')!r})"
-    prompts = read_prompts_file(prompts_path)
-    if not prompts:
-        raise CaptureError(f"{where}: no prompts")
-    for key in ("label_names", "label_token_ids"):
-        if not meta.get(key):
-            raise CaptureError(f"{meta_path}: missing {key!r}")
-    if len(meta["label_names"]) != len(meta["label_token_ids"]):
-        raise CaptureError(f"{meta_path}: label_names and label_token_ids differ in length")
-    for row, prompt in enumerate(prompts):
-        name = f"{where}, prompt {row}"
-        if prompt.get("prompt_id") != row:
-            raise CaptureError(f"{name}: prompt_id {prompt.get('prompt_id')} is not its row number")
-        length = len(prompt["input_ids"])
-        if length == 0:
-            raise CaptureError(f"{name}: empty input_ids")
-        if not 0 <= prompt["gold"] < len(meta["label_names"]):
-            raise CaptureError(f"{name}: gold {prompt['gold']} is not a label index")
-        spans = [prompt["test_span"]] + [d[k] for d in prompt["demos"] for k in ("input_span", "block_span", "delim_span")]
-        for start, end in spans:
-            if not 0 <= start <= end <= length:
-                raise CaptureError(f"{name}: span [{start}, {end}) is outside the {length} tokens")
-        for demo in prompt["demos"]:
-            if not demo["input_span"][0] <= demo["label_pos"] < length:
-                raise CaptureError(f"{name}: label_pos {demo['label_pos']} is outside [input start, length)")
-    return meta, prompts
+    """Read and check a prompt set (meta.json + prompts.jsonl): :func:`kicl.prompts.files.read_prompt_set`."""
+    return read_prompt_set(meta_path, prompts_path)
 
 
 def context_ids(tokenizer, meta: dict, mode: str, text: str) -> list[int]:

@@ -15,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from kicl.data.assets import AssetError, fetch_packaged, hub_snapshot
 from kicl.fileio import atomic_directory, write_text_atomic
 
@@ -78,10 +80,38 @@ def write_encoder_manifest(name: str, spec: dict, out_json: str | Path, resource
     return manifest
 
 
+def read_encoder_manifest(encoder: str | Path | dict) -> dict:
+    """The manifest of an encoder given as a manifest dict, a manifest .json, or a local model folder."""
+    if isinstance(encoder, dict):
+        return encoder
+    encoder = Path(encoder)
+    if encoder.suffix == ".json":
+        return json.loads(encoder.read_text())
+    if (encoder / "config.json").exists():
+        return {"path": str(encoder)}
+    raise FileNotFoundError(f"{encoder} is neither an encoder manifest (.json) nor a model folder with config.json")
+
+
 def load_encoder(manifest: str | Path | dict, device: str | None = None):
-    """A SentenceTransformer from an encoder manifest (path or dict)."""
+    """A SentenceTransformer from an encoder manifest (dict or .json) or a local sentence-transformers folder."""
     from sentence_transformers import SentenceTransformer
 
-    if not isinstance(manifest, dict):
-        manifest = json.loads(Path(manifest).read_text())
+    manifest = read_encoder_manifest(manifest)
     return SentenceTransformer(manifest["path"], device=device or manifest.get("device", "cpu"), trust_remote_code=False)
+
+
+def encode_texts(encoder, texts, batch_size: int = 64, device: str | None = None) -> np.ndarray:
+    """L2-normalised sentence embeddings (n, dim) float32; ``encoder`` as for :func:`load_encoder`."""
+    model = load_encoder(encoder, device=device)
+    emb = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                       show_progress_bar=False)  # fmt: skip
+    return np.asarray(emb, dtype=np.float32)
+
+
+def encoder_embed_function(encoder_manifest, batch_size: int = 64):
+    """texts -> embeddings backed by the sentence encoder of a manifest (loaded when called); for retrieval."""
+
+    def embed(texts) -> np.ndarray:
+        return encode_texts(encoder_manifest, texts, batch_size=batch_size)
+
+    return embed

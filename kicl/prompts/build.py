@@ -21,7 +21,6 @@ chosen demonstrations by ascending similarity (most similar last, next to the te
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,36 +29,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kicl.fileio import atomic_path
-from kicl.prompts.retrieval import EmbedFunction, cap_pool, embed_once, is_retrieval, ranked_by_similarity
 from kicl.data.tasks import drop_empty, load_split
+from kicl.prompts.files import write_prompt_set
+from kicl.prompts.pieces import (
+    PieceTokenizer,
+    PromptError,
+    VerbalizerError,
+    query_ids,
+    render_query,
+    split_trailing_spaces,
+)
+from kicl.prompts.retrieval import EmbedFunction, cap_pool, embed_once, is_retrieval, ranked_by_similarity
 
 log = logging.getLogger(__name__)
 
-
-class PromptError(ValueError):
-    """A prompt cannot be built as configured; the message names the task, model and culprit."""
-
-
-class VerbalizerError(PromptError):
-    """Label words that are not single tokens (or whose first tokens collide)."""
+# the tokenisation helpers live in kicl.prompts.pieces (the forward pass needs them without pandas); they stay
+# importable from here because they are part of building a prompt
+__all__ = [
+    "STRATEGIES", "Demo", "PieceTokenizer", "PromptError", "VerbalizerError", "build_prompt", "build_prompt_files",
+    "build_prompt_set", "check_template", "query_ids", "register_strategy", "render_query", "select_eval_points",
+]
 
 
 # ---- templates ------------------------------------------------------------------------------------
-
-
-def _split_trailing_spaces(text: str) -> tuple[str, str]:
-    """(text without its trailing spaces/tabs, those spaces)."""
-    stripped = text.rstrip(" \t")
-    return stripped, text[len(stripped) :]
-
-
-def render_query(template: dict, text: str) -> str:
-    """One input on its own in the template, ending where the label word would follow.
-
-    Used for P(o|x) with the template as context: ``input_prefix + text + output_prefix``.
-    """
-    return f"{template['input_prefix']}{text}{template['output_prefix']}"
 
 
 def check_template(template: dict, verbalizers: Sequence[str], where: str) -> None:
@@ -75,96 +67,6 @@ def check_template(template: dict, verbalizers: Sequence[str], where: str) -> No
         raise PromptError(f"{where}.verbalizers: empty label word in {list(verbalizers)}")
 
 
-# ---- tokenisation ---------------------------------------------------------------------------------
-
-
-class PieceTokenizer:
-    """Tokenises prompt pieces separately (cached) and checks that each piece decodes back to itself."""
-
-    ANCHOR = "\n"
-
-    def __init__(self, tokenizer, where: str = ""):
-        self.tokenizer = tokenizer
-        self.where = where
-        self.cache: dict[str, list[int]] = {}
-        self.prefix_ids = self._special_prefix()
-        self.anchor_ids = list(tokenizer(self.ANCHOR, add_special_tokens=False)["input_ids"])
-
-    def _special_prefix(self) -> list[int]:
-        """Special tokens the tokenizer puts before a text (e.g. <s>/<bos>), found by comparison."""
-        with_special = self.tokenizer("a", add_special_tokens=True)["input_ids"]
-        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
-        for start in range(len(with_special) - len(plain) + 1):
-            if with_special[start : start + len(plain)] == plain:
-                return list(with_special[:start])
-        return []
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
-
-    def _fits_in_context(self, ids: Sequence[int], piece: str) -> bool:
-        """Whether ids, placed after the anchor text, decode to exactly the anchor text + piece."""
-        return self.decode(self.anchor_ids + list(ids)) == self.decode(self.anchor_ids) + piece
-
-    def encode(self, piece: str) -> list[int]:
-        """Token ids of a piece as it reads inside a prompt (after other text); raises PromptError if none do.
-
-        The piece is tokenised on its own; if that does not decode back to it inside a prompt (SentencePiece
-        tokenisers such as Llama-2's add a word-boundary marker at the start of every text), it is tokenised
-        after an anchor ("\n") and the anchor's tokens are removed.
-        """
-        if piece not in self.cache:
-            ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
-            if self.decode(ids) != piece or not self._fits_in_context(ids, piece):
-                anchored = self.tokenizer(self.ANCHOR + piece, add_special_tokens=False)["input_ids"]
-                n_anchor = len(self.anchor_ids)
-                ids = anchored[n_anchor:]
-                if anchored[:n_anchor] != self.anchor_ids or not ids or not self._fits_in_context(ids, piece):
-                    raise PromptError(
-                        f"{self.where}: the tokenizer {getattr(self.tokenizer, 'name_or_path', '')!r} cannot "
-                        f"tokenise the piece {piece!r} on its own so that it decodes back to itself inside a prompt "
-                        f"(got {self.decode(ids)!r}); piecewise prompts need a tokenizer that decodes its tokens "
-                        "losslessly (byte-level BPE, tiktoken, SentencePiece with byte fallback)"
-                    )
-            self.cache[piece] = list(ids)
-        return self.cache[piece]
-
-    def label_token_ids(self, verbalizers: Sequence[str], readout: str) -> list[int]:
-        """The token id scored for each label word: its only token, or its first token under first_token.
-
-        Raises VerbalizerError listing every offending word before any forward pass.
-        """
-        encoded = {word: self.encode(word) for word in verbalizers}
-        if readout == "single_token":
-            bad = {w: ids for w, ids in encoded.items() if len(ids) != 1}
-            if bad:
-                listing = "; ".join(
-                    f"{w!r} -> {[self.decode([i]) for i in ids]}" for w, ids in bad.items()
-                )
-                raise VerbalizerError(
-                    f"{self.where}: label words that are not a single token for tokenizer "
-                    f"{getattr(self.tokenizer, 'name_or_path', '')!r}: {listing}. Choose single-token words in "
-                    "the task's verbalizers, or set protocol.readout: first_token."
-                )
-            return [ids[0] for ids in encoded.values()]
-        if readout == "first_token":
-            empty = [w for w, ids in encoded.items() if not ids]
-            if empty:
-                raise VerbalizerError(f"{self.where}: label words with no tokens: {empty}")
-            firsts = [ids[0] for ids in encoded.values()]
-            if len(set(firsts)) != len(firsts):
-                clashes = {
-                    self.decode([t]): [w for w in verbalizers if encoded[w][0] == t]
-                    for t in set(firsts) if firsts.count(t) > 1
-                }  # fmt: skip
-                raise VerbalizerError(
-                    f"{self.where}: label words share their first token, so first-token scoring cannot tell them "
-                    f"apart: {clashes}. Choose label words with distinct first tokens."
-                )
-            return firsts
-        raise PromptError(f"protocol.readout {readout!r}: use single_token or first_token")
-
-
 @dataclass
 class Demo:
     """One demonstration: its row in the demo pool, label id and input text."""
@@ -178,7 +80,7 @@ def build_prompt(
     pieces: PieceTokenizer, template: dict, verbalizers: Sequence[str], demos: Sequence[Demo], test_text: str
 ) -> dict:
     """Token ids, full text and segment map of one prompt (spans are end-exclusive token positions)."""
-    head, space = _split_trailing_spaces(template["input_prefix"])
+    head, space = split_trailing_spaces(template["input_prefix"])
     ids: list[int] = list(pieces.prefix_ids)
     text_parts: list[str] = [pieces.decode(pieces.prefix_ids)] if pieces.prefix_ids else []
 
@@ -444,28 +346,6 @@ def build_prompt_set(
     return meta, records
 
 
-def write_prompt_files(meta: dict, records: Sequence[dict], meta_path: str | Path, prompts_path: str | Path) -> None:
-    """Write meta.json and prompts.jsonl under temporary names, then rename both."""
-    with atomic_path(prompts_path) as partial_prompts, atomic_path(meta_path) as partial_meta:
-        with open(partial_prompts, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        partial_meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def read_prompts(prompts_path: str | Path) -> list[dict]:
-    """All prompt records of a prompts.jsonl file, in file order; a malformed line is named by its number."""
-    records = []
-    with open(prompts_path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise PromptError(f"{prompts_path}:{line_no}: not valid JSON ({err})") from err
-    return records
-
-
 def build_prompt_files(
     task: str,
     task_spec: dict,
@@ -482,8 +362,8 @@ def build_prompt_files(
 
     ``encoder_manifest`` (retrieval strategies only): the sentence encoder that ranks the demonstrations.
     """
+    from kicl.data.encoders import encoder_embed_function
     from kicl.data.models import load_tokenizer, read_manifest
-    from kicl.prompts.retrieval import encoder_embed_function
 
     strategy = protocol.get("demo_strategy", "random")
     if is_retrieval(strategy) and encoder_manifest is None:
@@ -499,20 +379,9 @@ def build_prompt_files(
         tokenizer_name=manifest["path"],
         embed=encoder_embed_function(encoder_manifest) if encoder_manifest is not None else None,
     )  # fmt: skip
-    write_prompt_files(meta, records, meta_path, prompts_path)
+    write_prompt_set(meta, records, meta_path, prompts_path)
     log.info(
         "task %s, model %s: %d prompts (%d selection + %d held-out), %d tokens on average -> %s",
         task, model, meta["n_prompts"], meta["n_select"], meta["n_heldout"], meta["prompt_length"]["mean"], prompts_path,
     )  # fmt: skip
     return meta
-
-
-def query_ids(tokenizer, template: dict, text: str) -> list[int]:
-    """Token ids of :func:`render_query` built piecewise like the prompts (special prefix included)."""
-    pieces = PieceTokenizer(tokenizer, "render_query")
-    head, space = _split_trailing_spaces(template["input_prefix"])
-    ids = list(pieces.prefix_ids)
-    for piece in (head, space + text, template["output_prefix"]):
-        if piece:
-            ids.extend(pieces.encode(piece))
-    return ids

@@ -66,13 +66,3 @@ def ranked_by_similarity(similarities: np.ndarray, k: int, most_similar: bool) -
         raise ValueError(f"{k} demonstrations requested but the demonstration pool has {len(similarities)} examples")
     order = np.argsort(-similarities if most_similar else similarities, kind="stable")[:k]
     return order[::-1] if most_similar else order
-
-
-def encoder_embed_function(encoder_manifest, batch_size: int = 64) -> EmbedFunction:
-    """An embedding function backed by the sentence encoder of a manifest (loaded when called)."""
-    from kicl.analysis.encoder_embed import encode_texts
-
-    def embed(texts: Sequence[str]) -> np.ndarray:
-        return encode_texts(encoder_manifest, texts, batch_size=batch_size)
-
-    return embed

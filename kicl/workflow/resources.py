@@ -21,6 +21,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from kicl.prompts.files import read_prompt_records
+
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 # Sustained throughput of the capture forward pass, in FLOP/s (2 x parameters x tokens), deliberately below
@@ -110,24 +112,20 @@ def model_size(folder: str | Path) -> ModelSize:
 
 
 def prompt_workload(prompts_path: str | Path) -> PromptWorkload:
-    """PromptWorkload of a ``prompts.jsonl`` file (prompt-file contract)."""
-    n_prompts = prompt_tokens = max_length = 0
+    """PromptWorkload of a ``prompts.jsonl`` file, read and checked by :mod:`kicl.prompts.files`."""
+    prompt_tokens = max_length = 0
     contexts: dict[str, int] = {}
-    with open(prompts_path) as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            prompt = json.loads(line)
-            length = len(prompt["input_ids"])
-            n_prompts += 1
-            prompt_tokens += length
-            max_length = max(max_length, length)
-            start, end = prompt["test_span"]
-            contexts.setdefault(prompt["test_text"], end - start)
-            for demo in prompt["demos"]:
-                start, end = demo["input_span"]
-                contexts.setdefault(demo["text"], end - start)
-    return PromptWorkload(n_prompts, prompt_tokens, max_length, len(contexts), sum(contexts.values()))
+    records = read_prompt_records(prompts_path)
+    for prompt in records:
+        length = len(prompt["input_ids"])
+        prompt_tokens += length
+        max_length = max(max_length, length)
+        start, end = prompt["test_span"]
+        contexts.setdefault(prompt["test_text"], end - start)
+        for demo in prompt["demos"]:
+            start, end = demo["input_span"]
+            contexts.setdefault(demo["text"], end - start)
+    return PromptWorkload(len(records), prompt_tokens, max_length, len(contexts), sum(contexts.values()))
 
 
 def attention_store_mb(model: ModelSize, work: PromptWorkload) -> float:
