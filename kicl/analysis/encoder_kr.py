@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kicl.analysis.encoder_embed import read_prompt_records
+from kicl.prompts.files import read_prompt_records
 from kicl.fileio import atomic_path
 from kicl.analysis.reconstruction import label_votes
 
