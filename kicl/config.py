@@ -37,8 +37,112 @@ def config_errors(config: Mapping, schema: Mapping | str | os.PathLike) -> list[
     return sorted(line for error in errors for line in _describe(error))
 
 
-def check_config(config: Mapping, schema: Mapping | str | os.PathLike) -> None:
-    """Raise ValueError listing every violation, so a bad config stops before any job runs."""
-    lines = config_errors(config, schema)
-    if lines:
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(lines))
+#: config catalog -> the sources an entry may name; each source needs the section of the same name
+CATALOG_SOURCES = {
+    "tasks": ("hub", "local", "packaged"),
+    "models": ("hub", "local", "packaged_gguf"),
+    "encoders": ("packaged", "hub", "local"),
+}
+#: the folder or file key of each catalog's local section (checked to exist before any job)
+LOCAL_PATH_KEY = {"tasks": "dir", "models": "path", "encoders": "path"}
+
+
+def catalog_errors(config: Mapping, in_use: Mapping[str, list[str]] | None = None) -> list[str]:
+    """Problems that the JSON schema cannot express, one line each naming the config key.
+
+    * an entry of ``tasks``/``models``/``encoders`` whose ``source`` has no section of that name (e.g.
+      ``models.x.source: hub`` without ``models.x.hub``: a config override merges into the default entry, so the
+      old source's section stays and the new one is missing);
+    * a ``local`` source whose folder does not exist (only for the entries in ``in_use``: kind -> names; all
+      entries when None);
+    * ``protocol.n_select + protocol.n_heldout`` of 0 (no test points).
+    """
+    problems = []
+    for kind, sources in CATALOG_SOURCES.items():
+        catalog = config.get(kind) or {}
+        names = list(catalog) if in_use is None else [name for name in in_use.get(kind, []) if name in catalog]
+        for name in names:
+            spec = catalog[name]
+            source = spec.get("source")
+            if source not in sources:
+                continue  # the schema names it
+            if not isinstance(spec.get(source), Mapping):
+                problems.append(
+                    f"config key {kind}.{name}.{source}: missing; {kind}.{name}.source is {source!r}, which needs "
+                    f"the section {kind}.{name}.{source} ({_section_keys(kind, source)})"
+                )
+            elif source == "local":
+                key = LOCAL_PATH_KEY[kind]
+                path = spec["local"].get(key)
+                if path is not None and not os.path.exists(path):
+                    problems.append(f"config key {kind}.{name}.local.{key}: {path!r} does not exist")
+    protocol = config.get("protocol") or {}
+    if protocol.get("n_select", 1) + protocol.get("n_heldout", 1) < 1:
+        problems.append(
+            "config keys protocol.n_select + protocol.n_heldout: 0 test points; set at least one of them above 0"
+        )
+    return problems
+
+
+def _section_keys(kind: str, source: str) -> str:
+    required = {
+        ("tasks", "hub"): "path", ("tasks", "local"): "dir", ("tasks", "packaged"): "package, version, sha256, "
+        "member, parser", ("models", "hub"): "id", ("models", "local"): "path", ("models", "packaged_gguf"): "parts",
+        ("encoders", "hub"): "id", ("encoders", "local"): "path", ("encoders", "packaged"): "package, version, "
+        "sha256, member_dir",
+    }  # fmt: skip
+    return "required: " + required[(kind, source)]
+
+
+# ---- Defaults and device/dtype resolution (one place each)
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "config.schema.yaml")
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+def _schema(schema: Mapping | str | os.PathLike | None = None) -> Mapping:
+    if isinstance(schema, Mapping):
+        return schema
+    with open(schema or SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def _defaults_of(node: Mapping):
+    if "default" in node and not (node.get("type") == "object" and node.get("properties")):
+        return node["default"]
+    if node.get("type") == "object" and node.get("properties"):
+        base = dict(node.get("default") or {})
+        for key, child in node["properties"].items():
+            if "default" in child or child.get("properties"):
+                base.setdefault(key, _defaults_of(child))
+        return base
+    return node.get("default")
+
+
+def defaults_for(section: str, schema: Mapping | str | os.PathLike | None = None) -> dict:
+    """The defaults of one top-level config section (e.g. ``capture``), read from schemas/config.schema.yaml.
+
+    Nested objects are filled in key by key. The schema is the only place where a default is written down.
+    """
+    properties = _schema(schema).get("properties", {})
+    if section not in properties:
+        raise KeyError(f"config section {section!r} is not in the schema (known: {', '.join(sorted(properties))})")
+    return _defaults_of(properties[section])
+
+
+def resolve_device(requested: str | None, model_device: str | None = None, *, fallback: str = "cpu") -> str:
+    """The torch device of a job: ``requested`` unless ``auto``; then the model's catalog device unless that
+    is ``auto`` or missing too; then ``fallback`` (the capture passes ``cuda`` when CUDA is available, the
+    Snakefile's resource estimates ``cpu``)."""
+    for candidate in (requested, model_device):
+        if candidate and candidate != "auto":
+            return str(candidate)
+    return fallback
+
+
+def resolve_dtype(requested: str | None, model_dtype: str | None = None) -> str:
+    """The torch dtype name of a job: ``requested`` unless ``auto``; then the model's dtype if it is one of
+    float32/float16/bfloat16; else float32."""
+    if requested and requested != "auto":
+        return str(requested)
+    return model_dtype if model_dtype in DTYPE_NAMES else "float32"

@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from kicl.config import config_errors
+from kicl.config import catalog_errors, config_errors, resolve_device, resolve_dtype
 
 # One line per problem, naming the key, before any job runs
 # ("config key theory.n_hmms: -1 is less than the minimum of 1");
@@ -47,8 +47,12 @@ ENCODERS_IN_USE = SELECTED_ENCODERS + [
 
 
 def _check_selection():
-    """Selected names exist in their catalogs and the selected task specs are coherent."""
-    problems = []
+    """Selected names exist in their catalogs, their source sections are there (kicl.config.catalog_errors),
+    the selected task specs are coherent and the protocol has test points."""
+    problems = catalog_errors(
+        config,
+        {"tasks": SELECTED_TASKS, "models": SELECTED_MODELS, "encoders": ENCODERS_IN_USE},
+    )
     for kind, names in (
         ("tasks", SELECTED_TASKS),
         ("models", SELECTED_MODELS),
@@ -61,7 +65,9 @@ def _check_selection():
                     f"(known: {', '.join(sorted(config[kind]))})"
                 )
     for name in SELECTED_TASKS:
-        if name in config["tasks"]:
+        if name in config["tasks"] and not any(
+            p.startswith(f"config key tasks.{name}.") for p in problems
+        ):
             try:
                 check_task_spec(name, config["tasks"][name])
             except TaskError as error:
@@ -151,14 +157,6 @@ def prompt_inputs(wildcards):
     return inputs
 
 
-def model_manifests():
-    return expand("resources/models/{model}.json", model=SELECTED_MODELS)
-
-
-def encoder_manifests():
-    return expand("resources/encoders/{encoder}.json", encoder=SELECTED_ENCODERS)
-
-
 def prompt_outputs():
     return expand(
         "results/prompts/{model}/{task}/{file}",
@@ -169,14 +167,6 @@ def prompt_outputs():
 
 
 # ---- Forward pass (rules/forward.smk)
-
-
-def forward_outputs():
-    return expand(
-        "results/forward/{model}/{task}.zarr",
-        model=SELECTED_MODELS,
-        task=SELECTED_TASKS,
-    )
 
 
 def forward_record(wildcards):
@@ -190,10 +180,10 @@ def forward_record(wildcards):
 
 
 def _forward_device(wildcards):
-    device = config["capture"]["device"]
-    if device == "auto":
-        return config["models"][wildcards.model].get("device", "cpu")
-    return device
+    """capture.device, else the model's catalog device, else cpu (kicl.config.resolve_device)."""
+    return resolve_device(
+        config["capture"]["device"], config["models"][wildcards.model].get("device")
+    )
 
 
 def forward_gpus(wildcards):
@@ -348,16 +338,9 @@ def _forward_workload(wildcards, input):
     # a missing input raises FileNotFoundError naming it: Snakemake then shows <TBD> (dry run)
     with open(manifest_path) as handle:
         manifest = json.load(handle)
-    dtype = config["capture"]["dtype"]
-    if dtype == "auto":
-        dtype = manifest.get("dtype", "float32")
-    dtype = dtype if dtype in ("float32", "float16", "bfloat16") else "float32"
-    # capture.device, else the model's catalog device (as forward_gpus); a device still "auto" counts as
-    # the slower CPU for the time limit
-    device = config["capture"]["device"]
-    if device == "auto":
-        device = config["models"][wildcards.model].get("device", "auto")
-    device = "cpu" if device == "auto" else device
+    dtype = resolve_dtype(config["capture"]["dtype"], manifest.get("dtype"))
+    # as forward_gpus; a device still "auto" counts as the slower CPU for the time limit
+    device = _forward_device(wildcards)
     return model_size(manifest["path"]), prompt_workload(prompts_path), dtype, device
 
 

@@ -207,3 +207,27 @@ def test_half_precision_rows_stay_close_and_sum_to_one(family_model, prompt_reco
         assert row.dtype == np.float32
         np.testing.assert_allclose(row.sum(-1), 1.0, atol=1e-5)
         assert np.abs(row - ref["rows"]).max() < 0.1
+
+
+def test_options_defaults_come_from_the_schema():
+    import yaml
+
+    from kicl.config import SCHEMA_PATH, defaults_for, resolve_device, resolve_dtype
+
+    schema = yaml.safe_load(open(SCHEMA_PATH))["properties"]["capture"]["properties"]
+    options = CaptureOptions.from_config({}, {"dtype": "float32", "device": "cpu"})
+    for key in ("batch_size", "shard_size", "kv_prompts", "padding_side", "simpred_context"):
+        assert getattr(options, key) == schema[key]["default"] == defaults_for("capture")[key]
+    assert options.kv_offsets == tuple(schema["kv_offsets"]["default"])
+    assert resolve_device("auto", "cuda:1") == "cuda:1" and resolve_device("cpu", "cuda") == "cpu"
+    assert resolve_device("auto", None, fallback="mps") == "mps" and resolve_device("auto", "auto") == "cpu"
+    assert resolve_dtype("auto", "float16") == "float16" and resolve_dtype("auto", "auto") == "float32"
+    with pytest.raises(KeyError, match="nope"):
+        defaults_for("nope")
+
+
+def test_prediction_ties_go_to_the_lowest_label():
+    from kicl.capture.run import predict
+
+    logits = np.array([[1.0, 1.0, 0.5], [0.0, 2.0, 2.0], [3.0, 1.0, 3.0]], np.float16)
+    assert predict(logits).tolist() == [0, 1, 0]
