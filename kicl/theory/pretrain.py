@@ -1,0 +1,141 @@
+"""Pre-train a small causal transformer (GPT-J or Llama config, random init, seeded) on the label world.
+
+The corpus is the mixture-of-HMM pre-training distribution of :mod:`kicl.theory.icl_world` (delimiter resets,
+one task per row). Training is plain next-token loss on every token; AdamW with linear warm-up and cosine
+decay over a *token budget* (not a wall budget, so the result does not depend on machine load). The model is
+saved with ``save_pretrained`` (safetensors) next to a tokenizer over the world's symbols, so it enters the
+``models:`` catalog as an ordinary ``source: local`` model. ``torch.set_flush_denormal(True)`` is set: without
+it denormals in the AdamW state slow CPU steps several-fold (feasibility note §3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kicl.fileio import atomic_directory, write_csv_atomic
+from kicl.theory.icl_world import DELIMITER, LabelWorld, sample_documents, world_from_config
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("gptj", "llama")
+
+
+def build_tokenizer(world: LabelWorld):
+    """A fast word-level tokenizer over the world's symbols; ids equal the world's token ids.
+
+    Every symbol carries its leading space (byte-level convention, space → "Ġ"), the delimiter doubles as the
+    BOS that ``add_special_tokens`` puts in front of a text, and unknown text maps to ``<unk>``.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {symbol.replace(" ", "Ġ"): index for index, symbol in enumerate(world.symbols())}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r" ?[^ ]+| +"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    bos = world.symbols()[DELIMITER].replace(" ", "Ġ")
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, DELIMITER)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=bos, unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+def model_config(world: LabelWorld, model_cfg: dict):
+    """A transformers config of the ``theory_icl.model`` section (random init, no dropout, untied head)."""
+    arch = model_cfg["architecture"]
+    width, heads = model_cfg["n_embd"], model_cfg["n_head"]
+    if width % heads:
+        raise ValueError(f"theory_icl.model: n_embd {width} is not a multiple of n_head {heads}")
+    common = {"vocab_size": world.vocab_size, "bos_token_id": DELIMITER, "eos_token_id": DELIMITER,
+              "pad_token_id": world.vocab_size - 1, "tie_word_embeddings": False}  # fmt: skip
+    if arch == "gptj":
+        from transformers import GPTJConfig
+
+        return GPTJConfig(
+            n_positions=model_cfg["ctx"], n_embd=width, n_layer=model_cfg["n_layer"], n_head=heads,
+            rotary_dim=max(2, (width // heads) // 2), n_inner=4 * width, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, **common,
+        )  # fmt: skip
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            hidden_size=width, intermediate_size=4 * width, num_hidden_layers=model_cfg["n_layer"],
+            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=model_cfg["ctx"],
+            attention_dropout=0.0, **common,
+        )  # fmt: skip
+    raise ValueError(f"theory_icl.model.architecture {arch!r}: use one of {ARCHITECTURES}")
+
+
+def _learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pretrain(cfg: dict, out_dir: str | Path, loss_csv: str | Path, threads: int = 1) -> pd.DataFrame:
+    """Train the model of ``cfg`` (the ``theory_icl`` section), save it to out_dir; returns the loss curve."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(max(1, threads))
+    torch.set_flush_denormal(True)
+    world = world_from_config(cfg["world"])
+    model_cfg, train = cfg["model"], cfg["train"]
+    torch.manual_seed(train["seed"])
+    rng = np.random.default_rng(train["seed"])
+    model = AutoModelForCausalLM.from_config(model_config(world, model_cfg), attn_implementation="eager")
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    ctx, batch = model_cfg["ctx"], train["batch_size"]
+    steps = max(1, int(train["tokens"]) // (ctx * batch))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=train["lr"], betas=(0.9, 0.98),
+                                  weight_decay=train["weight_decay"])  # fmt: skip
+    log.info("theory_icl: %s %dL d=%d %dH, %d parameters; %d steps of %dx%d tokens, %d threads",
+             model_cfg["architecture"], model_cfg["n_layer"], model_cfg["n_embd"], model_cfg["n_head"], n_params,
+             steps, batch, ctx, threads)  # fmt: skip
+    rows, started = [], time.perf_counter()
+    window = []
+    for step in range(steps):
+        docs, _ = sample_documents(world, batch, ctx, cfg["world"]["min_len"], cfg["world"]["max_len"], rng)
+        ids = torch.from_numpy(docs)
+        for group in optimiser.param_groups:
+            group["lr"] = _learning_rate(step, steps, train["lr"], train["warmup"])
+        loss = model(input_ids=ids, labels=ids).loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        window.append(float(loss))
+        if (step + 1) % train["log_every"] == 0 or step + 1 == steps:
+            elapsed = time.perf_counter() - started
+            rows.append({"step": step + 1, "tokens": (step + 1) * batch * ctx, "loss": float(np.mean(window)),
+                         "lr": optimiser.param_groups[0]["lr"], "elapsed_s": elapsed})  # fmt: skip
+            log.info("step %d/%d loss %.4f (%.0f tok/s)", step + 1, steps, rows[-1]["loss"],
+                     rows[-1]["tokens"] / max(elapsed, 1e-9))  # fmt: skip
+            window = []
+    model.eval()
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as staging:
+        staging.mkdir(parents=True)
+        model.save_pretrained(staging, safe_serialization=True)
+        build_tokenizer(world).save_pretrained(staging)
+        (staging / "kicl_training.json").write_text(json.dumps(
+            {"theory_icl": cfg, "n_parameters": n_params, "steps": steps, "tokens": steps * batch * ctx,
+             "wall_s": time.perf_counter() - started, "threads": threads}, indent=1) + "\n")  # fmt: skip
+    curve = pd.DataFrame(rows)
+    write_csv_atomic(curve, loss_csv)
+    return curve
