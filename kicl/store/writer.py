@@ -1,7 +1,7 @@
 """The forward store (Zarr v3, one per model and task) and the resumable shard directory behind it.
 
-Layout (documented for users in docs/store.md): every variable has named dimensions, so
-``xarray.open_zarr(path)`` gives a Dataset; arrays are chunked along ``prompt`` (or ``kv_prompt``) and
+Layout (documented for users in docs/store.md; the variables are declared in kicl.store.schema): every
+variable has named dimensions, so ``xarray.open_zarr(path)`` gives a Dataset; arrays are chunked along ``prompt`` (or ``kv_prompt``) and
 compressed with Blosc-zstd. Floats use NaN and integers -1 where a prompt has no value (positions past its
 length, demonstrations it does not have, offsets outside it).
 
@@ -36,13 +36,6 @@ MANIFEST = "manifest.json"
 __all__ = ["POOLINGS", "ForwardStoreWriter", "ShardDir", "atomic_directory", "forward_variables", "layout"]
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 class ShardDir:
     """A directory of completed work units ("shards") that survives a killed run.
 
@@ -63,11 +56,18 @@ class ShardDir:
         for stale in self.path.glob(f"*{TEMP_TAG}*"):
             stale.unlink()
         if previous != fingerprint:
-            self._atomic_bytes(manifest, json.dumps({"fingerprint": fingerprint}).encode())
+            self._durable_replace(manifest, json.dumps({"fingerprint": fingerprint}).encode())
 
-    def _atomic_bytes(self, target: Path, data: bytes) -> None:
+    def _durable_replace(self, target: Path, write) -> None:
+        """Write ``target`` through a flushed temporary file (``write(handle)`` or bytes) and one rename."""
         tmp = target.with_name(f"{target.name}{TEMP_TAG}{os.getpid()}")
-        _fsync_write(tmp, data)
+        with open(tmp, "wb") as handle:
+            if isinstance(write, bytes):
+                handle.write(write)
+            else:
+                write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, target)
         fsync_dir(self.path)
 
@@ -91,14 +91,9 @@ class ShardDir:
 
     def _commit(self, name: str, write) -> None:
         target = self.path / name
-        tmp = target.with_name(f"{name}{TEMP_TAG}{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        self._durable_replace(target, write)
         marker = {"bytes": target.stat().st_size, "sha256": sha256_file(target)}
-        self._atomic_bytes(self._marker(name), json.dumps(marker).encode())
+        self._durable_replace(self._marker(name), json.dumps(marker).encode())
 
     def write_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
         """Write a dict of arrays as an uncompressed ``.npz`` shard, atomically, with its marker."""
