@@ -1,9 +1,9 @@
 """The forward store (Zarr v3, one per model and task) and the resumable shard directory behind it.
 
 Layout (documented for users in docs/store.md; the variables are declared in kicl.store.schema): every
-variable has named dimensions, so ``xarray.open_zarr(path)`` gives a Dataset; arrays are chunked along ``prompt`` (or ``kv_prompt``) and
-compressed with Blosc-zstd. Floats use NaN and integers -1 where a prompt has no value (positions past its
-length, demonstrations it does not have, offsets outside it).
+variable has named dimensions, so ``xarray.open_zarr(path)`` gives a Dataset; arrays are chunked along
+``prompt`` (or ``kv_prompt``) and compressed with Blosc-zstd. Floats use NaN and integers -1 where a prompt
+has no value (positions past its length, demonstrations it does not have, offsets outside it).
 
 Work in progress lives in a *parts* directory next to the store (outside Snakemake's declared output, so a
 failed or killed job keeps it): each shard is written to a temporary name, flushed and atomically renamed,
