@@ -201,3 +201,31 @@ def test_sessions_leave_a_plain_model(folder, sequences):
     with CaptureSession(model) as session:
         again = session.run([seqs[0]], "right")
     assert torch.allclose(again, before[:, -1].float(), atol=1e-5)
+
+
+def test_cached_last_token_step_equals_full_pass(folder, sequences):
+    """prefill + step (the causal stage's path) gives the full pass's logits, with and without interventions."""
+    seqs, label_pos = sequences
+    model = _load(folder)
+    outputs = HeadOutputs()
+    with CaptureSession(model, [outputs]) as session:
+        full = session.run(seqs, "right")
+        full_outputs = outputs.outputs.clone()
+        prefix = session.prefill(seqs)
+        cached = session.step(prefix)
+        assert torch.allclose(outputs.outputs, full_outputs, atol=1e-5)
+    assert torch.allclose(cached, full, atol=1e-4)
+    means = full_outputs.numpy().mean(0)
+    for make in (lambda: HeadAblation(HEADS, "zero", rows="last"), lambda: HeadAblation(HEADS, "mean", means=means,
+                 rows="last"), lambda: AttentionKnockout(HEADS)):
+        handler = make()
+        with CaptureSession(model, [handler]) as session:
+            if isinstance(handler, AttentionKnockout):
+                handler.set_positions(label_pos)
+            expected = session.run(seqs, "right")
+            prefix = session.prefill(seqs)
+            for _ in range(2):  # the cache is cropped back: the same prefix serves again
+                if isinstance(handler, AttentionKnockout):
+                    handler.set_positions(label_pos)
+                assert torch.allclose(session.step(prefix), expected, atol=1e-4)
+        assert not torch.allclose(expected, full, atol=1e-3)

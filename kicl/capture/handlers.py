@@ -76,7 +76,7 @@ class Recorder(Handler):
 
 def _last_rows(output: torch.Tensor, batch: BatchInputs) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.arange(output.shape[0], device=output.device)
-    return rows, batch.query_index.to(output.device)
+    return rows, batch.query_row.to(output.device)
 
 
 class HeadOutputs(Handler):
@@ -169,7 +169,7 @@ class AttentionKnockout(Handler):
     def begin(self, batch: BatchInputs, session) -> None:
         if self._positions is None or len(self._positions) != len(batch.lengths):
             raise ValueError("AttentionKnockout: set_positions() with one list per batch row before each run")
-        mask = torch.zeros(len(batch.lengths), batch.input_ids.shape[1], dtype=torch.bool)
+        mask = torch.zeros(len(batch.lengths), batch.width, dtype=torch.bool)
         for row, (positions, offset) in enumerate(zip(self._positions, batch.offsets.tolist())):
             for position in positions:
                 if not 0 <= position < int(batch.lengths[row]):

@@ -60,6 +60,17 @@ class BatchInputs:
     lengths: torch.Tensor  # (B,) real tokens per row (host)
     offsets: torch.Tensor  # (B,) padded position of each row's first real token (host)
     query_index: torch.Tensor  # (B,) padded position of each row's last real token (device)
+    query_row: torch.Tensor | None = None  # (B,) that token's row among the queries; None = query_index
+    #                                        (they differ in a cached step, where the queries are the last tokens)
+
+    def __post_init__(self):
+        if self.query_row is None:
+            self.query_row = self.query_index
+
+    @property
+    def width(self) -> int:
+        """Key positions per row (padded), cached ones included."""
+        return int(self.query_index.max()) + 1 if self.attention_mask is None else self.attention_mask.shape[1]
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], padding_side: str, device) -> BatchInputs:
@@ -117,12 +128,13 @@ class AttentionCall:
                     "does not model"
                 )
         query, key, query_index = self.query, self.key, self.batch.query_index
+        query_row = self.batch.query_row
         batch, n_heads, q_len, head_dim = query.shape
         n_kv, kv_len = key.shape[1], key.shape[2]
-        if q_len != kv_len:
-            raise CaptureError("the capture needs a full forward pass without a key/value cache")
+        if q_len != kv_len and q_len != 1:
+            raise CaptureError("the capture needs a full forward pass, or one cached step of one token per row")
         rows = torch.arange(batch, device=query.device)
-        q_last = query[rows, :, query_index].float().reshape(batch, n_kv, n_heads // n_kv, head_dim)
+        q_last = query[rows, :, query_row].float().reshape(batch, n_kv, n_heads // n_kv, head_dim)
         scores = torch.matmul(q_last, key.float().transpose(-1, -2)).reshape(batch, n_heads, kv_len) * self.scaling
         positions = torch.arange(kv_len, device=query.device)
         causal = positions[None, :] <= query_index[:, None]
@@ -130,7 +142,7 @@ class AttentionCall:
         if self.attention_mask is not None:
             mask = self.attention_mask
             mask_rows = rows if mask.shape[0] == batch else torch.zeros_like(rows)
-            mask_row = mask[mask_rows, :, query_index]  # (B, 1 or H, T)
+            mask_row = mask[mask_rows, :, query_row]  # (B, 1 or H, T)
             if mask_row.dtype == torch.bool:
                 scores = scores.masked_fill(~mask_row, float("-inf"))
             else:
@@ -264,3 +276,67 @@ class CaptureSession:
         for handler in self.handlers:
             handler.end()
         return out.logits[:, -1, :].float()
+
+    # ---- interventions at the last token only: the prefix once, then one cached step per intervention
+
+    def prefill(self, sequences: Sequence[Sequence[int]]) -> Prefix:
+        """Run every sequence but its last token once (left padding, handlers not called) and keep the cache.
+
+        An intervention that changes only the last token's attention leaves every earlier position as it is,
+        so :meth:`step` then runs only the last tokens against this cache, once per intervention.
+        """
+        from transformers import DynamicCache
+
+        if not self._modules:
+            raise CaptureError("CaptureSession.prefill outside its `with` block")
+        if min(len(s) for s in sequences) < 2:
+            raise CaptureError("a cached last-token step needs sequences of at least two tokens")
+        device = self.model.device
+        prefix = pad_batch([s[:-1] for s in sequences], "left", device)
+        cache = DynamicCache()
+        with torch.inference_mode():
+            self.model(input_ids=prefix.input_ids, attention_mask=prefix.attention_mask,
+                       position_ids=prefix.position_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        batch_size, width = prefix.input_ids.shape
+        lengths = prefix.lengths + 1
+        step = BatchInputs(
+            input_ids=torch.tensor([[s[-1]] for s in sequences], dtype=torch.long, device=device),
+            attention_mask=torch.cat([prefix.attention_mask, torch.ones(batch_size, 1, dtype=torch.long,
+                                                                        device=device)], dim=1),
+            position_ids=(lengths - 1)[:, None].to(device),
+            lengths=lengths,
+            offsets=prefix.offsets,
+            query_index=torch.full((batch_size,), width, dtype=torch.long, device=device),
+            query_row=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+        return Prefix(cache, step, width)
+
+    def step(self, prefix: Prefix, check_layers: bool = True) -> torch.Tensor:
+        """The last tokens of a :meth:`prefill` through the handlers; (B, V) float32 logits. The cache is
+        cropped back afterwards, so the same prefix serves every intervention."""
+        batch = prefix.step
+        for handler in self.handlers:
+            handler.begin(batch, self)
+        self._batch, self.layers_seen = batch, 0
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids, cache=prefix.cache, use_cache=True)
+        finally:
+            self._batch = None
+            prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())  # remove the step again
+        if check_layers and self.layers_seen != self.shape.n_layers:
+            raise CaptureError(f"{type(self.model).__name__}: the cached step saw {self.layers_seen} of "
+                               f"{self.shape.n_layers} attention layers")
+        for handler in self.handlers:
+            handler.end()
+        return out.logits[:, -1, :].float()
+
+
+@dataclass
+class Prefix:
+    """The key/value cache of a batch's prefixes and the inputs of its last-token step."""
+
+    cache: object
+    step: BatchInputs
+    length: int
