@@ -45,6 +45,8 @@ CATALOG_SOURCES = {
 }
 #: the folder or file key of each catalog's local section (checked to exist before any job)
 LOCAL_PATH_KEY = {"tasks": "dir", "models": "path", "encoders": "path"}
+#: relative folders that the workflow itself fills (e.g. a model it trains): not checked before the run
+WORKFLOW_OUTPUT_DIRS = ("results/", "resources/")
 
 
 def catalog_errors(config: Mapping, in_use: Mapping[str, list[str]] | None = None) -> list[str]:
@@ -53,8 +55,8 @@ def catalog_errors(config: Mapping, in_use: Mapping[str, list[str]] | None = Non
     * an entry of ``tasks``/``models``/``encoders`` whose ``source`` has no section of that name (e.g.
       ``models.x.source: hub`` without ``models.x.hub``: a config override merges into the default entry, so the
       old source's section stays and the new one is missing);
-    * a ``local`` source whose folder does not exist (only for the entries in ``in_use``: kind -> names; all
-      entries when None);
+    * a ``local`` source whose folder does not exist and is not one the workflow makes (under results/ or
+      resources/); only for the entries in ``in_use`` (kind -> names; all entries when None);
     * ``protocol.n_select + protocol.n_heldout`` of 0 (no test points).
     """
     problems = []
@@ -74,7 +76,8 @@ def catalog_errors(config: Mapping, in_use: Mapping[str, list[str]] | None = Non
             elif source == "local":
                 key = LOCAL_PATH_KEY[kind]
                 path = spec["local"].get(key)
-                if path is not None and not os.path.exists(path):
+                made_here = str(path).replace("\\", "/").startswith(WORKFLOW_OUTPUT_DIRS)
+                if path is not None and not made_here and not os.path.exists(path):
                     problems.append(f"config key {kind}.{name}.local.{key}: {path!r} does not exist")
     protocol = config.get("protocol") or {}
     if protocol.get("n_select", 1) + protocol.get("n_heldout", 1) < 1:

@@ -57,6 +57,15 @@ def test_every_source_of_every_catalog_needs_its_section(kind):
         assert catalog_errors(config, {kind: ["x"]}) == []
 
 
+def test_local_folders_the_workflow_makes_are_not_required_before_the_run():
+    config = default_config()
+    config["models"]["trained"] = {"source": "local", "local": {"path": "results/theory_icl/model"}}
+    config["models"]["elsewhere"] = {"source": "local", "local": {"path": "/no/such/folder"}}
+    assert catalog_errors(config, {"models": ["trained", "elsewhere"]}) == [
+        "config key models.elsewhere.local.path: '/no/such/folder' does not exist"
+    ]
+
+
 def test_only_the_entries_in_use_are_checked():
     config = default_config()
     config["models"]["unused"] = {"source": "hub"}

@@ -127,7 +127,8 @@ def spec_with(template=None, verbalizers=(" Negative", " Positive")):
 
 
 PROTOCOL = {"seed": 0, "n_demos": 4, "demo_strategy": "random", "n_select": 8, "n_heldout": 4,
-            "readout": "single_token", "context_policy": "error", "max_length": None}  # fmt: skip
+            "readout": "single_token", "context_policy": "error", "max_length": None,
+            "dedup_similarity": 0.95}  # fmt: skip
 
 
 def check_segment_map(tokenizer, meta, record, template, standalone=True):

@@ -62,6 +62,7 @@ def test_toy_embeddings_give_top_or_bottom_k_by_cosine_in_ascending_order(tokeni
     for record in records:
         test_vector = embed.vectors[eval_table.loc[record["test_index"], "text"]]
         cosines = pd.Series([cosine(test_vector, embed.vectors[t]) for t in pool["text"]], index=pool.index)
+        cosines = cosines[cosines < protocol["dedup_similarity"]]  # near-copies of the test input are never demos
         ranked = cosines.sort_values(ascending=(strategy == "farthest"))
         expected = list(ranked.index[:4])
         if strategy == "nearest":
@@ -70,6 +71,46 @@ def test_toy_embeddings_give_top_or_bottom_k_by_cosine_in_ascending_order(tokeni
         assert np.allclose(record["demo_similarity"], cosines[expected].to_numpy(), atol=1e-5)
         assert record["demo_similarity"] == sorted(record["demo_similarity"])
         check_segment_map(tokenizer, meta, record, spec_with()["template"])
+
+
+@pytest.mark.parametrize("strategy", ["random", "class_balanced", "nearest", "farthest"])
+def test_the_test_input_and_its_near_copies_never_serve_as_its_demonstrations(tokenizer, strategy):
+    eval_table, pool = toy_tables(n_eval=6, n_pool=12)
+    copies = pd.DataFrame({"text": list(eval_table["text"]), "label": eval_table["label"].to_numpy()},
+                          index=np.arange(900, 906))  # fmt: skip
+    near_text = {text: f"{text} (near copy)" for text in eval_table["text"]}
+    near = pd.DataFrame({"text": list(near_text.values()), "label": eval_table["label"].to_numpy()},
+                        index=np.arange(950, 956))  # fmt: skip
+    pool = pd.concat([pool, copies, near])
+    embed = ToyEmbedding(list(pool["text"]))
+    for text, copy in near_text.items():  # cosine 0.99 with its test input, below 0.95 with the others (toy)
+        embed.vectors[copy] = embed.vectors[text] + 0.1 * np.linalg.norm(embed.vectors[text]) * np.eye(5)[0]
+    protocol = PROTOCOL | {"demo_strategy": strategy, "n_select": 4, "n_heldout": 2, "n_demos": 10}
+    meta, records = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, protocol, None, embed=embed)
+    retrieval = strategy in ("nearest", "farthest")
+    for record in records:
+        test_text = eval_table.loc[record["test_index"], "text"]
+        demo_texts = [d["text"] for d in record["demos"]]
+        assert test_text not in demo_texts
+        if retrieval:
+            assert near_text[test_text] not in demo_texts
+            assert max(record["demo_similarity"]) < protocol["dedup_similarity"]
+        check_segment_map(tokenizer, meta, record, spec_with()["template"])
+    assert meta["n_prompts_with_pool_copies_removed"] == 6
+    assert meta["pool_test_copies_removed"] >= (12 if retrieval else 6)
+    if strategy == "nearest":  # the near copies would otherwise be the most similar demonstrations
+        assert all(cosine(embed.vectors[near_text[t]], embed.vectors[t]) > 0.99 for t in eval_table["text"])
+
+
+def test_a_pool_without_copies_leaves_the_prompts_unchanged(tokenizer):
+    """The copy check is a no-op when no pool text equals a test text: same draws as on the whole pool."""
+    eval_table, pool = toy_tables()
+    meta, records = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL, None)
+    assert meta["pool_test_copies_removed"] == 0 and meta["n_prompts_with_pool_copies_removed"] == 0
+    for record in records:
+        rng = np.random.default_rng([PROTOCOL["seed"], record["test_index"]])
+        expected = STRATEGIES["random"](eval_table.loc[record["test_index"]], pool, PROTOCOL["n_demos"], rng)
+        assert [d["pool_index"] for d in record["demos"]] == list(expected)
 
 
 def test_strategies_on_given_similarities_and_their_errors():

@@ -76,11 +76,6 @@ def check_task_spec(name: str, spec: dict) -> None:
             raise TaskError(f"tasks.{name}.packaged.split_fractions must sum to 1, got {sum(fractions.values())}")
 
 
-def needed_splits(spec: dict) -> list[str]:
-    """The splits a task uses: evaluation first, then the demonstration pool."""
-    return [spec["eval_split"], spec["demo_split"]]
-
-
 def local_split_file(name: str, spec: dict, split: str) -> Path:
     """Path of one split's file for a local task (``local.files[split]`` or ``local.pattern``)."""
     local = spec["local"]

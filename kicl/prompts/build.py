@@ -277,17 +277,31 @@ def build_prompt_set(
             embed, [str(eval_table["text"].iloc[int(i)]) for i in indices], pool["text"].astype(str).tolist()
         )
         pool_position = {index: position for position, index in enumerate(pool.index)}
+        if protocol.get("dedup_similarity") is None:
+            raise PromptError(f"{where}: protocol.dedup_similarity is not set (the schema's default fills it in)")
+        dedup_similarity = float(protocol["dedup_similarity"])
         log.info("%s: embedded %d test inputs and %d pool examples for %s retrieval", where, len(indices),
                  len(pool), strategy_name)  # fmt: skip
-    records, n_dropped_prompts, n_dropped_demos = [], 0, 0
+    pool_texts = pool["text"].astype(str).to_numpy()
+    records, n_dropped_prompts, n_dropped_demos, n_removed, n_prompts_removed = [], 0, 0, 0, 0
     for prompt_id, (row_index, split) in enumerate(zip(indices, splits)):
         test = eval_table.iloc[int(row_index)]
         rng = np.random.default_rng([seed, int(row_index)])
+        # the test input itself never serves as its own demonstration: exact copies leave the pool for every
+        # strategy, near-copies (cosine >= protocol.dedup_similarity) for the retrieval strategies
+        remove = pool_texts == str(test["text"])
         if retrieval:
             similarities = pool_vectors @ test_vectors[prompt_id]
-            chosen = strategy(test, pool, k, rng, n_classes=n_classes, similarities=similarities)
+            remove |= similarities >= dedup_similarity
+        candidates = pool
+        if remove.any():  # no copy in the pool: the pool is used as it is (prompts unchanged by this check)
+            candidates = pool[~remove]
+            n_removed += int(remove.sum())
+            n_prompts_removed += 1
+        if retrieval:
+            chosen = strategy(test, candidates, k, rng, n_classes=n_classes, similarities=similarities[~remove])
         else:
-            chosen = strategy(test, pool, k, rng, n_classes=n_classes)
+            chosen = strategy(test, candidates, k, rng, n_classes=n_classes)
         demos = [Demo(int(i), int(pool.at[i, "label"]), str(pool.at[i, "text"])) for i in chosen]
         prompt = build_prompt(pieces, template, verbalizers, demos, str(test["text"]))
         while max_length is not None and len(prompt["input_ids"]) > max_length:
@@ -339,10 +353,13 @@ def build_prompt_set(
         "eval_label_counts": np.bincount(eval_table["label"].to_numpy()[indices], minlength=n_classes).tolist(),
         "pool_label_counts": np.bincount(pool["label"].to_numpy(), minlength=n_classes).tolist(),
         "pool_eval_text_overlap": int(len(set(pool["text"]) & set(eval_table["text"].iloc[indices]))),
+        "pool_test_copies_removed": n_removed,
+        "n_prompts_with_pool_copies_removed": n_prompts_removed,
     }
     if retrieval:
         meta["retrieval_encoder"] = protocol.get("retrieval_encoder")
         meta["retrieval_pool_size"] = protocol.get("retrieval_pool_size")
+        meta["dedup_similarity"] = dedup_similarity
     return meta, records
 
 
