@@ -12,12 +12,14 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/theory.smk"
+include: "rules/theory_icl.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/prompts.smk"
 include: "rules/forward.smk"
 include: "rules/figures.smk"
 include: "rules/tables.smk"
+include: "rules/causal.smk"
 
 
 rule all:

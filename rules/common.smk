@@ -89,9 +89,25 @@ def _alternatives(names):
     return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
+# theory_icl (rules/theory_icl.smk): the trained model and the world's task run through the chain as one pair,
+# besides the run.models x run.tasks grid
+THEORY_ICL = config["theory_icl"]
+THEORY_ICL_PAIR = (
+    [THEORY_ICL["chain"]["model"], THEORY_ICL["chain"]["task"]]
+    if THEORY_ICL["enabled"]
+    else []
+)
+for _kind, _name in zip(("models", "tasks"), THEORY_ICL_PAIR):
+    if _name not in config[_kind]:
+        raise WorkflowError(
+            f"invalid configuration:\n  theory_icl.chain.{_kind[:-1]}: {_name!r} is not in the {_kind} catalog "
+            f"(known: {', '.join(sorted(config[_kind]))})"
+        )
+
+
 wildcard_constraints:
-    task=_alternatives(SELECTED_TASKS),
-    model=_alternatives(SELECTED_MODELS),
+    task=_alternatives(list(dict.fromkeys(SELECTED_TASKS + THEORY_ICL_PAIR[1:]))),
+    model=_alternatives(list(dict.fromkeys(SELECTED_MODELS + THEORY_ICL_PAIR[:1]))),
     encoder=_alternatives(ENCODERS_IN_USE),
     split=r"[A-Za-z0-9_]+",
 
@@ -133,6 +149,8 @@ def model_manifest_input(wildcards):
     """The converted folder of a packaged_gguf model; nothing for hub and local models."""
     if config["models"][wildcards.model]["source"] == "packaged_gguf":
         return {"folder": f"resources/models/{wildcards.model}"}
+    if THEORY_ICL_PAIR and wildcards.model == THEORY_ICL_PAIR[0]:
+        return {"folder": config["models"][wildcards.model]["local"]["path"]}  # trained by theory_icl_pretrain
     return {}
 
 
@@ -194,6 +212,26 @@ def forward_gpus(wildcards):
 # forward_mem_mb and forward_runtime: see "Cluster resources of the forward pass" at the end of this file.
 
 
+# ---- Causal head ablation (rules/causal.smk), for causal.tasks (a subset of run.tasks)
+CAUSAL_TASKS = [task for task in config["causal"]["tasks"] if task in SELECTED_TASKS]
+_causal_unknown = [task for task in config["causal"]["tasks"] if task not in config["tasks"]]
+if _causal_unknown:
+    raise WorkflowError(
+        f"invalid configuration:\n  causal.tasks: {_causal_unknown} are not in the tasks catalog "
+        f"(known: {', '.join(sorted(config['tasks']))})"
+    )
+
+
+def causal_outputs():
+    """The ablation curves (figure + CSV) of every selected model on the causal tasks that are run."""
+    return expand(
+        "results/figures/{model}/{task}/fig_causal_ablation.{ext}",
+        model=SELECTED_MODELS,
+        task=CAUSAL_TASKS,
+        ext=["png", "csv"],
+    )
+
+
 # ---- Figures and tables (rules/figures.smk, rules/tables.smk); options from config `analysis:` only
 
 
@@ -207,6 +245,7 @@ REPORT_ITEMS = [
     ("Fig 4: kernel weight vs sim_pred correlation", "fig4_simpred_correlation"),
     ("Fig 5a/5b: key and value probes", "fig5_kv_probes"),
     ("Table 2: kernel regression vs ICL", "table2"),
+    ("Causal test: ablating the kernel heads", "fig_causal_ablation"),
     ("Table 2 encoder rows alone", "table_encoder_kr"),
 ]
 FIGURE_RULES = [
@@ -272,7 +311,7 @@ def table2_inputs(wildcards):
 
 
 def summary_inputs():
-    return theory_outputs() + figure_outputs() + table_outputs()
+    return theory_outputs() + figure_outputs() + table_outputs() + causal_outputs()
 
 
 def summary_entries(wildcards):
@@ -280,6 +319,8 @@ def summary_entries(wildcards):
     made = set(
         FIGURE_RULES + TABLE_RULES + ["theory_table3_tables", "theory_table3_figure"]
     )
+    if CAUSAL_TASKS:
+        made.add("fig_causal_ablation")
     entries = []
     for what, name in REPORT_ITEMS:
         if name not in made or not hasattr(rules, name):
@@ -290,32 +331,68 @@ def summary_entries(wildcards):
             {
                 "what": what,
                 "rule": name,
-                "files": _rule_outputs(name),
+                "files": (
+                    causal_outputs()
+                    if name == "fig_causal_ablation"
+                    else _rule_outputs(name)
+                ),
                 "benchmark": benchmark,
-                "benchmarks": _benchmark_files(benchmark),
+                "benchmarks": _benchmark_files(
+                    benchmark,
+                    CAUSAL_TASKS if name == "fig_causal_ablation" else SELECTED_TASKS,
+                ),
             }
         )
     return entries
 
 
-def _benchmark_files(pattern):
+def _benchmark_files(pattern, tasks=None):
     if not pattern:
         return []
     files = expand(
         pattern,
         model=SELECTED_MODELS,
-        task=SELECTED_TASKS,
+        task=SELECTED_TASKS if tasks is None else tasks,
         encoder=SELECTED_ENCODERS,
     )
     return list(dict.fromkeys(files))
 
 
+def theory_icl_outputs():
+    """The trained-transformer stage and, on its model and task, the chain's prompts and figures (Figs 2-5)."""
+    if not THEORY_ICL_PAIR:
+        return []
+    model, task = THEORY_ICL_PAIR
+    own = [
+        "results/theory_icl/training_loss.png",
+        "results/theory_icl/training_loss_figure.csv",
+        "results/theory_icl/comparison.csv",
+        "results/theory_icl/comparison.md",
+        "results/theory_icl/comparison.png",
+        "results/theory_icl/comparison_figure.csv",
+    ]
+    chain = [
+        path
+        for name in FIGURE_RULES
+        for path in expand(
+            [str(p) for p in getattr(rules, name).output],
+            model=model,
+            task=task,
+            encoder=SELECTED_ENCODERS,
+            allow_missing=True,
+        )
+    ]
+    return own + list(dict.fromkeys(chain))
+
+
 def final_outputs():
     return (
         theory_outputs()
+        + theory_icl_outputs()
         + prompt_outputs()
         + figure_outputs()
         + table_outputs()
+        + causal_outputs()
         + ["results/summary/index.html"]
     )
 

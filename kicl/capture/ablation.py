@@ -1,0 +1,208 @@
+"""The causal test of the kernel heads (issue 13): ablate heads and watch the ICL prediction on held-out prompts.
+
+Heads are ranked by how often their kernel-regression reconstruction ỹ agrees with ŷ on the ``select``
+prompts (kicl.analysis.reconstruction.head_reconstruction, one pooling). For each k of ``causal.k``:
+
+* ``top``: the k best heads; ``bottom``: the k worst; ``random``: ``causal.random_draws`` seeded draws of k
+  heads with the top-k's layer distribution (the same number of heads in each layer, drawn among that
+  layer's other heads when it has enough, else among all of them).
+* modes, all at the last real token, where ŷ is read: ``zero`` (the head's output set to zero), ``mean``
+  (replaced by its mean last-token output over the select prompts), ``knockout`` (the last token's attention
+  to the demonstrations' label tokens removed in those heads and renormalised over the rest).
+
+An intervention at the last token leaves every earlier position unchanged, so each batch's prefix runs once
+(:meth:`kicl.capture.session.CaptureSession.prefill`) and every condition costs one cached step of one token
+per prompt. Output: one CSV row per (condition, held-out prompt) with the prediction and the label-logit margin
+(logit of the gold label minus the largest other label logit); kicl.analysis.ablation summarises it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kicl.capture.handlers import AttentionKnockout, HeadAblation, HeadOutputs
+from kicl.capture.options import CaptureError, CaptureOptions
+from kicl.capture.run import predict, read_prompts
+from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
+from kicl.config import defaults_for
+from kicl.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+MODES = ("zero", "mean", "knockout")
+RANKINGS = ("top", "random", "bottom")
+
+
+@dataclass(frozen=True)
+class Condition:
+    mode: str
+    ranking: str
+    k: int
+    draw: int
+    heads: tuple[tuple[int, int], ...]
+
+
+def rank_heads(scores: np.ndarray) -> list[tuple[int, int]]:
+    """(layer, head) from the highest score to the lowest; ties in (layer, head) order."""
+    n_layers, n_heads = scores.shape
+    flat = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.lexsort((np.arange(flat.size), -flat))
+    return [(int(i // n_heads), int(i % n_heads)) for i in order]
+
+
+def layer_matched_draw(chosen, n_heads: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """As many heads per layer as ``chosen`` has there, drawn uniformly among that layer's other heads when it
+    has enough of them, else among all of its heads."""
+    per_layer: dict[int, list[int]] = {}
+    for layer, head in chosen:
+        per_layer.setdefault(layer, []).append(head)
+    drawn = []
+    for layer in sorted(per_layer):
+        taken = per_layer[layer]
+        others = [h for h in range(n_heads) if h not in taken]
+        pool = others if len(others) >= len(taken) else list(range(n_heads))
+        drawn += [(layer, int(h)) for h in rng.choice(pool, size=len(taken), replace=False)]
+    return sorted(drawn)
+
+
+def conditions(scores: np.ndarray, ks, modes, random_draws: int, seed: int) -> list[Condition]:
+    """Every (mode, ranking, k, draw) with its heads; random draws use Generator([seed, k, draw])."""
+    n_layers, n_heads = scores.shape
+    ranked = rank_heads(scores)
+    out = []
+    for k in ks:
+        if not 1 <= k <= len(ranked):
+            raise CaptureError(f"causal.k: {k} is not between 1 and the model's {len(ranked)} heads")
+        sets = [("top", 0, ranked[:k]), ("bottom", 0, ranked[::-1][:k])]
+        for draw in range(random_draws):
+            rng = np.random.default_rng([seed, k, draw])
+            sets.append(("random", draw, layer_matched_draw(ranked[:k], n_heads, rng)))
+        for mode in modes:
+            out += [Condition(mode, ranking, k, draw, tuple(sorted(heads))) for ranking, draw, heads in sets]
+    return out
+
+
+def margins(label_logits: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Logit of the gold label minus the largest other label logit (float64)."""
+    logits = np.asarray(label_logits, dtype=np.float64)
+    rows = np.arange(len(logits))
+    others = logits.copy()
+    others[rows, gold] = -np.inf
+    return logits[rows, gold] - others.max(axis=1)
+
+
+def _batches(indices, prompts, size):
+    order = sorted(indices, key=lambda i: -len(prompts[i]["input_ids"]))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def run_ablation(meta_path, prompts_path, manifest, store_path, out_csv, heads_csv, causal: dict | None = None,
+                 capture: dict | None = None, threads: int | None = None) -> pd.DataFrame:
+    """Run every condition on the held-out prompts of one (model, task); write the per-prompt CSV and the heads.
+
+    ``causal``/``capture``: the config sections (defaults from the schema). Returns the per-prompt frame.
+    """
+    from kicl.analysis.reconstruction import head_reconstruction
+    from kicl.data.models import load_model, read_manifest
+    from kicl.store.reader import open_store
+
+    settings = {**defaults_for("causal"), **(causal or {})}
+    modes = list(settings["modes"])
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise CaptureError(f"causal.modes: {bad} are not among {MODES}")
+    manifest = read_manifest(manifest)
+    options = CaptureOptions.from_config(capture or {}, manifest)
+    meta, prompts = read_prompts(meta_path, prompts_path)
+    where = f"task {meta.get('task')!r}, model {meta.get('model')!r}"
+    ds = open_store(store_path, needs=["kernel_weight", "demo_label", "prediction", "gold", "split", "label_logits"])
+    if ds.sizes["prompt"] != len(prompts) or not np.array_equal(
+        ds["length"].values, [len(p["input_ids"]) for p in prompts]
+    ):
+        raise CaptureError(f"{where}: the forward store {store_path} was not made from {prompts_path}")
+    split = np.array([p.get("split", "") for p in prompts])
+    select, heldout = np.flatnonzero(split == "select"), np.flatnonzero(split == "heldout")
+    if not len(select) or not len(heldout):
+        raise CaptureError(f"{where}: the causal test needs select and heldout prompts (protocol.n_select/n_heldout)")
+    pooling = settings["pooling"]
+    scores = head_reconstruction(ds, select, [pooling])["agree_pred"].sel(pooling=pooling).values
+    conds = conditions(scores, settings["k"], modes, settings["random_draws"], settings["seed"])
+    store_logits = ds["label_logits"].values
+    label_ids = torch.as_tensor(meta["label_token_ids"], dtype=torch.long)
+    if threads:
+        torch.set_num_threads(threads)
+    register_capture_attention()
+    model = load_model(manifest, dtype=options.dtype, device=options.device, attn_implementation=CAPTURE_ATTENTION)
+    started = time.perf_counter()
+    size = settings["batch_size"]
+    means = None
+    with CaptureSession(model) as session:
+        if "mean" in modes:
+            outputs, total = HeadOutputs(), None
+            session.handlers = [outputs]
+            for batch in _batches(select, prompts, size):
+                session.run([prompts[i]["input_ids"] for i in batch], options.padding_side)
+                part = outputs.outputs.double().sum(0)
+                total = part if total is None else total + part
+            means = (total / len(select)).float().numpy()
+            log.info("%s: mean head outputs over %d select prompts in %.1f s", where, len(select),
+                     time.perf_counter() - started)
+        handlers = {}
+        for c in conds:
+            if c.mode == "knockout":
+                handlers[c] = AttentionKnockout(c.heads)
+            else:
+                handlers[c] = HeadAblation(c.heads, c.mode, means=means, rows="last")
+        logits = {c: np.empty((len(heldout), len(label_ids)), np.float32) for c in conds}
+        baseline = np.empty((len(heldout), len(label_ids)), np.float32)
+        slot = {int(p): i for i, p in enumerate(heldout)}
+        for batch in _batches(heldout, prompts, size):
+            rows = [slot[i] for i in batch]
+            session.handlers = []
+            prefix = session.prefill([prompts[i]["input_ids"] for i in batch])
+            baseline[rows] = session.step(prefix).cpu()[:, label_ids].numpy()
+            label_pos = [[d["label_pos"] for d in prompts[i]["demos"]] for i in batch]
+            for c in conds:
+                handler = handlers[c]
+                if c.mode == "knockout":
+                    handler.set_positions(label_pos)
+                session.handlers = [handler]
+                logits[c][rows] = session.step(prefix).cpu()[:, label_ids].numpy()
+    seconds = time.perf_counter() - started
+    diff = float(np.abs(baseline - store_logits[heldout]).max())
+    log.info("%s: %d conditions x %d held-out prompts in %.1f s; |no-ablation step - store| <= %.2e",
+             where, len(conds), len(heldout), seconds, diff)
+    if not diff <= 1e-2 * max(1.0, float(np.abs(store_logits).max())):
+        raise CaptureError(f"{where}: without ablation the cached step differs from the store's label_logits by "
+                           f"{diff:.3g}; the store does not belong to this model")
+    gold = ds["gold"].values[heldout]
+    base_pred = ds["prediction"].values[heldout]
+    base_margin = margins(store_logits[heldout], gold)
+    frames = []
+    for c, values in [(Condition("none", "none", 0, 0, ()), store_logits[heldout])] + list(logits.items()):
+        pred = predict(values)
+        frames.append(pd.DataFrame({
+            "mode": c.mode, "ranking": c.ranking, "k": c.k, "draw": c.draw, "prompt": heldout, "gold": gold,
+            "base_pred": base_pred, "pred": pred, "correct": (pred == gold).astype(int),
+            "flipped": (pred != base_pred).astype(int), "margin": margins(values, gold),
+            "margin_change": margins(values, gold) - base_margin,
+        }))  # fmt: skip
+    frame = pd.concat(frames, ignore_index=True)
+    frame.attrs["seconds"] = seconds
+    with atomic_path(out_csv) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    heads = pd.DataFrame(
+        [{"mode": c.mode, "ranking": c.ranking, "k": c.k, "draw": c.draw,
+          "heads": " ".join(f"L{layer}H{head}" for layer, head in c.heads)} for c in conds if c.mode == modes[0]]
+    )  # fmt: skip
+    heads["pooling"], heads["seconds"], heads["no_ablation_max_abs_diff"] = pooling, round(seconds, 2), diff
+    with atomic_path(heads_csv) as tmp:
+        heads.to_csv(tmp, index=False)
+    return frame

@@ -1,0 +1,66 @@
+"""The causal head-ablation figure: accuracy, ŷ flips and margin change against k, per mode and ranking."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kicl.analysis.ablation import METRICS, summarise
+from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, figure_style, log2_axis, plt, save_figure
+
+RANKING_STYLE = {
+    "top": (MAIN_COLOR, "o", "top-k by agreement"),
+    "random": (BASELINE_COLORS[0], "s", "random k, layer-matched"),
+    "bottom": (BASELINE_COLORS[1], "^", "bottom-k"),
+}
+LABELS = {"accuracy": "ICL accuracy", "flip_share": "share of ŷ flipped", "margin_change": "Δ label-logit margin"}
+
+
+def draw(summary: pd.DataFrame, png, title: str = "") -> None:
+    """Rows = metrics, columns = modes; lines per ranking with bootstrap intervals (random: draw range dotted)."""
+    with figure_style():
+        _draw(summary, png, title)
+
+
+def _draw(summary: pd.DataFrame, png, title: str) -> None:
+    modes = [m for m in ("zero", "mean", "knockout") if m in set(summary["mode"])]
+    base = summary[summary.ranking == "none"]
+    fig, axes = plt.subplots(len(METRICS), len(modes), figsize=(3.2 * len(modes), 2.4 * len(METRICS)),
+                             squeeze=False, sharex=True)
+    for col, mode in enumerate(modes):
+        for row, metric in enumerate(METRICS):
+            ax = axes[row, col]
+            for ranking, (color, marker, label) in RANKING_STYLE.items():
+                part = summary[(summary["mode"] == mode) & (summary.ranking == ranking)].sort_values("k")
+                if part.empty:
+                    continue
+                ks = part["k"].values
+                ax.plot(ks, part[metric], marker=marker, color=color, label=label)
+                ax.fill_between(ks, part[f"{metric}_lo"], part[f"{metric}_hi"], color=color, alpha=0.2, lw=0)
+                if ranking == "random":
+                    ax.vlines(ks, part[f"{metric}_draw_min"], part[f"{metric}_draw_max"], color=color, ls=":")
+            if metric == "accuracy" and not base.empty:
+                ax.axhline(float(base["accuracy"].iloc[0]), color="black", lw=0.8, ls="--", label="no ablation")
+            log2_axis(ax, sorted(int(k) for k in summary.loc[summary.k > 0, "k"].unique()))
+            if row == 0:
+                ax.set_title(mode)
+            if row == len(METRICS) - 1:
+                ax.set_xlabel("k heads ablated")
+            if col == 0:
+                ax.set_ylabel(LABELS[metric])
+    axes[0, 0].legend(loc="best")
+    level = int(round(100 * float(summary["level"].iloc[0])))
+    fig.suptitle(f"{title}\nbands: {level}% bootstrap over held-out prompts; dotted: range over random draws")
+    save_figure(fig, png)
+
+
+def ablation_figure(prompts_csv, png, csv, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                    title: str = "") -> pd.DataFrame:
+    """Summarise the per-prompt ablation table into ``csv`` and draw it into ``png``."""
+    frame = pd.read_csv(prompts_csv)
+    summary = summarise(frame, n_boot=n_boot, seed=seed, level=level)
+    summary.to_csv(csv, index=False, float_format="%.6g")
+    draw(summary, png, title=title)
+    return summary
+
+
+__all__ = ["ablation_figure", "draw"]

@@ -1,0 +1,60 @@
+# Causal test of the kernel heads (issue 13), for the tasks in causal.tasks: on the held-out prompts, ablate
+# the top-k heads by reconstruction agreement with ŷ on the select prompts (ranked from the forward store),
+# k layer-matched random heads and the bottom-k, at the last token (zero, mean, attention knockout of the
+# label tokens). causal_ablation needs the model (the forward env); fig_causal_ablation summarises it with
+# bootstrap intervals and draws it.
+
+
+rule causal_ablation:
+    input:
+        meta="results/prompts/{model}/{task}/meta.json",
+        prompts="results/prompts/{model}/{task}/prompts.jsonl",
+        model="resources/models/{model}.json",
+        store="results/forward/{model}/{task}.zarr",
+    output:
+        prompts="results/causal/{model}/{task}/ablation_prompts.csv",
+        heads="results/causal/{model}/{task}/ablation_heads.csv",
+    log:
+        "logs/causal_ablation/{model}/{task}.log",
+    benchmark:
+        "benchmarks/out/causal_ablation/{model}/{task}.tsv"
+    conda:
+        "../envs/forward.yaml"
+    threads: 2
+    resources:
+        gpu=forward_gpus,
+    params:
+        causal=lookup(dpath="causal", within=config),
+        capture=lookup(dpath="capture", within=config),
+    script:
+        "../scripts/causal_ablation.py"
+
+
+rule fig_causal_ablation:
+    input:
+        prompts="results/causal/{model}/{task}/ablation_prompts.csv",
+    output:
+        png=report(
+            "results/figures/{model}/{task}/fig_causal_ablation.png",
+            caption="../report/fig_causal_ablation.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Causal ablation", "output": "curves"},
+        ),
+        csv=report(
+            "results/figures/{model}/{task}/fig_causal_ablation.csv",
+            caption="../report/figure_csv.rst",
+            category="{task}",
+            subcategory="{model}",
+            labels={"figure": "Causal ablation", "output": "data (CSV)"},
+        ),
+    log:
+        "logs/fig_causal_ablation/{model}/{task}.log",
+    benchmark:
+        "benchmarks/out/fig_causal_ablation/{model}/{task}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        bootstrap=lookup(dpath="analysis/bootstrap", within=config),
+    script:
+        "../scripts/fig_causal_ablation.py"

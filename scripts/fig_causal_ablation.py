@@ -1,0 +1,16 @@
+"""Snakemake adapter: the causal head-ablation curves and their CSV (kicl.figures.ablation)."""
+
+from snakemake.script import snakemake
+
+from kicl.workflow.logs import log_to
+
+log_to(snakemake.log[0])
+from kicl.figures.ablation import ablation_figure
+
+ablation_figure(
+    snakemake.input.prompts,
+    snakemake.output.png,
+    snakemake.output.csv,
+    **snakemake.params.bootstrap,
+    title=f"{snakemake.wildcards.model} / {snakemake.wildcards.task}: head ablation on held-out prompts",
+)
