@@ -140,7 +140,11 @@ rule fig4_simpred_correlation:
     params:
         poolings=lookup(dpath="analysis/poolings", within=config),
         splits=lookup(dpath="analysis/figure_splits", within=config),
-        pooling=lookup(dpath="analysis/pearson_pooling", within=config),
+        correlation_unit=lookup(dpath="analysis/correlation_unit", within=config),
+        n_permutations=lookup(dpath="analysis/correlation_permutations", within=config),
+        n_boot=lookup(dpath="analysis/correlation_bootstrap", within=config),
+        level=lookup(dpath="analysis/correlation_level", within=config),
+        seed=lookup(dpath="analysis/correlation_seed", within=config),
         batch_size=lookup(dpath="analysis/batch_size", within=config),
     script:
         "../scripts/fig4_simpred_correlation.py"

@@ -90,7 +90,7 @@ def test_tiny_workflow_report_and_figure_only_reruns(run_workflow, tiny_setup):
     assert unchanged.returncode == 0 and planned_jobs(unchanged) == {}, unchanged.stdout[-3000:]
 
     figure_only = json.loads(json.dumps(config))
-    figure_only["analysis"].update(rescale_len=12, pearson_pooling="per_prompt", probe_alpha=0.1, single_prompt=3)
+    figure_only["analysis"].update(rescale_len=12, correlation_unit="per_prompt", probe_alpha=0.1, single_prompt=3)
     figure_only["analysis"]["bootstrap"]["n_boot"] = 60
     dry = run_workflow(root, figure_only, ["all", "-n"])
     jobs = planned_jobs(dry)

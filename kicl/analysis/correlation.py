@@ -1,59 +1,45 @@
-"""Fig 4: per-head Pearson correlation between kernel weights a_i and sim_pred(x_test, x_i) (paper §5.3, Eq. 9).
+"""Fig 4 numbers: per-head correlation of kernel weights a_i with sim_pred(x_test, x_i) (paper §5.3, Eq. 9).
 
-sim_pred(x_test, x_i) = P(o|x_test)ᵀ P(o|x_i) comes from the store. Two poolings of the (test, demo) pairs
-(config `analysis.pearson_pooling`):
-* `pairs` (default, the paper's most direct reading): one correlation per head over all (test point,
-  demonstration) pairs of the chosen prompts;
-* `per_prompt`: a correlation within each prompt over its demonstrations, then the plain mean over prompts
+sim_pred(x_test, x_i) = P(o|x_test)ᵀ P(o|x_i) comes from the store. The unit of the correlation
+(config `analysis.correlation_unit`):
+* `centred` (default): a_i and sim_pred are demeaned within each prompt, then one Pearson r per head over all
+  (test, demonstration) pairs. Prompt-level scale (the entropy of P(o|x_test), the prompt length) cannot
+  create a correlation; only which demonstrations of a prompt get more weight counts;
+* `pairs` (the paper's most direct reading): one Pearson r per head over all pairs, between-prompt variance
+  included;
+* `per_prompt`: a Pearson r within each prompt over its demonstrations, then the plain mean over prompts
   (prompts with fewer than 3 demonstrations or a constant a_i or sim_pred are left out).
+
+Beside r, per head:
+* a **partial correlation** controlling for the demonstration slot (one indicator per slot: recency) and the
+  input length |x_i| in tokens: both a_i and sim_pred are residualised on these covariates (within-prompt
+  demeaned for `centred` / `per_prompt`, with an intercept for `pairs`) and correlated;
+* a **permutation null**: sim_pred permuted among the demonstrations of each prompt
+  (`analysis.correlation_permutations` times; the covariates stay in place, so the null also breaks any
+  slot/length link of sim_pred), its central `level` interval per head, the two-sided per-head p-value and
+  the family-wise threshold: the `level` quantile of max |r| over the heads of one pooling;
+* a **bootstrap interval over prompts** (`analysis.correlation_bootstrap` resamples; percentile, `level`).
+  For `pairs` and `centred` it is exact (per-prompt moments re-summed, covariate fit redone per resample);
+  for `per_prompt` the partial residuals keep their full-sample covariate fit.
+
+Only demonstrations with a finite sim_pred and a finite kernel weight at every head enter (missing slots of
+prompts with fewer demonstrations are NaN). Plot-free: the drawing is in kicl.figures.fig4_simpred_correlation.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import xarray as xr
 
-from kicl.figures.heatmaps import head_heatmaps
-from kicl.store.reader import open_store, poolings, prompt_batches, split_mask
+from kicl.store.reader import prompt_batches
 
-POOLING_MODES = ("pairs", "per_prompt")
-
-
-class PairedMoments:
-    """Running sums for Pearson's r of many x columns against one y, over batches of observations."""
-
-    def __init__(self, shape):
-        self.n = np.zeros(shape)
-        self.sx = np.zeros(shape)
-        self.sy = np.zeros(shape)
-        self.sxx = np.zeros(shape)
-        self.syy = np.zeros(shape)
-        self.sxy = np.zeros(shape)
-
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """x (N, *shape), y (N,); pairs with a NaN on either side are skipped."""
-        y = np.broadcast_to(y.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
-        ok = np.isfinite(x) & np.isfinite(y)
-        x = np.where(ok, x, 0.0)
-        y = np.where(ok, y, 0.0)
-        self.n += ok.sum(0)
-        self.sx += x.sum(0)
-        self.sy += y.sum(0)
-        self.sxx += (x * x).sum(0)
-        self.syy += (y * y).sum(0)
-        self.sxy += (x * y).sum(0)
-
-    def pearson(self) -> np.ndarray:
-        n = np.where(self.n > 0, self.n, np.nan)
-        cov = self.sxy - self.sx * self.sy / n
-        var_x = self.sxx - self.sx**2 / n
-        var_y = self.syy - self.sy**2 / n
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = cov / np.sqrt(var_x * var_y)
-        return np.clip(r, -1.0, 1.0)
+CORRELATION_UNITS = ("centred", "pairs", "per_prompt")
+MIN_PAIRS = 3
 
 
-def per_prompt_pearson(x: np.ndarray, y: np.ndarray, min_pairs: int = 3) -> np.ndarray:
+def per_prompt_pearson(x: np.ndarray, y: np.ndarray, min_pairs: int = MIN_PAIRS) -> np.ndarray:
     """r within each prompt: x (P, *G, D), y (P, D) -> (P, *G); NaN where undefined."""
     y = np.broadcast_to(y.reshape((y.shape[0],) + (1,) * (x.ndim - 2) + (y.shape[1],)), x.shape)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -68,57 +54,225 @@ def per_prompt_pearson(x: np.ndarray, y: np.ndarray, min_pairs: int = 3) -> np.n
     return r
 
 
-def simpred_correlation(ds: xr.Dataset, prompts, pools, mode: str = "pairs", batch_size: int = 256) -> xr.Dataset:
-    """Pearson r between kernel weights and sim_pred per (pooling, layer, head), with the number of pairs/prompts."""
-    if mode not in POOLING_MODES:
-        raise ValueError(f"analysis.pearson_pooling must be one of {POOLING_MODES}, got {mode!r}")
+def _demean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """values (P, D, ...) minus their mean over the valid demonstrations of each prompt; 0 at invalid slots."""
+    mask = valid.reshape(valid.shape + (1,) * (values.ndim - 2))
+    n = np.maximum(valid.sum(1), 1).reshape((-1, 1) + (1,) * (values.ndim - 2))
+    mean = np.where(mask, values, 0).sum(1, keepdims=True) / n
+    return np.where(mask, values - mean, 0.0)
+
+
+def _covariates(valid: np.ndarray, input_len: np.ndarray, partial: bool, intercept: bool) -> np.ndarray:
+    """Design (P, D, k) at the valid slots (0 elsewhere): [intercept] + [slot indicators 1.., input length]."""
+    n_prompts, n_demos = valid.shape
+    columns = [valid.astype(float)] if intercept else []
+    if partial:
+        for slot in range(1, n_demos):
+            columns.append(np.broadcast_to(np.arange(n_demos) == slot, valid.shape).astype(float))
+        columns.append(input_len.astype(float))
+    if not columns:
+        return np.zeros((n_prompts, n_demos, 0))
+    return np.where(valid[..., None], np.stack(columns, -1), 0.0)
+
+
+def _residual_r(xx, xy, yy, xz, yz, zz) -> np.ndarray:
+    """Correlation of x and y after both are regressed on z, from cross-products (leading dims broadcast).
+
+    xx, xy (..., G); yy (...); xz (..., G, k); yz (..., k); zz (..., k, k).
+    """
+    if xz.shape[-1]:
+        inv = np.linalg.pinv(zz)
+        xz_inv = np.einsum("...gk,...kl->...gl", xz, inv)
+        rx = xx - np.einsum("...gk,...gk->...g", xz_inv, xz)
+        rxy = xy - np.einsum("...gk,...k->...g", xz_inv, yz)
+        ry = yy - np.einsum("...k,...kl,...l->...", yz, inv, yz)
+    else:
+        rx, rxy, ry = xx, xy, yy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = rxy / np.sqrt(np.clip(rx, 0, None) * np.clip(ry, 0, None)[..., None])
+    return np.clip(r, -1.0, 1.0)
+
+
+def _within_r(x: np.ndarray, y: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
+    """Within-prompt r of already within-prompt-centred x (P, D, G) and y (P, D, B) -> (P, G, B)."""
+    num = np.matmul(x.transpose(0, 2, 1), y)
+    sx = (x * x).sum(1)[:, :, None]
+    sy = (y * y).sum(1)[:, None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = num / np.sqrt(sx * sy)
+    r[n_valid < MIN_PAIRS] = np.nan
+    return np.where(np.isfinite(r), np.clip(r, -1, 1), np.nan)
+
+
+def _nanmean_weighted(r: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean over prompts of r (P, G) with NaN left out; weights (B, P) -> (B, G)."""
+    ok = np.isfinite(r)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ np.where(ok, r, 0.0)) / (weights @ ok.astype(float))
+
+
+def within_prompt_permutations(valid: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """`n` random permutations of the valid demonstrations of each prompt, as (targets (P, D), sources (n, P, D)).
+
+    For permutation b, value[p, sources[b, p, j]] moves to slot targets[p, j]; invalid slots map to invalid
+    slots, so an array that is 0 at the invalid slots stays so.
+    """
+    targets = np.argsort(~valid, axis=1, kind="stable")
+    keys = rng.random((n,) + valid.shape)
+    keys[:, ~valid] = 2.0
+    return targets, np.argsort(keys, axis=-1)
+
+
+def permute_within(y: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """y (P, D) -> (n, P, D) permuted within each prompt (see within_prompt_permutations)."""
+    out = np.zeros(sources.shape)
+    moved = np.take_along_axis(np.broadcast_to(y, sources.shape), sources, axis=-1)
+    np.put_along_axis(out, np.broadcast_to(targets, sources.shape), moved, axis=-1)
+    return out
+
+
+def load_pairs(ds: xr.Dataset, prompts, pools, batch_size: int = 256):
+    """Kernel weights (P, D, pool, layer, head), sim_pred (P, D), input lengths (P, D) and the valid-pair mask."""
+    kws, sims, lens = [], [], []
+    for batch in prompt_batches(prompts, batch_size):
+        kws.append(ds["kernel_weight"].isel(prompt=batch).sel(pooling=list(pools)).values.astype(np.float64))
+        sims.append(ds["sim_pred"].isel(prompt=batch).values.astype(np.float64))
+        lens.append((ds["input_end"].isel(prompt=batch).values - ds["input_start"].isel(prompt=batch).values))
+    kw = np.moveaxis(np.concatenate(kws), -1, 1)  # (P, D, pool, layer, head)
+    sim, input_len = np.concatenate(sims), np.concatenate(lens).astype(np.float64)
+    valid = np.isfinite(sim) & np.isfinite(kw).all(axis=(2, 3, 4))
+    return kw, sim, input_len, valid
+
+
+def correlation_stats(x, y, input_len, valid, *, unit="centred", n_permutations=200, n_boot=200, level=0.95,
+                      seed=0, chunk=25) -> dict[str, np.ndarray]:  # fmt: skip
+    """Every Fig 4 number for G heads at once: x (P, D, G) kernel weights, y (P, D) sim_pred, input_len (P, D).
+
+    Returns r, partial_r, their bootstrap intervals, per-head permutation intervals and p-values, and the
+    family-wise max-|r| null quantile (over all G heads: call once per pooling) — see the module docstring.
+    """
+    if unit not in CORRELATION_UNITS:
+        raise ValueError(f"analysis.correlation_unit must be one of {CORRELATION_UNITS}, got {unit!r}")
+    x = np.where(valid[..., None], x, 0.0)
+    y = np.where(valid, y, 0.0)
+    if unit != "pairs":
+        x, y = _demean(x, valid), _demean(y, valid)
+    n_prompts, n_demos, n_heads = x.shape
+    rng = np.random.default_rng(seed)
+    boot_weights = rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n_boot).astype(float)
+    out = {"n_pairs": int(valid.sum()), "n_prompts": int(valid.any(1).sum())}
+    targets, sources = within_prompt_permutations(valid, n_permutations, rng)
+    for name, partial in (("r", False), ("partial_r", True)):
+        z = _covariates(valid, input_len, partial, intercept=unit == "pairs")
+        if unit != "pairs":
+            z = _demean(z, valid)
+        if unit == "per_prompt":
+            if partial:  # residualise on the covariates, one fit over all prompts
+                zf = z.reshape(n_prompts * n_demos, z.shape[-1])
+                proj = np.linalg.pinv(zf)  # (k, P*D)
+                x_use = x - (zf @ (proj @ x.reshape(-1, n_heads))).reshape(x.shape)
+                y_use = y - (zf @ (proj @ y.reshape(-1))).reshape(y.shape)
+            else:
+                proj, zf, x_use, y_use = None, None, x, y
+            r_p = _within_r(x_use, y_use[..., None], valid.sum(1))[..., 0]  # (P, G)
+            stat = _nanmean_weighted(r_p, np.ones((1, n_prompts)))[0]
+            boot = _nanmean_weighted(r_p, boot_weights)
+            null = []
+            for start in range(0, n_permutations, chunk):
+                yp = permute_within(y, targets, sources[start : start + chunk]).transpose(1, 2, 0)  # (P, D, b)
+                if partial:
+                    yp = yp - (zf @ (proj @ yp.reshape(-1, yp.shape[-1]))).reshape(yp.shape)
+                rp = _within_r(x_use, yp, valid.sum(1))  # (P, G, b)
+                ok = np.isfinite(rp)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    null.append((np.where(ok, rp, 0).sum(0) / ok.sum(0)).T)
+            null = np.concatenate(null) if null else np.zeros((0, n_heads))
+        else:
+            xf, zf = x.reshape(-1, n_heads), z.reshape(n_prompts * n_demos, z.shape[-1])
+            # per-prompt cross-products, re-summed with bootstrap weights
+            xx_p, xy_p, yy_p = (x * x).sum(1), (x * y[..., None]).sum(1), (y * y).sum(1)
+            xz_p = np.einsum("pdg,pdk->pgk", x, z)
+            yz_p, zz_p = np.einsum("pd,pdk->pk", y, z), np.einsum("pdk,pdl->pkl", z, z)
+            stat = _residual_r(xx_p.sum(0), xy_p.sum(0), yy_p.sum(0), xz_p.sum(0), yz_p.sum(0), zz_p.sum(0))
+            w = boot_weights
+            boot = _residual_r(w @ xx_p, w @ xy_p, w @ yy_p, np.einsum("bp,pgk->bgk", w, xz_p), w @ yz_p,
+                               np.einsum("bp,pkl->bkl", w, zz_p))  # fmt: skip
+            null = []
+            for start in range(0, n_permutations, chunk):
+                yp = permute_within(y, targets, sources[start : start + chunk]).reshape(-1, n_prompts * n_demos)
+                xy_b = yp @ xf  # (b, G)
+                yz_b = yp @ zf  # (b, k)
+                yy_b = (yp * yp).sum(1)
+                xz, zz = xf.T @ zf, zf.T @ zf
+                null.append(_residual_r((xf * xf).sum(0), xy_b, yy_b, np.broadcast_to(xz, (len(yp),) + xz.shape), yz_b,
+                                        np.broadcast_to(zz, (len(yp),) + zz.shape)))  # fmt: skip
+            null = np.concatenate(null) if null else np.zeros((0, n_heads))
+        out[name] = stat
+        out.update(_summaries(name, stat, boot, null, level))
+    return out
+
+
+def _summaries(name: str, stat: np.ndarray, boot: np.ndarray, null: np.ndarray, level: float) -> dict:
+    """Bootstrap interval, per-head null interval and p-value, family-wise max-|r| threshold and p-value."""
+    tail = (1 - level) / 2
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN heads (constant weights) stay NaN
+        out[f"{name}_low"], out[f"{name}_high"] = np.nanquantile(boot, [tail, 1 - tail], axis=0)
+        out[f"{name}_null_low"], out[f"{name}_null_high"] = np.nanquantile(null, [tail, 1 - tail], axis=0)
+        abs_null, abs_stat = np.abs(null), np.abs(stat) - 1e-12
+        defined = np.isfinite(stat)
+        p = (1 + (abs_null >= abs_stat).sum(0)) / (1 + len(null))
+        out[f"{name}_p"] = np.where(defined, p, np.nan)
+        max_null = np.nanmax(abs_null, axis=1) if len(null) else np.zeros(0)
+        out[f"{name}_max_null"] = float(np.nanquantile(max_null, level)) if len(null) else np.nan
+        p_max = (1 + (max_null[:, None] >= abs_stat).sum(0)) / (1 + len(null))
+        out[f"{name}_p_max"] = np.where(defined, p_max, np.nan)
+    return out
+
+
+HEAD_FIELDS = ("r", "r_low", "r_high", "r_null_low", "r_null_high", "r_p", "r_p_max", "partial_r", "partial_r_low",
+               "partial_r_high", "partial_r_null_low", "partial_r_null_high", "partial_r_p", "partial_r_p_max")  # fmt: skip
+
+
+def simpred_correlation(ds: xr.Dataset, prompts, pools, unit: str = "centred", *, n_permutations: int = 200,
+                        n_boot: int = 200, level: float = 0.95, seed: int = 0, batch_size: int = 256) -> xr.Dataset:  # fmt: skip
+    """Fig 4 per (pooling, layer, head): r, partial r, intervals, permutation null; family-wise thresholds per pooling."""
+    if unit not in CORRELATION_UNITS:
+        raise ValueError(f"analysis.correlation_unit must be one of {CORRELATION_UNITS}, got {unit!r}")
     prompts = np.sort(np.asarray(prompts, dtype=int))
     if len(prompts) == 0:
         raise ValueError("no prompts to correlate (check analysis.figure_splits)")
-    shape = (len(pools), ds.sizes["layer"], ds.sizes["head"])
-    moments = PairedMoments(shape)
-    r_sum, r_count = np.zeros(shape), np.zeros(shape)
-    for batch in prompt_batches(prompts, batch_size):
-        kw = ds["kernel_weight"].isel(prompt=batch).sel(pooling=list(pools)).values.astype(np.float64)
-        sim = ds["sim_pred"].isel(prompt=batch).values.astype(np.float64)
-        if mode == "pairs":
-            x = np.moveaxis(kw, -1, 1).reshape((-1,) + shape)  # (P*D, pool, layer, head)
-            moments.add(x, sim.reshape(-1))
-        else:
-            r = per_prompt_pearson(kw, sim)
-            r_sum += np.nansum(r, 0)
-            r_count += np.isfinite(r).sum(0)
-    if mode == "pairs":
-        r, n = moments.pearson(), moments.n
-    else:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = r_sum / r_count
-        n = r_count
+    kw, sim, input_len, valid = load_pairs(ds, prompts, pools, batch_size)
+    if valid.sum() < MIN_PAIRS:
+        raise ValueError(f"only {int(valid.sum())} (test, demonstration) pairs with a finite sim_pred and kernel weight")
+    n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
+    fields = {key: np.full((len(pools), n_layers, n_heads), np.nan) for key in HEAD_FIELDS}
+    per_pool = {key: np.full(len(pools), np.nan) for key in ("r_max_null", "partial_r_max_null")}
+    for index in range(len(pools)):
+        x = kw[:, :, index].reshape(kw.shape[0], kw.shape[1], -1)
+        stats = correlation_stats(x, sim, input_len, valid, unit=unit, n_permutations=n_permutations, n_boot=n_boot,
+                                  level=level, seed=seed)  # fmt: skip
+        for key in HEAD_FIELDS:
+            fields[key][index] = np.asarray(stats[key]).reshape(n_layers, n_heads)
+        for key in per_pool:
+            per_pool[key][index] = stats[key]
     dims = ("pooling", "layer", "head")
-    coords = {"pooling": list(pools), "layer": np.arange(shape[1]), "head": np.arange(shape[2])}
-    return xr.Dataset({"pearson_r": (dims, r), "n": (dims, n)}, coords=coords, attrs={"mode": mode})
+    data = {key: (dims, value) for key, value in fields.items()}
+    data.update({key: (("pooling",), value) for key, value in per_pool.items()})
+    coords = {"pooling": list(pools), "layer": np.arange(n_layers), "head": np.arange(n_heads)}
+    attrs = {"unit": unit, "n_pairs": stats["n_pairs"], "n_prompts": stats["n_prompts"], "n_permutations": n_permutations,
+             "n_boot": n_boot, "level": level, "seed": seed}  # fmt: skip
+    return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-def correlation_figure(store, png, csv, *, pools=(), splits=("select", "heldout"), mode="pairs", batch_size=256, title=""):
-    """Fig 4: heat-maps of r(a_i, sim_pred) per head, one panel per pooling, plus the CSV."""
-    ds = open_store(store, needs=["kernel_weight", "sim_pred", "split"])
-    pools = poolings(ds, pools)
-    prompts = np.flatnonzero(split_mask(ds, splits))
-    result = simpred_correlation(ds, prompts, pools, mode, batch_size)
-    frame = result.to_dataframe().reset_index()
-    frame["n_unit"] = "pairs" if mode == "pairs" else "prompts"
-    frame.to_csv(csv, index=False, float_format="%.6g")
-    grids = {p: result["pearson_r"].sel(pooling=p).values for p in pools}
-    finite = result["pearson_r"].values[np.isfinite(result["pearson_r"].values)]
-    bound = float(np.abs(finite).max()) if finite.size else 1.0
-    how = "over all (test, demo) pairs" if mode == "pairs" else "within each prompt, averaged over prompts"
-    head_heatmaps(
-        grids,
-        png,
-        f"{title}\nPearson r(kernel weight, sim_pred) {how}, {len(prompts)} prompts ({'+'.join(splits)})",
-        "Pearson r",
-        vmin=-bound,
-        vmax=bound,
-        cmap="RdBu_r",
-    )
-    return result
+def correlation_frame(result: xr.Dataset):
+    """One CSV row per (pooling, layer, head) with every number, the per-pooling thresholds and the run's attributes."""
+    frame = result[list(HEAD_FIELDS)].to_dataframe().reset_index()
+    for key in ("r_max_null", "partial_r_max_null"):
+        frame[key] = frame["pooling"].map(dict(zip(result["pooling"].values, result[key].values)))
+    frame["r_above_max_null"] = frame["r"].abs() > frame["r_max_null"]
+    frame["partial_r_above_max_null"] = frame["partial_r"].abs() > frame["partial_r_max_null"]
+    for key in ("unit", "n_pairs", "n_prompts", "n_permutations", "n_boot", "level"):
+        frame[key] = result.attrs[key]
+    return frame

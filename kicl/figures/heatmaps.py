@@ -7,8 +7,14 @@ import numpy as np
 from kicl.figures.style import figure_style, plt, save_figure
 
 
-def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=None, vmax=None, cmap="viridis", best="max"):
-    """One panel per entry of `grids` (name -> array (layer, head)); the best head of each panel is boxed."""
+def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=None, vmax=None, cmap="viridis", best="max",
+                  marks=None, notes=None):  # fmt: skip
+    """One panel per entry of `grids` (name -> array (layer, head)); the best head of each panel is boxed.
+
+    `marks` (name -> boolean (layer, head)) puts a dot on the marked heads (e.g. above a null threshold);
+    `notes` (name -> str) adds a second line to a panel's title.
+    """
+    marks, notes = marks or {}, notes or {}
     names = list(grids)
     n_layers, n_heads = next(iter(grids.values())).shape
     ncols = min(2, len(names))
@@ -32,9 +38,13 @@ def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=No
                 flat = np.nanargmax(grid) if best == "max" else np.nanargmax(np.abs(grid))
                 lay, head = np.unravel_index(flat, grid.shape)
                 ax.add_patch(plt.Rectangle((lay - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
-                ax.set_title(f"{name}: best L{lay} H{head} = {grid[lay, head]:.3f}", fontsize=9)
+                heading = f"{name}: best L{lay} H{head} = {grid[lay, head]:.3f}"
             else:
-                ax.set_title(name, fontsize=9)
+                heading = name
+            if name in marks and np.any(marks[name]):
+                lays, heads = np.nonzero(np.asarray(marks[name]))
+                ax.scatter(lays, heads, s=6, color="black", marker="o", linewidths=0)
+            ax.set_title(heading + (f"\n{notes[name]}" if name in notes else ""), fontsize=9)
         fig.colorbar(im, ax=list(panels), fraction=0.03, pad=0.01, aspect=30, label=colorbar_label)
         fig.suptitle(title, fontsize=10)
         for ax in panels:
