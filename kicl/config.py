@@ -89,11 +89,16 @@ def catalog_errors(config: Mapping, in_use: Mapping[str, list[str]] | None = Non
 
 def _section_keys(kind: str, source: str) -> str:
     required = {
-        ("tasks", "hub"): "path", ("tasks", "local"): "dir", ("tasks", "packaged"): "package, version, sha256, "
-        "member, parser", ("models", "hub"): "id", ("models", "local"): "path", ("models", "packaged_gguf"): "parts",
-        ("encoders", "hub"): "id", ("encoders", "local"): "path", ("encoders", "packaged"): "package, version, "
-        "sha256, member_dir",
-    }  # fmt: skip
+        ("tasks", "hub"): "path",
+        ("tasks", "local"): "dir",
+        ("tasks", "packaged"): "package, version, sha256, member, parser",
+        ("models", "hub"): "id",
+        ("models", "local"): "path",
+        ("models", "packaged_gguf"): "parts",
+        ("encoders", "hub"): "id",
+        ("encoders", "local"): "path",
+        ("encoders", "packaged"): "package, version, sha256, member_dir",
+    }
     return "required: " + required[(kind, source)]
 
 

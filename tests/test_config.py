@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import default_config
+
 from kicl.config import CATALOG_SOURCES, catalog_errors
 
 # each case: config overrides -> a line the dry run must print

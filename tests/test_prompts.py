@@ -81,14 +81,21 @@ def llama2_style_tokenizer(folder):
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tokenizer.decoder = decoders.Sequence([
-        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
-    ])  # fmt: skip
+    tokenizer.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     corpus = SENTENCES * 3 + ["Input: x Output: Positive Output: Negative Premise: Hypothesis: Yes Maybe No"] * 30
     trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<unk>", "<s>", *byte_tokens])
     tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", unk_token="<unk>")
     wrapped.save_pretrained(folder)
     return PreTrainedTokenizerFast.from_pretrained(folder)
@@ -126,9 +133,17 @@ def spec_with(template=None, verbalizers=(" Negative", " Positive")):
     return spec
 
 
-PROTOCOL = {"seed": 0, "n_demos": 4, "demo_strategy": "random", "n_select": 8, "n_heldout": 4,
-            "readout": "single_token", "context_policy": "error", "max_length": None,
-            "dedup_similarity": 0.95}  # fmt: skip
+PROTOCOL = {
+    "seed": 0,
+    "n_demos": 4,
+    "demo_strategy": "random",
+    "n_select": 8,
+    "n_heldout": 4,
+    "readout": "single_token",
+    "context_policy": "error",
+    "max_length": None,
+    "dedup_similarity": 0.95,
+}
 
 
 def check_segment_map(tokenizer, meta, record, template, standalone=True):
@@ -174,14 +189,19 @@ def test_spans_decode_exactly_to_input_label_and_delimiter(tokenizers, family):
     eval_table, pool = toy_task()
     spec = spec_with()
     meta, records = build_prompt_set("toy", spec, family, tokenizer, eval_table, pool, PROTOCOL, None)
-    assert meta["special_prefix_ids"] == ([tokenizer.bos_token_id] if family in ("bpe_with_bos", "llama2_style") else [])
+    assert meta["special_prefix_ids"] == (
+        [tokenizer.bos_token_id] if family in ("bpe_with_bos", "llama2_style") else []
+    )
     assert len(records) == 12 and [r["prompt_id"] for r in records] == list(range(12))
     assert [r["split"] for r in records] == ["select"] * 8 + ["heldout"] * 4
     for record in records:
         assert record["gold"] == eval_table.loc[record["test_index"], "label"]
         assert len(record["demos"]) == 4
         for demo in record["demos"]:
-            assert demo["text"] == pool.loc[demo["pool_index"], "text"] and demo["label"] == pool.loc[demo["pool_index"], "label"]
+            assert (
+                demo["text"] == pool.loc[demo["pool_index"], "text"]
+                and demo["label"] == pool.loc[demo["pool_index"], "label"]
+            )
         check_segment_map(tokenizer, meta, record, spec["template"], standalone=family in STANDALONE)
 
 
@@ -190,14 +210,19 @@ def test_pair_template_spans_cover_premise_and_hypothesis(tokenizers, family):
     tokenizer = tokenizers[family]
     mnli = dict(default_config()["tasks"]["mnli"])
     rng = np.random.default_rng(1)
-    table = pd.DataFrame({
-        "premise": [SENTENCES[i % 10] for i in range(20)], "hypothesis": [SENTENCES[(i * 3) % 10] for i in range(20)],
-        "label": rng.integers(0, 3, 20),
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "premise": [SENTENCES[i % 10] for i in range(20)],
+            "hypothesis": [SENTENCES[(i * 3) % 10] for i in range(20)],
+            "label": rng.integers(0, 3, 20),
+        }
+    )
     from kicl.data.tasks import render_text
 
     table["text"] = [render_text(mnli["template"], row) for _, row in table.iterrows()]
-    meta, records = build_prompt_set("mnli", mnli, family, tokenizer, table, table.copy(), PROTOCOL | {"n_demos": 3}, None)
+    meta, records = build_prompt_set(
+        "mnli", mnli, family, tokenizer, table, table.copy(), PROTOCOL | {"n_demos": 3}, None
+    )
     for record in records:
         check_segment_map(tokenizer, meta, record, mnli["template"], standalone=family in STANDALONE)
         assert "\nHypothesis: " in record["test_text"]
@@ -236,9 +261,13 @@ def test_first_token_readout_scores_first_tokens_and_rejects_clashes(tokenizers)
     tokenizer = tokenizers["smollm2"]
     eval_table, pool = toy_task()
     spec = spec_with(verbalizers=(" Abbreviation", " Entailment"))
-    meta, records = build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"readout": "first_token"}, None)
+    meta, records = build_prompt_set(
+        "toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"readout": "first_token"}, None
+    )
     assert meta["readout"] == "first_token"
-    assert meta["label_token_ids"] == [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in spec["verbalizers"]]
+    assert meta["label_token_ids"] == [
+        tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in spec["verbalizers"]
+    ]
     for record in records:
         for demo in record["demos"]:
             start, end = demo["label_span"]
@@ -257,7 +286,9 @@ def test_context_length_error_or_drop_from_the_front(tokenizers):
     limit = int(np.median([len(r["input_ids"]) for r in full]))
     with pytest.raises(PromptError, match=r"task 'toy', model 'm': prompt \d+ \(test_index \d+\) has \d+ tokens"):
         build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL, limit)
-    meta, dropped = build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"context_policy": "drop"}, limit)
+    meta, dropped = build_prompt_set(
+        "toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"context_policy": "drop"}, limit
+    )
     assert meta["n_prompts_with_dropped_demos"] > 0
     for before, after in zip(full, dropped):
         assert len(after["input_ids"]) <= limit
@@ -289,8 +320,14 @@ def test_class_balanced_strategy_and_the_strategy_registry():
 
 def test_eval_points_are_capped_with_the_held_out_set_first():
     indices, splits, report = select_eval_points(872, 700, 300, seed=0)
-    assert report == {"n_select_requested": 700, "n_heldout_requested": 300, "n_select": 572, "n_heldout": 300,
-                      "eval_size": 872, "capped": True}  # fmt: skip
+    assert report == {
+        "n_select_requested": 700,
+        "n_heldout_requested": 300,
+        "n_select": 572,
+        "n_heldout": 300,
+        "eval_size": 872,
+        "capped": True,
+    }
     assert len(set(indices)) == 872 and list(splits).count("heldout") == 300
     indices, splits, report = select_eval_points(50, 10, 5, seed=0)
     assert not report["capped"] and len(indices) == 15 and len(set(indices)) == 15
@@ -325,31 +362,71 @@ def test_build_prompt_files_follow_the_contract(tokenizers, smollm2_dir, tmp_pat
     pool.loc[3, "text"] = "  "  # empty texts are dropped from the demonstration pool
     for split, table in (("validation", eval_table), ("train", pool)):
         table.rename(columns={"text": "sentence"}).to_json(tmp_path / f"{split}.jsonl", orient="records", lines=True)
-        prepare_split("toy", spec | {"template": dict(spec["template"], text="{sentence}")}, split, tmp_path / f"{split}.parquet")
+        prepare_split(
+            "toy", spec | {"template": dict(spec["template"], text="{sentence}")}, split, tmp_path / f"{split}.parquet"
+        )
     spec["template"] = dict(spec["template"], text="{sentence}")
-    manifest = write_model_manifest("smollm2-135m", {"source": "local", "local": {"path": str(smollm2_dir)}},
-                                    tmp_path / "model.json")  # fmt: skip
-    meta = build_prompt_files("toy", spec, "smollm2-135m", tmp_path / "model.json", tmp_path / "validation.parquet",
-                              tmp_path / "train.parquet", PROTOCOL | {"n_select": 100, "n_heldout": 100},
-                              tmp_path / "out/meta.json", tmp_path / "out/prompts.jsonl")  # fmt: skip
+    manifest = write_model_manifest(
+        "smollm2-135m", {"source": "local", "local": {"path": str(smollm2_dir)}}, tmp_path / "model.json"
+    )
+    meta = build_prompt_files(
+        "toy",
+        spec,
+        "smollm2-135m",
+        tmp_path / "model.json",
+        tmp_path / "validation.parquet",
+        tmp_path / "train.parquet",
+        PROTOCOL | {"n_select": 100, "n_heldout": 100},
+        tmp_path / "out/meta.json",
+        tmp_path / "out/prompts.jsonl",
+    )
     on_disk = json.loads((tmp_path / "out/meta.json").read_text())
     assert on_disk == meta
-    for key in ("task", "model", "label_names", "verbalizers", "label_token_ids", "readout", "template", "n_demos",
-                "seed", "strategy", "tokenizer", "n_select", "n_heldout", "eval_split", "demo_split"):  # fmt: skip
+    for key in (
+        "task",
+        "model",
+        "label_names",
+        "verbalizers",
+        "label_token_ids",
+        "readout",
+        "template",
+        "n_demos",
+        "seed",
+        "strategy",
+        "tokenizer",
+        "n_select",
+        "n_heldout",
+        "eval_split",
+        "demo_split",
+    ):
         assert key in meta, key
     assert meta["tokenizer"] == manifest["path"] and meta["max_length"] == 8192
     assert meta["capped"] and meta["n_heldout"] == 30 and meta["n_select"] == 0 and meta["pool_size"] == 39
     records = read_prompts(tmp_path / "out/prompts.jsonl")
     assert len(records) == 30
     for record in records:
-        assert set(record) >= {"prompt_id", "split", "test_index", "gold", "text", "input_ids", "test_text", "test_span", "demos"}
-        assert all(set(d) >= {"pool_index", "label", "text", "block_span", "input_span", "label_pos", "delim_span"}
-                   for d in record["demos"])  # fmt: skip
+        assert set(record) >= {
+            "prompt_id",
+            "split",
+            "test_index",
+            "gold",
+            "text",
+            "input_ids",
+            "test_text",
+            "test_span",
+            "demos",
+        }
+        assert all(
+            set(d) >= {"pool_index", "label", "text", "block_span", "input_span", "label_pos", "delim_span"}
+            for d in record["demos"]
+        )
         assert 3 not in [d["pool_index"] for d in record["demos"]]
         check_segment_map(tokenizers["smollm2"], meta, record, spec["template"])
 
 
-def test_prompt_rule_builds_the_contract_files_in_snakemake(run_workflow, tmp_path, smollm2_dir, wheel_cache, monkeypatch):
+def test_prompt_rule_builds_the_contract_files_in_snakemake(
+    run_workflow, tmp_path, smollm2_dir, wheel_cache, monkeypatch
+):
     """prepare_task + model_manifest + build_prompts in Snakemake (SmolLM2 given as a local folder)."""
     monkeypatch.setenv("KICL_WHEEL_CACHE", str(wheel_cache))
     overrides = {

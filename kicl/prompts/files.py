@@ -155,8 +155,9 @@ def read_prompt_set(meta_path: str | Path, prompts_path: str | Path) -> tuple[di
 
 def write_prompt_set(meta: dict, records: Sequence[dict], meta_path: str | Path, prompts_path: str | Path) -> None:
     """Check, then write meta.json and prompts.jsonl under temporary names and rename both."""
-    check_prompt_set(meta, records, f"prompt set for {prompts_path} (task {meta.get('task')!r}, "
-                                    f"model {meta.get('model')!r})")  # fmt: skip
+    check_prompt_set(
+        meta, records, f"prompt set for {prompts_path} (task {meta.get('task')!r}, model {meta.get('model')!r})"
+    )
     with atomic_path(prompts_path) as partial_prompts, atomic_path(meta_path) as partial_meta:
         with open(partial_prompts, "w", encoding="utf-8") as handle:
             for record in records:

@@ -93,9 +93,7 @@ class PieceTokenizer:
         if readout == "single_token":
             bad = {w: ids for w, ids in encoded.items() if len(ids) != 1}
             if bad:
-                listing = "; ".join(
-                    f"{w!r} -> {[self.decode([i]) for i in ids]}" for w, ids in bad.items()
-                )
+                listing = "; ".join(f"{w!r} -> {[self.decode([i]) for i in ids]}" for w, ids in bad.items())
                 raise VerbalizerError(
                     f"{self.where}: label words that are not a single token for tokenizer "
                     f"{getattr(self.tokenizer, 'name_or_path', '')!r}: {listing}. Choose single-token words in "
@@ -110,8 +108,9 @@ class PieceTokenizer:
             if len(set(firsts)) != len(firsts):
                 clashes = {
                     self.decode([t]): [w for w in verbalizers if encoded[w][0] == t]
-                    for t in set(firsts) if firsts.count(t) > 1
-                }  # fmt: skip
+                    for t in set(firsts)
+                    if firsts.count(t) > 1
+                }
                 raise VerbalizerError(
                     f"{self.where}: label words share their first token, so first-token scoring cannot tell them "
                     f"apart: {clashes}. Choose label words with distinct first tokens."

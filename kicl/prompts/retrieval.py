@@ -49,7 +49,9 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def embed_once(embed: EmbedFunction, test_texts: Sequence[str], pool_texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def embed_once(
+    embed: EmbedFunction, test_texts: Sequence[str], pool_texts: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """(test embeddings, pool embeddings), unit-normalised, from ONE call of ``embed`` on all texts."""
     texts = list(test_texts) + list(pool_texts)
     vectors = np.asarray(embed(texts))

@@ -35,7 +35,9 @@ def rule_timings(benchmark_dir) -> pd.DataFrame:
         return pd.DataFrame(columns=["rule", "jobs", "total_s", "max_s", "max_rss_mb"])
     bench["rule"] = [Path(f).relative_to(root).parts[0].removesuffix(".tsv") for f in bench["file"]]
     bench["max_rss"] = pd.to_numeric(bench["max_rss"], errors="coerce")
-    out = bench.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"), max_rss_mb=("max_rss", "max"))
+    out = bench.groupby("rule").agg(
+        jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"), max_rss_mb=("max_rss", "max")
+    )
     return out.reset_index().sort_values("total_s", ascending=False)
 
 
@@ -47,10 +49,7 @@ def _timing(entry) -> str:
 
 
 def summary_rows(entries) -> list[dict]:
-    return [
-        {"what": e["what"], "rule": e["rule"], "files": list(e["files"]), "time": _timing(e)}
-        for e in entries
-    ]
+    return [{"what": e["what"], "rule": e["rule"], "files": list(e["files"]), "time": _timing(e)} for e in entries]
 
 
 def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> None:
@@ -60,7 +59,13 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
     md = ["# Figures and tables of this run", "", "| figure / table | rule | files | wall time |", "|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['what']} | `{r['rule']}` | {'<br>'.join(f'`{f}`' for f in r['files'])} | {r['time']} |")
-    md += ["", "## Wall time per rule (benchmark files)", "", "| rule | jobs | total s | longest s | peak RSS MB |", "|---|---|---|---|---|"]
+    md += [
+        "",
+        "## Wall time per rule (benchmark files)",
+        "",
+        "| rule | jobs | total s | longest s | peak RSS MB |",
+        "|---|---|---|---|---|",
+    ]
     for t in timings.itertuples(index=False):
         md.append(f"| `{t.rule}` | {t.jobs} | {t.total_s:.1f} | {t.max_s:.1f} | {t.max_rss_mb:.0f} |")
     write_text_atomic(out_md, "\n".join(md) + "\n")
@@ -75,7 +80,9 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
     ]
     for r in rows:
         files = "<br>".join(f"<code>{esc(f)}</code>" for f in r["files"])
-        body.append(f"<tr><td>{esc(r['what'])}</td><td><code>{esc(r['rule'])}</code></td><td>{files}</td><td>{esc(r['time'])}</td></tr>")
+        body.append(
+            f"<tr><td>{esc(r['what'])}</td><td><code>{esc(r['rule'])}</code></td><td>{files}</td><td>{esc(r['time'])}</td></tr>"
+        )
     body += [
         "</table>",
         "<h3>Wall time per rule</h3>",
@@ -83,7 +90,13 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
         "<tr><th>rule</th><th>jobs</th><th>total s</th><th>longest s</th><th>peak RSS MB</th></tr>",
     ]
     for t in timings.itertuples(index=False):
-        body.append(f"<tr><td><code>{esc(t.rule)}</code></td><td>{t.jobs}</td><td>{t.total_s:.1f}</td><td>{t.max_s:.1f}</td><td>{t.max_rss_mb:.0f}</td></tr>")
+        body.append(
+            f"<tr><td><code>{esc(t.rule)}</code></td><td>{t.jobs}</td><td>{t.total_s:.1f}</td><td>{t.max_s:.1f}</td><td>{t.max_rss_mb:.0f}</td></tr>"
+        )
     body.append("</table>")
-    page = "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>kicl summary</title></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>kicl summary</title></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
     write_text_atomic(out_html, page)
