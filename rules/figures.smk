@@ -109,6 +109,11 @@ rule fig3_reconstruction:
         poolings=lookup(dpath="analysis/poolings", within=config),
         splits=lookup(dpath="analysis/figure_splits", within=config),
         batch_size=lookup(dpath="analysis/batch_size", within=config),
+        n_permutations=lookup(dpath="analysis/n_permutations", within=config),
+        permutation_seed=lookup(dpath="analysis/permutation_seed", within=config),
+        null_quantile=lookup(dpath="analysis/null_quantile", within=config),
+        vote_ties=lookup(dpath="analysis/vote_ties", within=config),
+        color_center=lookup(dpath="analysis/reconstruction_color_center", within=config),
     script:
         "../scripts/fig3_reconstruction.py"
 

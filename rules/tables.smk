@@ -71,6 +71,8 @@ rule table2:
         tau=lookup(dpath="analysis/encoder_tau", within=config),
         aliases=lookup(dpath="analysis/paper_aliases", within=config),
         bootstrap=lookup(dpath="analysis/bootstrap", within=config),
+        vote_ties=lookup(dpath="analysis/vote_ties", within=config),
+        nested=lookup(dpath="analysis/nested_bootstrap", within=config),
     script:
         "../scripts/table2.py"
 

@@ -3,7 +3,7 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.analysis.attention_map import attention_map_figure
+from kicl.figures.fig2_attention_map import attention_map_figure
 
 attention_map_figure(
     snakemake.input.store,

@@ -3,7 +3,7 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.analysis.reconstruction import reconstruction_figure
+from kicl.figures.fig3_reconstruction import reconstruction_figure
 
 reconstruction_figure(
     snakemake.input.store,
@@ -13,5 +13,10 @@ reconstruction_figure(
     pools=snakemake.params.poolings,
     splits=snakemake.params.splits,
     batch_size=snakemake.params.batch_size,
+    n_permutations=snakemake.params.n_permutations,
+    seed=snakemake.params.permutation_seed,
+    null_quantile=snakemake.params.null_quantile,
+    ties=snakemake.params.vote_ties,
+    color_center=snakemake.params.color_center,
     title=f"Fig 3: {snakemake.wildcards.model} / {snakemake.wildcards.task}",
 )

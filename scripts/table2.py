@@ -15,5 +15,7 @@ table2(
     pooling=snakemake.params.pooling,
     tau=snakemake.params.tau,
     aliases=snakemake.params.aliases,
+    ties=snakemake.params.vote_ties,
+    nested=snakemake.params.nested,
     **snakemake.params.bootstrap,
 )

@@ -8,14 +8,16 @@ import pytest
 import xarray as xr
 from scipy import stats
 
-from kicl.analysis.attention_map import aligned_attention_map, attention_map_figure, interpolation_matrix, prompt_segments, resize
+from kicl.analysis.attention_map import aligned_attention_map, interpolation_matrix, prompt_segments, resize
 from kicl.analysis.correlation import correlation_figure, per_prompt_pearson, simpred_correlation
 from kicl.analysis.encoder_kr import kernel_regression
 from kicl.analysis.probes import probe_accuracy, probe_figure, ridge_fit_predict
-from kicl.analysis.reconstruction import head_reconstruction, label_votes, reconstruction_figure
+from kicl.analysis.reconstruction import head_reconstruction, label_votes
 from kicl.store.reader import StoreError, open_store, string_values
 from kicl.store.synthetic import Planted, make_synthetic_store
 from kicl.tables.table2 import bootstrap_ci, paper_value, table2, wide_table
+from kicl.figures.fig2_attention_map import attention_map_figure
+from kicl.figures.fig3_reconstruction import reconstruction_figure
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

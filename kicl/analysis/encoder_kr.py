@@ -8,7 +8,7 @@ For a prompt with test input x and demonstrations (x_i, y_i), each text is embed
 
 Raw cosine weights can be negative and barely differ from a vote of the demonstration labels, which is why
 the paper's encoder rows are near chance; τ → 0 turns the softmax variant into 1-nearest-demonstration.
-Exact ties go to the lowest label id (as in kicl.analysis.reconstruction).
+Exact ties go to the lowest label id (kicl.analysis.votes).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 
 from kicl.prompts.files import read_prompt_records
 from kicl.fileio import atomic_path
-from kicl.analysis.reconstruction import label_votes
+from kicl.analysis.votes import label_votes
 
 log = logging.getLogger(__name__)
 KERNELS = ("cosine", "softmax")

@@ -1,10 +1,14 @@
 """Table 2 (paper §5.5): explicit kernel regression vs ICL, head chosen on `select`, scored on `heldout`.
 
 Rows per task: the LM's ICL accuracy; the agreement of the chosen head's reconstruction ỹ with ŷ; ỹ's
-accuracy against gold; and sentence-encoder kernel regression over the same in-prompt demonstrations (raw
-cosine, as in the paper, and exp(cos/τ)). The head is the one whose ỹ agrees most with ŷ on the `select`
-prompts (ties: lowest layer, then head), using the kernel-weight pooling `analysis.table_pooling`.
-Intervals are percentile bootstraps over held-out prompts (`analysis.bootstrap`).
+accuracy against gold; every attention-free baseline of kicl.analysis.baselines (agreement with ŷ and
+accuracy against gold); sentence-encoder kernel regression over the same in-prompt demonstrations (raw
+cosine, as in the paper, and exp(cos/τ)); and paired differences (selected head − each baseline, selected
+head − encoder KR) with intervals and p-values. The head is the one whose ỹ agrees most with ŷ on the
+`select` prompts (ties: lowest layer, then head), using the kernel-weight pooling `analysis.table_pooling`.
+Intervals are percentile bootstraps (`analysis.bootstrap`); with `analysis.nested_bootstrap` each resample
+repeats the head selection (kicl.analysis.head_selection). Balanced accuracy and macro-F1 (point values) sit
+beside every accuracy in the CSV and in a second Markdown table.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import re
 import numpy as np
 import pandas as pd
 
+from kicl.analysis.baselines import BASELINE_LABELS, BASELINES, classification_scores
+from kicl.analysis.head_selection import nested_bootstrap, select_head, selection_data
 from kicl.fileio import write_text_atomic
-from kicl.analysis.reconstruction import head_reconstruction, reconstruct
-from kicl.store.reader import label_names, open_store, split_mask
+from kicl.store.reader import open_store
 
 log = logging.getLogger(__name__)
 
@@ -71,31 +76,60 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95)
     return float(values.mean()), float(low), float(high)
 
 
-def select_head(ds, pooling: str, split: str = "select") -> tuple[int, int, float]:
-    """(layer, head, agreement) of the head whose reconstruction agrees most with ŷ on `split`."""
-    prompts = np.flatnonzero(split_mask(ds, [split]))
-    if len(prompts) == 0:
-        raise ValueError(f"the store has no '{split}' prompts to choose a head on (protocol.n_select)")
-    grid = head_reconstruction(ds, prompts, [pooling])["agree_pred"].values[0]
-    layer, head = np.unravel_index(np.argmax(grid), grid.shape)
-    return int(layer), int(head), float(grid[layer, head])
+def encoder_predictions(csv, held_prompts, held_gold, split: str = "heldout") -> dict:
+    """Encoder-KR predictions for the store's held-out rows (prompt_id = store row), by kernel."""
+    frame = pd.read_csv(csv).set_index("prompt_id")
+    missing = sorted(set(map(int, held_prompts)) - set(frame.index))
+    if missing:
+        raise ValueError(f"{csv} lacks held-out prompt ids {missing[:5]} of the forward store (stale predictions?)")
+    rows = frame.loc[np.asarray(held_prompts, dtype=int)]
+    if (rows["split"] != split).any() or (rows["gold"].to_numpy() != np.asarray(held_gold)).any():
+        raise ValueError(f"{csv} and the forward store disagree on the split or gold of some prompts (stale file?)")
+    return {kernel: rows[f"pred_{kernel}"].to_numpy() for kernel in ("cosine", "softmax")}
 
 
-def lm_rows(store, task: str, pooling: str, n_boot: int, seed: int, level: float, split: str = "heldout") -> list[dict]:
-    """ICL accuracy and the selected head's reconstruction rows for one task's store."""
+#: (predictor, reference) behind each row key of the LM part of the table
+def _row_keys(encoders) -> list[tuple[str, str, str]]:
+    keys = [("icl_accuracy", "icl", "gold"), ("recon_agreement", "head", "prediction"), ("recon_accuracy", "head", "gold")]
+    for name in BASELINES:
+        keys += [(f"baseline:{name}:agreement", name, "prediction"), (f"baseline:{name}:accuracy", name, "gold")]
+    keys += [(name, name, "gold") for name in encoders]
+    return keys
+
+
+def lm_rows(store, task: str, pooling: str, n_boot: int, seed: int, level: float, split: str = "heldout",
+            encoder_csvs: dict | None = None, tau: float = np.nan, ties: str = "lowest", nested: bool = True) -> list[dict]:
+    """Every row of one task's store: ICL, the selected head, the baselines, encoder KR and the paired differences.
+
+    `encoder_csvs`: encoder name -> its per-prompt KR predictions CSV for this task (scored on the same
+    resamples, so their differences with the head are paired).
+    """
     ds = open_store(store, needs=["kernel_weight", "demo_label", "prediction", "gold", "split"])
-    layer, head, select_agree = select_head(ds, pooling)
-    prompts = np.flatnonzero(split_mask(ds, [split]))
-    if len(prompts) == 0:
-        raise ValueError(f"{store} has no '{split}' prompts to evaluate on (protocol.n_heldout)")
-    kw = ds["kernel_weight"].isel(prompt=prompts, layer=layer, head=head).sel(pooling=pooling).values
-    y_tilde = reconstruct(kw, ds["demo_label"].isel(prompt=prompts).values, len(label_names(ds)))
-    pred, gold = ds["prediction"].values[prompts], ds["gold"].values[prompts]
-    base = {"task": task, "n": len(prompts), "head": f"L{layer} H{head}", "select_agreement": select_agree, "pooling": pooling}
+    data = selection_data(ds, pooling, ties, score_split=split)
+    encoders = []
+    for encoder, csv in (encoder_csvs or {}).items():
+        for kernel, pred in encoder_predictions(csv, data.held_prompts, data.held_gold, split).items():
+            data.extra[f"encoder:{encoder}:{kernel}"] = pred
+            encoders.append(f"encoder:{encoder}:{kernel}")
+    res = nested_bootstrap(data, n_boot, seed, level, nested)
+    layer, head = res["head"]
+    refs = {"prediction": data.held_pred, "gold": data.held_gold}
+    base = {"task": task, "n": len(data.held_pred), "head": f"L{layer} H{head}", "select_agreement": res["select_agreement"],
+            "selection_stability": res["stability"], "pooling": pooling}
     rows = []
-    for key, hits in [("icl_accuracy", pred == gold), ("recon_agreement", y_tilde == pred), ("recon_accuracy", y_tilde == gold)]:
-        value, low, high = bootstrap_ci(hits, n_boot, seed, level)
-        rows.append({**base, "row": key, "value": value, "ci_low": low, "ci_high": high})
+    for key, name, ref in _row_keys(encoders):
+        value, low, high = res["scores"][(name, ref)]
+        extra = classification_scores(res["preds"][name], refs[ref], data.n_labels)
+        rows.append({**base, "row": key, "reference": ref, "value": value, "ci_low": low, "ci_high": high,
+                     "balanced_accuracy": extra["balanced_accuracy"], "macro_f1": extra["macro_f1"],
+                     "tau": tau if key.endswith(":softmax") else np.nan})
+    for name in list(BASELINES) + encoders:
+        for ref, what in (("prediction", "agreement"), ("gold", "accuracy")):
+            if name.startswith("encoder:") and ref == "prediction":
+                continue
+            delta, low, high, p = res["diffs"][(name, ref)]
+            rows.append({**base, "row": f"diff:{what}:{name}", "reference": ref, "value": delta, "ci_low": low,
+                         "ci_high": high, "p_value": p, "tau": tau if name.endswith(":softmax") else np.nan})
     return rows
 
 
@@ -114,15 +148,41 @@ def encoder_rows(csv, task: str, encoder: str, tau: float, n_boot: int, seed: in
     return rows
 
 
+SHORT_LABELS = {
+    "constant": "constant ŷ",
+    "gold_majority": "gold-majority class",
+    "vote": "unweighted vote of the demonstration labels",
+    "recency": "last demonstration's label",
+    "position": "position-only kernel",
+}
+
+
+def _encoder_label(key: str, tau=None) -> str:
+    _, encoder, kernel = key.split(":")
+    if kernel == "cosine":
+        return f"{encoder} KR, raw cosine"
+    return f"{encoder} KR, exp(cos/τ)" + ("" if tau is None or not np.isfinite(tau) else f", τ={tau:g}")
+
+
 def row_label(key: str, tau=None) -> str:
     if key in ROW_LABELS:
         return ROW_LABELS[key]
-    _, encoder, kernel = key.split(":")
-    return f"{encoder} KR, raw cosine" if kernel == "cosine" else f"{encoder} KR, exp(cos/τ), τ={tau:g}"
+    if key.startswith("baseline:"):
+        _, name, what = key.split(":")
+        return f"baseline: {BASELINE_LABELS[name]} ({'vs ŷ' if what == 'agreement' else 'vs gold'})"
+    if key.startswith("diff:"):
+        _, what, name = key.split(":", 2)
+        other = _encoder_label(name, tau) if name.startswith("encoder:") else SHORT_LABELS[name]
+        return f"Δ {'agreement with ŷ' if what == 'agreement' else 'accuracy vs gold'}: selected head − {other}"
+    return _encoder_label(key, tau)
 
 
-def _cell(value, low, high) -> str:
-    return "—" if not np.isfinite(value) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+def _cell(value, low, high, p=np.nan) -> str:
+    if not np.isfinite(value):
+        return "—"
+    if np.isfinite(p):
+        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}] p={p:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -133,9 +193,15 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
     if "head" in frame:
         heads = frame.dropna(subset=["head"]).drop_duplicates("task").set_index("task")
         if len(heads):
-            row = {"method": "selected head (agreement on select)"}
+            row = {"method": "selected head (agreement on select; share of resamples choosing it)"}
             for task in tasks:
-                row[task] = f"{heads.loc[task, 'head']} ({heads.loc[task, 'select_agreement']:.3f})" if task in heads.index else "—"
+                if task in heads.index:
+                    r = heads.loc[task]
+                    stable = r.get("selection_stability", np.nan)
+                    row[task] = f"{r['head']} ({r['select_agreement']:.3f}" + (
+                        f"; {stable:.2f})" if pd.notna(stable) else ")")
+                else:
+                    row[task] = "—"
                 row[f"{task} (paper)"] = ""
             out.append(row)
     for key in keys:
@@ -145,7 +211,7 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
         for task in tasks:
             if task in sub.index:
                 r = sub.loc[task]
-                row[task] = _cell(r["value"], r["ci_low"], r["ci_high"])
+                row[task] = _cell(r["value"], r["ci_low"], r["ci_high"], r.get("p_value", np.nan))
                 paper = r["paper"]
                 row[f"{task} (paper)"] = "—" if pd.isna(paper) else f"{paper:.3f}"
             else:
@@ -158,6 +224,24 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
     out.append(n_row)
     without_paper = [f"{t} (paper)" for t in tasks if not frame.loc[frame["task"] == t, "paper"].notna().any()]
     return pd.DataFrame(out).drop(columns=without_paper)
+
+
+def metrics_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Balanced accuracy / macro-F1 per method row (not the differences) and task."""
+    if "balanced_accuracy" not in frame:
+        return pd.DataFrame()
+    frame = frame[~frame["row"].str.startswith("diff:") & frame["balanced_accuracy"].notna()]
+    tasks = list(dict.fromkeys(frame["task"]))
+    out = []
+    for key in dict.fromkeys(frame["row"]):
+        sub = frame[frame["row"] == key].set_index("task")
+        tau = sub["tau"].dropna().iloc[0] if "tau" in sub and sub["tau"].notna().any() else None
+        row = {"method": row_label(key, tau)}
+        for task in tasks:
+            row[task] = (f"{sub.loc[task, 'balanced_accuracy']:.3f} / {sub.loc[task, 'macro_f1']:.3f}"
+                         if task in sub.index else "—")
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def to_markdown(wide: pd.DataFrame) -> str:
@@ -195,7 +279,11 @@ def write_table(frame: pd.DataFrame, csv, md, tex, caption: str) -> None:
     with_paper = frame.copy()
     with_paper.to_csv(csv, index=False, float_format="%.6g")
     wide = wide_table(with_paper)
-    write_text_atomic(md, f"{caption}\n\n{to_markdown(wide)}")
+    text = f"{caption}\n\n{to_markdown(wide)}"
+    metrics = metrics_table(with_paper)
+    if len(metrics):
+        text += f"\nBalanced accuracy / macro-F1 of the same predictions (point values):\n\n{to_markdown(metrics)}"
+    write_text_atomic(md, text)
     write_text_atomic(tex, to_latex(wide, caption))
 
 
@@ -206,20 +294,22 @@ def add_paper_column(frame: pd.DataFrame, aliases: dict | None) -> pd.DataFrame:
     return frame
 
 
-def table2(model: str, stores: dict, encoder_csvs: dict, csv, md, tex, *, pooling="max", tau=0.1, n_boot=1000, seed=0, level=0.95, aliases=None, split="heldout") -> pd.DataFrame:
+def table2(model: str, stores: dict, encoder_csvs: dict, csv, md, tex, *, pooling="max", tau=0.1, n_boot=1000, seed=0,
+           level=0.95, aliases=None, split="heldout", ties="lowest", nested=True) -> pd.DataFrame:
     """Table 2 for one model: `stores` task -> store path; `encoder_csvs` (encoder, task) -> KR predictions CSV."""
     rows = []
     for task, store in stores.items():
-        rows += lm_rows(store, task, pooling, n_boot, seed, level, split)
-    for (encoder, task), path in encoder_csvs.items():
-        rows += encoder_rows(path, task, encoder, tau, n_boot, seed, level, split)
+        encoders = {encoder: path for (encoder, t), path in encoder_csvs.items() if t == task}
+        rows += lm_rows(store, task, pooling, n_boot, seed, level, split, encoders, tau, ties, nested)
     frame = add_paper_column(pd.DataFrame(rows), aliases)
     frame.insert(0, "model", model)
     order = {t: i for i, t in enumerate(stores)}
     frame = frame.sort_values("task", key=lambda s: s.map(order), kind="stable")
+    how = "nested (head re-selected in each resample)" if nested else "conditional on the selected head"
     caption = (
         f"Table 2 ({model}): head chosen on 'select' by agreement with the ICL prediction (pooling '{pooling}'), "
-        f"scored on '{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples); "
+        f"scored on '{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples, {how}); "
+        "Δ rows: paired differences on the same resamples with two-sided bootstrap p-values; "
         "paper = Han et al. Table 2 (GPT-J-6B) where the task matches."
     )
     write_table(frame, csv, md, tex, caption)

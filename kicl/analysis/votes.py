@@ -1,0 +1,58 @@
+"""The kernel vote of paper §5.2: ỹ = argmax_y Σ_i a_i · 1[y_i = y], for attention heads and for baselines.
+
+a_i is a kernel weight per demonstration (a head's pooled attention, an encoder similarity, a constant, a
+per-slot mean). Missing demonstrations (label −1, NaN weight) add nothing. Exact ties, including all-zero
+votes, go to the lowest label id (numpy argmax); `reconstruct(..., ties="recent")` gives them instead to the
+tied label that occurs latest in the prompt.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TIES = ("lowest", "recent")
+
+
+def label_votes(kernel_weight: np.ndarray, demo_label: np.ndarray, n_labels: int) -> np.ndarray:
+    """Votes (P, ..., K) = Σ_d kernel_weight[p, ..., d] · 1[demo_label[p, d] = k]."""
+    weights = np.nan_to_num(np.asarray(kernel_weight, dtype=np.float64), nan=0.0)
+    onehot = (np.asarray(demo_label)[..., None] == np.arange(n_labels)).astype(np.float64)
+    return np.einsum("p...d,pdk->p...k", weights, onehot)
+
+
+def last_occurrence(demo_label: np.ndarray, n_labels: int) -> np.ndarray:
+    """(P, K): the last demonstration slot carrying label k, −1 where no demonstration does."""
+    labels = np.asarray(demo_label)
+    slots = np.arange(labels.shape[1])
+    hit = labels[:, :, None] == np.arange(n_labels)
+    return np.where(hit, slots[None, :, None], -1).max(1)
+
+
+def argmax_votes(votes: np.ndarray, demo_label: np.ndarray, ties: str = "lowest") -> np.ndarray:
+    """argmax over the last axis of `votes` (P, ..., K) with the tie rule `ties` (see the module docstring)."""
+    if ties == "lowest":
+        return votes.argmax(-1)
+    if ties != "recent":
+        raise ValueError(f"analysis.vote_ties must be one of {TIES}, got {ties!r}")
+    last = last_occurrence(demo_label, votes.shape[-1]).astype(np.float64)
+    last = last.reshape(last.shape[:1] + (1,) * (votes.ndim - 2) + last.shape[1:])
+    best = votes.max(-1, keepdims=True)
+    tied = np.isclose(votes, best, rtol=1e-12, atol=1e-12)
+    return np.where(tied, last, -np.inf).argmax(-1)
+
+
+def reconstruct(kernel_weight: np.ndarray, demo_label: np.ndarray, n_labels: int, ties: str = "lowest") -> np.ndarray:
+    """ỹ per prompt (and per pooling/layer/head when those axes are present)."""
+    return argmax_votes(label_votes(kernel_weight, demo_label, n_labels), demo_label, ties)
+
+
+def permute_within_prompts(demo_label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Demonstration labels shuffled among the present demonstrations of each prompt (missing ones stay −1)."""
+    labels = np.asarray(demo_label)
+    present = labels >= 0
+    order = np.argsort(~present, axis=1, kind="stable")  # present slots in prompt order, then missing
+    shuffled = np.argsort(np.where(present, rng.random(labels.shape), np.inf), axis=1)  # present slots, random
+    out = np.empty_like(labels)
+    rows = np.arange(labels.shape[0])[:, None]
+    out[rows, order] = labels[rows, shuffled]
+    return out
