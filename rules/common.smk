@@ -51,7 +51,11 @@ def _check_selection():
     the selected task specs are coherent and the protocol has test points."""
     problems = catalog_errors(
         config,
-        {"tasks": SELECTED_TASKS, "models": SELECTED_MODELS, "encoders": ENCODERS_IN_USE},
+        {
+            "tasks": SELECTED_TASKS,
+            "models": SELECTED_MODELS,
+            "encoders": ENCODERS_IN_USE,
+        },
     )
     for kind, names in (
         ("tasks", SELECTED_TASKS),
