@@ -190,6 +190,7 @@ rule fig5_kv_probes:
         alpha=lookup(dpath="analysis/probe_alpha", within=config),
         test_fraction=lookup(dpath="analysis/probe_test_fraction", within=config),
         seed=lookup(dpath="analysis/probe_seed", within=config),
+        n_null=lookup(dpath="analysis/probe_null_shuffles", within=config),
         key_variable=lookup(dpath="analysis/probe_keys", within=config),
     script:
         "../scripts/fig5_kv_probes.py"

@@ -3,7 +3,7 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.analysis.probes import probe_figure
+from kicl.figures.fig5_kv_probes import probe_figure
 
 probe_figure(
     snakemake.input.store,
@@ -13,6 +13,7 @@ probe_figure(
     alpha=snakemake.params.alpha,
     test_fraction=snakemake.params.test_fraction,
     seed=snakemake.params.seed,
+    n_null=snakemake.params.n_null,
     keys=snakemake.params.key_variable,
     title=f"Fig 5: {snakemake.wildcards.model} / {snakemake.wildcards.task}",
 )

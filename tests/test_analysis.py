@@ -6,12 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from scipy import stats
 
 from kicl.analysis.attention_map import aligned_attention_map, interpolation_matrix, prompt_segments, resize
-from kicl.analysis.correlation import correlation_figure, per_prompt_pearson, simpred_correlation
 from kicl.analysis.encoder_kr import kernel_regression
-from kicl.analysis.probes import probe_accuracy, probe_figure, ridge_fit_predict
 from kicl.analysis.reconstruction import head_reconstruction, label_votes
 from kicl.store.reader import StoreError, open_store, string_values
 from kicl.store.synthetic import Planted, make_synthetic_store
@@ -92,96 +89,6 @@ def test_reconstruction_figure_writes_csv_of_plotted_numbers(planted_store, tmp_
     row = frame.query("pooling == 'max' and layer == 1 and head == 2").iloc[0]
     assert row["agree_pred"] == pytest.approx(float(scores["agree_pred"].sel(pooling="max").values[1, 2]))
     assert row["n_prompts"] == int((open_store(planted_store)["split"].values == "select").sum())
-
-
-# ---------------------------------------------------------------- Pearson (Fig 4)
-
-
-def test_pooled_pearson_equals_scipy_and_recovers_planted(planted_store):
-    ds = open_store(planted_store)
-    prompts = np.arange(ds.sizes["prompt"])
-    result = simpred_correlation(ds, prompts, ["max", "mean"], "pairs", batch_size=17)
-    kw = ds["kernel_weight"].values.astype(np.float64)
-    sim = ds["sim_pred"].values.astype(np.float64)
-    for p_index, pooling in enumerate(["max", "mean"]):
-        for layer in range(ds.sizes["layer"]):
-            for head in range(ds.sizes["head"]):
-                x = kw[:, p_index, layer, head, :].ravel()
-                y = sim.ravel()
-                ok = np.isfinite(x) & np.isfinite(y)
-                expected = stats.pearsonr(x[ok], y[ok]).statistic
-                got = result["pearson_r"].sel(pooling=pooling).values[layer, head]
-                assert got == pytest.approx(expected, abs=1e-9)
-    layer, head = Planted().simpred_head
-    assert result["pearson_r"].sel(pooling="max").values[layer, head] == pytest.approx(Planted().simpred_rho, abs=0.1)
-
-
-def test_per_prompt_pearson_is_mean_of_within_prompt_r(planted_store):
-    ds = open_store(planted_store)
-    result = simpred_correlation(ds, np.arange(ds.sizes["prompt"]), ["max"], "per_prompt")
-    kw = ds["kernel_weight"].values[:, 0, 0, 1, :].astype(np.float64)
-    sim = ds["sim_pred"].values.astype(np.float64)
-    rs = []
-    for p in range(len(sim)):
-        ok = np.isfinite(kw[p]) & np.isfinite(sim[p])
-        if ok.sum() >= 3:
-            rs.append(stats.pearsonr(kw[p][ok], sim[p][ok]).statistic)
-    assert result["pearson_r"].values[0, 0, 1] == pytest.approx(np.mean(rs), abs=1e-9)
-    assert np.isnan(per_prompt_pearson(np.ones((1, 4)), np.arange(4.0)[None]))[0]  # constant x: undefined
-
-
-def test_correlation_figure(planted_store, tmp_path):
-    correlation_figure(planted_store, tmp_path / "f.png", tmp_path / "f.csv", pools=["max"], title="t")
-    frame = pd.read_csv(tmp_path / "f.csv")
-    assert len(frame) == 3 * 4 and frame["n"].max() > 100
-
-
-# ---------------------------------------------------------------- probes (Fig 5)
-
-
-@pytest.mark.parametrize("n_classes", [2, 5])
-def test_ridge_matches_sklearn_ridge_classifier(n_classes):
-    from sklearn.linear_model import RidgeClassifier
-
-    rng = np.random.default_rng(n_classes)
-    x = rng.normal(size=(3, 80, 6))
-    y = rng.integers(0, n_classes, 80) * 7 + 3  # arbitrary class ids
-    x_test = rng.normal(size=(3, 30, 6))
-    got = ridge_fit_predict(x, y, x_test, alpha=0.01)
-    for g in range(3):
-        expected = RidgeClassifier(alpha=0.01).fit(x[g], y).predict(x_test[g])
-        np.testing.assert_array_equal(got[g], expected)
-
-
-def test_probes_recover_planted_signal(planted_store):
-    ds = open_store(planted_store)
-    layer, head = Planted().kv_head
-    for variable in ["keys", "values"]:
-        acc = probe_accuracy(ds, variable, 0.01, 0.2, seed=0)["accuracy"]
-        assert acc.sel(offset=0).values[layer, head] >= 0.97
-        noise = acc.values.copy()
-        noise[1, layer, head] = np.nan
-        assert np.nanmax(noise) < 0.8
-
-
-def test_probes_give_chance_on_noise(random_store):
-    ds = open_store(random_store)
-    for variable, n_classes in [("keys", 4), ("values", 3)]:
-        result = probe_accuracy(ds, variable, 0.01, 0.3, seed=1)
-        n_test = result.attrs["n_test"]
-        chance = 1 / n_classes
-        sd = np.sqrt(chance * (1 - chance) / n_test)
-        acc = result["accuracy"].values
-        assert abs(acc.mean() - chance) < 3 * sd
-        assert np.all(np.abs(acc - chance) < 4.5 * sd)
-
-
-def test_probe_figure_and_missing_variable(planted_store, tmp_path):
-    probe_figure(planted_store, tmp_path / "k.png", tmp_path / "v.png", tmp_path / "p.csv", title="t")
-    frame = pd.read_csv(tmp_path / "p.csv")
-    assert set(frame["variable"]) == {"keys", "values"} and set(frame["offset"]) == {-1, 0, 1, 2, 3}
-    with pytest.raises(StoreError, match="keys_prerope"):
-        probe_figure(planted_store, tmp_path / "k.png", tmp_path / "v.png", tmp_path / "p.csv", keys="keys_prerope")
 
 
 # ---------------------------------------------------------------- rescaling (Fig 2 / Fig 25)
