@@ -7,7 +7,7 @@ prompts (kicl.analysis.reconstruction.head_reconstruction, one pooling). For eac
   heads with the top-k's layer distribution (the same number of heads in each layer, drawn among that
   layer's other heads when it has enough, else among all of them).
 * modes, all at the last real token, where ŷ is read: ``zero`` (the head's output set to zero), ``mean``
-  (replaced by its mean last-token output over the select prompts), ``knockout`` (the last token's attention
+  (replaced by its mean last-token output over the first ``causal.mean_prompts`` select prompts), ``knockout`` (the last token's attention
   to the demonstrations' label tokens removed in those heads and renormalised over the rest).
 
 An intervention at the last token leaves every earlier position unchanged, so each batch's prefix runs once
@@ -143,16 +143,17 @@ def run_ablation(meta_path, prompts_path, manifest, store_path, out_csv, heads_c
     started = time.perf_counter()
     size = settings["batch_size"]
     means = None
+    mean_from = select if settings["mean_prompts"] is None else select[: settings["mean_prompts"]]
     with CaptureSession(model) as session:
         if "mean" in modes:
             outputs, total = HeadOutputs(), None
             session.handlers = [outputs]
-            for batch in _batches(select, prompts, size):
+            for batch in _batches(mean_from, prompts, size):
                 session.run([prompts[i]["input_ids"] for i in batch], options.padding_side)
                 part = outputs.outputs.double().sum(0)
                 total = part if total is None else total + part
-            means = (total / len(select)).float().numpy()
-            log.info("%s: mean head outputs over %d select prompts in %.1f s", where, len(select),
+            means = (total / len(mean_from)).float().numpy()
+            log.info("%s: mean head outputs over %d select prompts in %.1f s", where, len(mean_from),
                      time.perf_counter() - started)
         handlers = {}
         for c in conds:
@@ -163,10 +164,13 @@ def run_ablation(meta_path, prompts_path, manifest, store_path, out_csv, heads_c
         logits = {c: np.empty((len(heldout), len(label_ids)), np.float32) for c in conds}
         baseline = np.empty((len(heldout), len(label_ids)), np.float32)
         slot = {int(p): i for i, p in enumerate(heldout)}
+        mean_seconds, prefill_seconds = time.perf_counter() - started, 0.0
         for batch in _batches(heldout, prompts, size):
             rows = [slot[i] for i in batch]
             session.handlers = []
+            tick = time.perf_counter()
             prefix = session.prefill([prompts[i]["input_ids"] for i in batch])
+            prefill_seconds += time.perf_counter() - tick
             baseline[rows] = session.step(prefix).cpu()[:, label_ids].numpy()
             label_pos = [[d["label_pos"] for d in prompts[i]["demos"]] for i in batch]
             for c in conds:
@@ -177,8 +181,10 @@ def run_ablation(meta_path, prompts_path, manifest, store_path, out_csv, heads_c
                 logits[c][rows] = session.step(prefix).cpu()[:, label_ids].numpy()
     seconds = time.perf_counter() - started
     diff = float(np.abs(baseline - store_logits[heldout]).max())
-    log.info("%s: %d conditions x %d held-out prompts in %.1f s; |no-ablation step - store| <= %.2e",
-             where, len(conds), len(heldout), seconds, diff)
+    step_seconds = seconds - mean_seconds - prefill_seconds
+    log.info("%s: %.1f s in all: means %.1f s, prefixes %.1f s, %d conditions x %d held-out prompts %.1f s "
+             "(%.2f s per condition); |no-ablation step - store| <= %.2e", where, seconds, mean_seconds,
+             prefill_seconds, len(conds), len(heldout), step_seconds, step_seconds / max(1, len(conds)), diff)
     if not diff <= 1e-2 * max(1.0, float(np.abs(store_logits).max())):
         raise CaptureError(f"{where}: without ablation the cached step differs from the store's label_logits by "
                            f"{diff:.3g}; the store does not belong to this model")
@@ -202,7 +208,9 @@ def run_ablation(meta_path, prompts_path, manifest, store_path, out_csv, heads_c
         [{"mode": c.mode, "ranking": c.ranking, "k": c.k, "draw": c.draw,
           "heads": " ".join(f"L{layer}H{head}" for layer, head in c.heads)} for c in conds if c.mode == modes[0]]
     )  # fmt: skip
-    heads["pooling"], heads["seconds"], heads["no_ablation_max_abs_diff"] = pooling, round(seconds, 2), diff
+    heads["pooling"], heads["no_ablation_max_abs_diff"] = pooling, diff
+    heads["seconds_means"], heads["seconds_prefixes"] = round(mean_seconds, 2), round(prefill_seconds, 2)
+    heads["seconds_per_condition"] = round(step_seconds / max(1, len(conds)), 3)
     with atomic_path(heads_csv) as tmp:
         heads.to_csv(tmp, index=False)
     return frame
