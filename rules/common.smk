@@ -249,6 +249,7 @@ REPORT_ITEMS = [
     ("Fig 4: kernel weight vs sim_pred correlation", "fig4_simpred_correlation"),
     ("Fig 5a/5b: key and value probes", "fig5_kv_probes"),
     ("Table 2: kernel regression vs ICL", "table2"),
+    ("Verdict: selected head vs attention-free baselines", "verdict"),
     ("Causal test: ablating the kernel heads", "fig_causal_ablation"),
     ("Table 2 encoder rows alone", "table_encoder_kr"),
 ]
@@ -260,7 +261,7 @@ FIGURE_RULES = [
 ]
 if config["capture"].get("kv_prompts", 0) > 0:
     FIGURE_RULES.append("fig5_kv_probes")
-TABLE_RULES = ["table2", "table_encoder_kr"] if SELECTED_ENCODERS else ["table2"]
+TABLE_RULES = ["table2", "verdict"] + (["table_encoder_kr"] if SELECTED_ENCODERS else [])
 
 
 def _rule_outputs(name):

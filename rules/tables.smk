@@ -109,6 +109,35 @@ rule table_encoder_kr:
         "../scripts/table_encoder_kr.py"
 
 
+rule verdict:
+    localrule: True
+    input:
+        table2="results/tables/{model}/table2.csv",
+    output:
+        csv=report(
+            "results/tables/{model}/verdict.csv",
+            caption="../report/verdict.rst",
+            category="Table 2",
+            subcategory="{model}",
+            labels={"table": "verdict", "output": "CSV"},
+        ),
+        md=report(
+            "results/tables/{model}/verdict.md",
+            caption="../report/verdict.rst",
+            category="Table 2",
+            subcategory="{model}",
+            labels={"table": "verdict", "output": "Markdown"},
+        ),
+    log:
+        "logs/verdict/{model}.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        level=lookup(dpath="analysis/bootstrap/level", within=config),
+    script:
+        "../scripts/verdict.py"
+
+
 rule report_summary:
     input:
         summary_inputs(),
@@ -129,3 +158,4 @@ rule report_summary:
         benchmarks="benchmarks/out",
     script:
         "../scripts/report_summary.py"
+
