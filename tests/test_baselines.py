@@ -1,0 +1,229 @@
+"""Attention-free baselines, the Fig 3 permutation null, head selection on select / scoring on heldout, verdicts."""
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import kicl.analysis
+from kicl.analysis.baselines import classification_scores, fixed_predictions, last_demo_label, majority
+from kicl.analysis.baselines import position_kernel, position_predictions
+from kicl.analysis.head_selection import head_ranking, nested_bootstrap, paired_p_value, selection_data
+from kicl.analysis.reconstruction import permutation_null, reconstruction_scores
+from kicl.analysis.votes import permute_within_prompts, reconstruct
+from kicl.store.reader import open_store
+from kicl.store.synthetic import Planted, make_synthetic_store
+from kicl.tables.verdict import verdict_line, verdict_table
+
+# ---------------------------------------------------------------- analysis stays plot-free
+
+
+def test_analysis_modules_do_not_import_matplotlib():
+    names = [f"kicl.analysis.{m.name}" for m in pkgutil.iter_modules(kicl.analysis.__path__)]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib' or m.startswith('kicl.figures'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"kicl.analysis pulls in {out}"
+
+
+# ---------------------------------------------------------------- baselines against hand-computed values
+
+# 4 prompts, 3 demonstration slots, 3 labels; slot 2 of prompt 3 is missing
+LABELS = np.array([[0, 1, 1], [2, 2, 0], [1, 0, 2], [0, 1, -1]])
+
+
+def test_fixed_baselines_by_hand():
+    got = fixed_predictions(LABELS, 3, select_prediction=[2, 2, 1, 0], select_gold=[1, 1, 0, 0])
+    assert got["constant"].tolist() == [2, 2, 2, 2]
+    assert got["gold_majority"].tolist() == [0, 0, 0, 0]  # tie 0/1 -> lowest label id
+    assert got["vote"].tolist() == [1, 2, 0, 0]  # (0,1,2) and (0,1) are ties -> lowest
+    assert got["recency"].tolist() == [1, 0, 2, 1]  # the last present demonstration
+    recent = fixed_predictions(LABELS, 3, select_prediction=[0], select_gold=[0], ties="recent")
+    assert recent["vote"].tolist() == [1, 2, 2, 1]  # ties -> the tied label that occurs latest
+
+
+def test_majority_and_last_label_edge_cases():
+    assert majority([1, 1, 0, 0, 2], 3) == 0
+    with pytest.raises(ValueError, match="n_select"):
+        majority([], 2)
+    assert last_demo_label(np.array([[-1, -1], [1, -1]])).tolist() == [-1, 1]
+
+
+def test_position_kernel_by_hand():
+    kw = np.array([[0.1, 0.2, 0.7], [0.3, 0.4, np.nan]])  # (P, D): one head
+    weights = position_kernel(kw)
+    np.testing.assert_allclose(weights, [0.2, 0.3, 0.7])
+    # prompt (0, 1, 1): votes 0.2 for 0, 1.0 for 1; prompt (2, 2, 0): 0.5 for 2, 0.7 for 0
+    assert position_predictions(weights, LABELS[:2], 3).tolist() == [1, 0]
+
+
+def test_classification_scores_by_hand():
+    pred, ref = np.array([0, 0, 0, 1]), np.array([0, 0, 1, 1])
+    got = classification_scores(pred, ref, 2)
+    assert got["accuracy"] == 0.75
+    assert got["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
+    assert got["macro_f1"] == pytest.approx((2 * 2 / (2 + 3) + 2 * 1 / (2 + 1)) / 2)
+    constant = classification_scores(np.zeros(4, int), np.array([0, 0, 0, 1]), 3)
+    assert constant["balanced_accuracy"] == 0.5  # class 2 absent from both: not averaged
+    assert constant["macro_f1"] == pytest.approx((2 * 3 / 7 + 0) / 2)
+
+
+def test_permutation_keeps_each_prompts_labels():
+    rng = np.random.default_rng(0)
+    perm = permute_within_prompts(LABELS, rng)
+    assert perm[3, 2] == -1
+    for row, new in zip(LABELS, perm):
+        assert sorted(row[row >= 0]) == sorted(new[new >= 0])
+    many = np.stack([permute_within_prompts(LABELS, rng) for _ in range(300)])
+    assert (many[:, 0, 0] == 1).mean() == pytest.approx(2 / 3, abs=0.08)  # the labels really move
+
+
+# ---------------------------------------------------------------- permutation null
+
+
+@pytest.fixture(scope="module")
+def random_store(tmp_path_factory):
+    return make_synthetic_store(
+        tmp_path_factory.mktemp("b") / "random.zarr",
+        n_prompts=300, n_labels=2, n_layers=2, n_heads=3,
+        planted=Planted(label_head=None, simpred_head=None, kv_head=None), kv_prompts=0, seed=5,
+    )
+
+
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory):
+    return make_synthetic_store(tmp_path_factory.mktemp("b") / "planted.zarr", n_prompts=120, min_demos=4, seed=1)
+
+
+def test_null_is_at_chance_on_random_attention(random_store):
+    ds = open_store(random_store)
+    prompts = np.arange(ds.sizes["prompt"])
+    null = permutation_null(ds, prompts, ["max"], n_permutations=100, seed=1)
+    sd = np.sqrt(0.25 / len(prompts))
+    # the null maximum over 6 heads sits a little above chance (0.5), well under 0.5 + 4 sd
+    assert 0.5 < float(null["agree_pred_null_mean"][0]) < 0.5 + 3 * sd
+    # on random attention the observed best head is an ordinary draw of that null
+    assert float(null["agree_pred_p_value"][0]) > 0.05
+
+
+def test_null_rejects_the_planted_head(planted_store):
+    ds = open_store(planted_store)
+    scores = reconstruction_scores(ds, np.arange(ds.sizes["prompt"]), ["max"], n_permutations=50)
+    assert float(scores["agree_pred_p_value"][0]) == pytest.approx(1 / 51)
+    lay, head = Planted().label_head
+    assert scores["agree_pred"].values[0, lay, head] > float(scores["agree_pred_null_q"][0])
+    # the vote baseline is what the null keeps: label counts survive the permutation
+    vote = float(scores["baseline_agree_pred"].sel(baseline="vote"))
+    assert abs(float(scores["agree_pred_null_mean"][0]) - vote) < 0.15
+
+
+# ---------------------------------------------------------------- selection on select, scoring on heldout
+
+
+def two_head_store(path, n=80, seed=0):
+    """Head (0, 0) reproduces ŷ on select prompts only, head (1, 1) on heldout prompts only."""
+    rng = np.random.default_rng(seed)
+    n_demos, n_labels = 4, 2
+    demo_label = np.tile([0, 1, 0, 1], (n, 1))
+    prediction = rng.integers(0, n_labels, n)
+    split = np.array(["select"] * (n // 2) + ["heldout"] * (n - n // 2), dtype=object)
+    kw = rng.uniform(0.0, 0.2, (n, 1, 2, 2, n_demos))  # pooling, layer, head
+
+    def aim(layer, head, rows, at_prediction):
+        target = prediction if at_prediction else 1 - prediction
+        for p in rows:
+            kw[p, 0, layer, head, :] = 0.0
+            kw[p, 0, layer, head, target[p]] = 1.0  # demo slot k carries label k
+
+    sel, held = np.flatnonzero(split == "select"), np.flatnonzero(split == "heldout")
+    aim(0, 0, sel, True)
+    aim(0, 0, held, False)
+    aim(1, 1, sel, False)
+    aim(1, 1, held, True)
+    ds = xr.Dataset(
+        {
+            "split": (("prompt",), split),
+            "gold": (("prompt",), rng.integers(0, n_labels, n)),
+            "prediction": (("prompt",), prediction),
+            "label_logits": (("prompt", "label"), np.zeros((n, n_labels), np.float32)),
+            "demo_label": (("prompt", "demo"), demo_label),
+            "kernel_weight": (("prompt", "pooling", "layer", "head", "demo"), kw.astype(np.float32)),
+        },
+        coords={"pooling": np.array(["max"], dtype=object)},
+        attrs={"label_names": ["a", "b"]},
+    )
+    ds.to_zarr(path, zarr_format=3, consolidated=False)
+    return path
+
+
+def test_selection_uses_select_and_scores_heldout(tmp_path):
+    store = two_head_store(tmp_path / "two.zarr")
+    ranking = head_ranking(store, "max")
+    top = ranking.iloc[0]
+    assert (top["layer"], top["head"]) == (0, 0)
+    assert top["select_agreement"] == 1.0 and top["heldout_agreement"] == 0.0
+    other = ranking.query("layer == 1 and head == 1").iloc[0]
+    assert other["heldout_agreement"] == 1.0 and other["rank"] == len(ranking)
+    res = nested_bootstrap(selection_data(open_store(store), "max"), n_boot=200, seed=0)
+    assert res["head"] == (0, 0)
+    assert res["scores"][("head", "prediction")][0] == 0.0  # scored on heldout, where it always disagrees
+    assert res["stability"] == 1.0
+
+
+def test_nested_bootstrap_on_planted_store(planted_store):
+    data = selection_data(open_store(planted_store), "max")
+    res = nested_bootstrap(data, n_boot=300, seed=0)
+    assert res["head"] == Planted().label_head
+    value, low, high = res["scores"][("head", "prediction")]
+    assert value == 1.0
+    for name in ("constant", "vote", "recency", "position"):
+        delta, lo, hi, p = res["diffs"][(name, "prediction")]
+        assert lo > 0 and p < 0.02, name
+        assert delta == pytest.approx(value - res["scores"][(name, "prediction")][0])
+    held = data.held_pred
+    assert res["scores"][("constant", "prediction")][0] == pytest.approx(
+        (held == np.bincount(data.sel_pred, minlength=2).argmax()).mean())
+
+
+def test_paired_p_value():
+    assert paired_p_value(np.full(99, 0.1)) == pytest.approx(2 / 100)
+    assert paired_p_value(np.r_[np.full(50, -0.1), np.full(50, 0.1)]) == 1.0
+
+
+# ---------------------------------------------------------------- verdicts from constructed numbers
+
+
+def test_verdict_lines():
+    scores = {"vote": 0.6, "recency": 0.8, "constant": 0.5}
+    assert verdict_line({"vote": (0.2, 0.1, 0.3), "recency": (0.1, 0.02, 0.2)}, scores) == (
+        "beats every attention-free baseline")
+    assert verdict_line({"vote": (0.2, 0.1, 0.3), "recency": (0.02, -0.05, 0.1)}, scores) == (
+        "not distinguishable from the last demonstration's label (beats the other 1)")
+    assert verdict_line({"vote": (-0.2, -0.3, -0.1), "recency": (0.0, -0.1, 0.1), "constant": (0.3, 0.2, 0.4)},
+                        scores) == ("below the unweighted vote of the demonstration labels; "
+                                    "not distinguishable from the last demonstration's label")
+
+
+def test_verdict_table_picks_best_baseline():
+    rows = [{"model": "m", "task": "t", "row": "recon_agreement", "value": 0.9, "ci_low": 0.8, "ci_high": 0.95,
+             "n": 50, "head": "L1 H2", "p_value": np.nan}]
+    for name, value, diff in [("constant", 0.5, (0.4, 0.3, 0.5)), ("recency", 0.88, (0.02, -0.05, 0.09)),
+                              ("vote", 0.6, (0.3, 0.2, 0.4)), ("gold_majority", 0.5, (0.4, 0.3, 0.5)),
+                              ("position", 0.7, (0.2, 0.1, 0.3))]:
+        rows.append({"model": "m", "task": "t", "row": f"baseline:{name}:agreement", "value": value})
+        rows.append({"model": "m", "task": "t", "row": f"diff:agreement:{name}", "value": diff[0],
+                     "ci_low": diff[1], "ci_high": diff[2], "p_value": 0.4})
+    table = verdict_table(pd.DataFrame(rows))
+    row = table.iloc[0]
+    assert row["best_baseline"] == "recency" and row["difference"] == 0.02
+    assert row["verdict"] == "not distinguishable from the last demonstration's label (beats the other 4)"
