@@ -227,3 +227,29 @@ def test_verdict_table_picks_best_baseline():
     row = table.iloc[0]
     assert row["best_baseline"] == "recency" and row["difference"] == 0.02
     assert row["verdict"] == "not distinguishable from the last demonstration's label (beats the other 4)"
+
+
+def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
+    from kicl.figures.fig3_reconstruction import reconstruction_figure
+    from kicl.tables.table2 import table2
+    from kicl.tables.verdict import write_verdict
+    from kicl.workflow.summary import write_summary
+
+    fig = tmp_path / "results/figures/m/t"
+    tab = tmp_path / "results/tables/m"
+    fig.mkdir(parents=True)
+    tab.mkdir(parents=True)
+    figs = [fig / "fig3a.png", fig / "fig3b.png", fig / "fig3_reconstruction.csv"]
+    reconstruction_figure(planted_store, *figs, pools=["max"], n_permutations=20, title="t")
+    table2("m", {"t": planted_store}, {}, tab / "table2.csv", tab / "table2.md", tab / "table2.tex", n_boot=50)
+    write_verdict([tab / "table2.csv"], tab / "verdict.csv", tab / "verdict.md")
+    entries = [
+        {"what": "Fig 3", "rule": "fig3_reconstruction", "files": [str(f) for f in figs]},
+        {"what": "Verdict", "rule": "verdict", "files": [str(tab / "verdict.csv"), str(tab / "verdict.md")]},
+    ]
+    write_summary(entries, tmp_path / "s.html", tmp_path / "s.md", benchmark_dir=tmp_path / "none")
+    page = (tmp_path / "s.html").read_text()
+    assert page.count("data:image/png;base64,") == 2
+    assert "best L1 H2 1.000" in page and "null q" in page
+    assert "beats every attention-free baseline" in page  # planted head vs every baseline
+    assert "beats every attention-free baseline" in (tmp_path / "s.md").read_text()

@@ -2,11 +2,16 @@
 
 Entries come from the workflow itself (rules/common.smk: REPORT_ITEMS and each rule's declared outputs);
 timings are read from the Snakemake `benchmark:` files (wall seconds `s`, peak RSS `max_rss` in MB).
+Each item shows thumbnails of its PNG figures (embedded, so the page works inside the Snakemake report) next to
+its headline numbers, read from the CSV it wrote: the verdict lines, the selected head of Table 2, Fig 3's best
+head with its permutation-null threshold and p-value. The verdict tables are reproduced in full at the top.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -48,17 +53,81 @@ def _timing(entry) -> str:
     return f"{bench['s'].sum():.1f} s over {len(bench)} job(s)"
 
 
+def _task_of(path: Path) -> str:
+    """model/task from results/<kind>/<model>/<task>/file or results/tables/<model>/file."""
+    parts = path.parts
+    return "/".join(parts[-3:-1]) if "figures" in parts else parts[-2]
+
+
+def headline(path) -> list[str]:
+    """Short headline numbers of a CSV the summary knows (verdict, Table 2, Fig 3); [] for any other file."""
+    path = Path(path)
+    if path.suffix != ".csv" or not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    if path.name == "verdict.csv":
+        return [
+            f"{r.model} / {r.task}: head {r.head} {r.head_agreement:.3f} vs {r.best_baseline} "
+            f"{r.best_baseline_agreement:.3f}, Δ {r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
+            f" — {r.verdict}"
+            for r in frame.itertuples(index=False)
+        ]
+    if path.name == "table2.csv" and "row" in frame:
+        rows = frame[frame["row"] == "recon_agreement"]
+        return [f"{r.task}: {r.head} ỹ vs ŷ {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in rows.itertuples()]
+    if path.name == "fig3_reconstruction.csv" and "agree_pred_null_q" in frame:
+        out = []
+        for pooling, sub in frame.groupby("pooling", sort=False):
+            best = sub.loc[sub["agree_pred"].idxmax()]
+            out.append(
+                f"{_task_of(path)} ({pooling}): best L{best['layer']} H{best['head']} {best['agree_pred']:.3f}, "
+                f"null q {best['agree_pred_null_q']:.3f}, p {best['agree_pred_p_value']:.3f}"
+            )
+            break  # the first pooling (the table's, by default max) is enough for a headline
+        return out
+    return []
+
+
+def thumbnail(path, width: int = 220) -> str | None:
+    """A PNG shrunk to `width` pixels as a data URI (None when the file is missing or unreadable)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.thumbnail((width, width * 4))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="PNG", optimize=True)
+    except (OSError, ValueError):
+        return None
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def summary_rows(entries) -> list[dict]:
-    return [{"what": e["what"], "rule": e["rule"], "files": list(e["files"]), "time": _timing(e)} for e in entries]
+    return [
+        {
+            "what": e["what"],
+            "rule": e["rule"],
+            "files": list(e["files"]),
+            "time": _timing(e),
+            "numbers": [line for f in e["files"] for line in headline(f)],
+        }
+        for e in entries
+    ]
 
 
 def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> None:
     """Write the summary as HTML (for the report) and Markdown."""
     rows = summary_rows(entries)
     timings = rule_timings(benchmark_dir)
-    md = ["# Figures and tables of this run", "", "| figure / table | rule | files | wall time |", "|---|---|---|---|"]
+    verdicts = [Path(f) for r in rows for f in r["files"] if Path(f).name == "verdict.md" and Path(f).is_file()]
+    md = ["# Figures and tables of this run", ""]
+    for path in verdicts:
+        md += [path.read_text().strip(), ""]
+    md += ["| figure / table | rule | numbers | files | wall time |", "|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['what']} | `{r['rule']}` | {'<br>'.join(f'`{f}`' for f in r['files'])} | {r['time']} |")
+        numbers = "<br>".join(r["numbers"]) or "—"
+        files = "<br>".join(f"`{f}`" for f in r["files"])
+        md.append(f"| {r['what']} | `{r['rule']}` | {numbers} | {files} | {r['time']} |")
     md += [
         "",
         "## Wall time per rule (benchmark files)",
@@ -75,13 +144,30 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
         "<h2>Figures and tables of this run</h2>",
         "<p>Each item of the report, the Snakemake rule that made it and the files it wrote "
         "(rebuild one with <code>snakemake &lt;file&gt;</code> or <code>snakemake --forcerun &lt;rule&gt;</code>).</p>",
+    ]
+    for path in verdicts:
+        table = path.with_suffix(".csv")
+        if table.is_file():
+            cols = ["task", "head", "head_agreement", "best_baseline", "best_baseline_agreement", "difference",
+                    "difference_low", "difference_high", "p_value", "verdict", "verdict_vs_gold"]
+            frame = pd.read_csv(table)
+            html_table = frame[[c for c in cols if c in frame]].to_html(index=False, float_format="%.3f", border=1)
+            body.append(f"<h3>Verdict ({esc(path.parent.name)})</h3>{html_table}")
+    body += [
         "<table border='1' cellpadding='4' style='border-collapse:collapse'>",
-        "<tr><th>figure / table</th><th>rule</th><th>files</th><th>wall time</th></tr>",
+        "<tr><th>figure / table</th><th>rule</th><th>figures</th><th>numbers</th><th>files</th><th>wall time</th></tr>",
     ]
     for r in rows:
         files = "<br>".join(f"<code>{esc(f)}</code>" for f in r["files"])
+        thumbs = []
+        for f in r["files"]:
+            uri = thumbnail(f) if f.endswith(".png") else None
+            if uri:
+                thumbs.append(f"<img src='{uri}' title='{esc(f)}' alt='{esc(f)}' style='margin:2px'>")
+        numbers = "<br>".join(esc(n) for n in r["numbers"]) or "—"
         body.append(
-            f"<tr><td>{esc(r['what'])}</td><td><code>{esc(r['rule'])}</code></td><td>{files}</td><td>{esc(r['time'])}</td></tr>"
+            f"<tr><td>{esc(r['what'])}</td><td><code>{esc(r['rule'])}</code></td><td>{''.join(thumbs) or '—'}</td>"
+            f"<td>{numbers}</td><td>{files}</td><td>{esc(r['time'])}</td></tr>"
         )
     body += [
         "</table>",
