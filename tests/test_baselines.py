@@ -253,3 +253,18 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     assert "best L1 H2 1.000" in page and "null q" in page
     assert "beats every attention-free baseline" in page  # planted head vs every baseline
     assert "beats every attention-free baseline" in (tmp_path / "s.md").read_text()
+
+
+def test_prompt_file_baselines_by_hand():
+    from kicl.analysis.baselines import prompt_file_baselines
+
+    def rec(split, gold, labels):
+        return {"split": split, "gold": gold, "demos": [{"label": lab} for lab in labels]}
+
+    records = [rec("select", 1, [0]), rec("select", 1, [1]), rec("select", 0, [0]),
+               rec("heldout", 1, [0, 1, 1]), rec("heldout", 0, [0, 0, 1]), rec("heldout", 0, [1, 1])]
+    got = {r["baseline"]: r for r in prompt_file_baselines(records, 2)}
+    assert got["gold_majority"]["accuracy"] == pytest.approx(1 / 3)  # select majority 1
+    assert got["vote"]["accuracy"] == pytest.approx(2 / 3)  # votes 1, 0, 1
+    assert got["recency"]["accuracy"] == pytest.approx(1 / 3)  # last labels 1, 1, 1
+    assert got["vote"]["n"] == 3

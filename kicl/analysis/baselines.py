@@ -99,3 +99,31 @@ def classification_scores(pred, ref, n_labels: int) -> dict:
         "balanced_accuracy": float((tp[in_ref] / n_ref[in_ref]).mean()),
         "macro_f1": float(f1[seen].mean()),
     }
+
+
+def demo_label_matrix(records) -> np.ndarray:
+    """(P, D) demonstration labels of prompt records (kicl.prompts.files), −1 where a prompt has fewer demos."""
+    n_demos = max((len(rec["demos"]) for rec in records), default=0)
+    out = np.full((len(records), n_demos), -1, dtype=np.int64)
+    for p, rec in enumerate(records):
+        for d, demo in enumerate(rec["demos"]):
+            out[p, d] = int(demo["label"])
+    return out
+
+
+def prompt_file_baselines(records, n_labels: int, split: str = "heldout", ties: str = "lowest") -> list[dict]:
+    """The baselines that need no language model (gold majority on select, vote, recency), scored against gold
+    on the `split` prompts of a prompt file: one row per baseline with accuracy, balanced accuracy, macro-F1."""
+    splits = np.array([rec["split"] for rec in records])
+    gold = np.array([int(rec["gold"]) for rec in records])
+    labels = demo_label_matrix(records)
+    scored = splits == split
+    if not scored.any():
+        raise ValueError(f"the prompt file has no '{split}' prompts")
+    preds = fixed_predictions(labels[scored], n_labels, select_prediction=gold[splits == "select"],
+                              select_gold=gold[splits == "select"], ties=ties)
+    rows = []
+    for name in ("gold_majority", "vote", "recency"):
+        rows.append({"baseline": name, "split": split, "n": int(scored.sum()),
+                     **classification_scores(preds[name], gold[scored], n_labels)})
+    return rows
