@@ -119,7 +119,7 @@ def pretrain(cfg: dict, out_dir: str | Path, loss_csv: str | Path, threads: int 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         if (step + 1) % train["log_every"] == 0 or step + 1 == steps:
             elapsed = time.perf_counter() - started
             rows.append({"step": step + 1, "tokens": (step + 1) * batch * ctx, "loss": float(np.mean(window)),
