@@ -101,6 +101,12 @@ THEORY_ICL_PAIR = (
     if THEORY_ICL["enabled"]
     else []
 )
+from kicl.theory.icl_world import config_problems as _theory_icl_problems
+
+if THEORY_ICL["enabled"] and _theory_icl_problems(THEORY_ICL):
+    raise WorkflowError(
+        "invalid configuration:\n  " + "\n  ".join(_theory_icl_problems(THEORY_ICL))
+    )
 for _kind, _name in zip(("models", "tasks"), THEORY_ICL_PAIR):
     if _name not in config[_kind]:
         raise WorkflowError(

@@ -135,3 +135,17 @@ def test_tiny_training_run_beats_label_frequency(tmp_path):
     table, _ = compare(cfg, model)
     at4 = table[table["n"] == 4].set_index("method")["acc_expected"]
     assert at4["transformer"] > at4["label_frequency"] + 0.05
+
+
+def test_config_problems_name_the_keys():
+    from kicl.theory.icl_world import config_problems
+
+    cfg = {"world": dict(WORLD, n_content=25), "model": {"n_embd": 64, "n_head": 4, "ctx": 100},
+           "eval": {"n_demos": [0, 32]}, "chain": {"task_index": 9}}  # fmt: skip
+    problems = config_problems(cfg)
+    assert any("theory_icl.world.n_content" in p for p in problems)
+    assert any("theory_icl.model.ctx" in p for p in problems)
+    assert any("theory_icl.chain.task_index" in p for p in problems)
+    cfg = {"world": WORLD, "model": {"n_embd": 64, "n_head": 4, "ctx": 272}, "eval": {"n_demos": [0, 32]},
+           "chain": {"task_index": 0}}  # fmt: skip
+    assert config_problems(cfg) == []

@@ -279,3 +279,27 @@ def write_world_task(cfg: dict, out_dir) -> None:
 
     for name, frame in world_task_splits(cfg).items():
         write_text_atomic(Path(out_dir) / f"{name}.jsonl", frame.to_json(orient="records", lines=True))
+
+
+def config_problems(cfg: dict) -> list[str]:
+    """Inconsistencies of a (schema-validated) ``theory_icl`` section, one line each naming the keys."""
+    world, model, ev = cfg["world"], cfg["model"], cfg["eval"]
+    problems = []
+    if world["n_content"] % world["n_states"]:
+        problems.append(f"theory_icl.world.n_content ({world['n_content']}) must be a multiple of "
+                        f"theory_icl.world.n_states ({world['n_states']})")  # fmt: skip
+    if world["n_states"] % world["n_labels"]:
+        problems.append(f"theory_icl.world.n_states ({world['n_states']}) must be a multiple of "
+                        f"theory_icl.world.n_labels ({world['n_labels']}) for a balanced labelling")  # fmt: skip
+    if world["min_len"] > world["max_len"]:
+        problems.append(f"theory_icl.world.min_len ({world['min_len']}) exceeds max_len ({world['max_len']})")
+    if model["n_embd"] % model["n_head"]:
+        problems.append(f"theory_icl.model.n_embd ({model['n_embd']}) is not a multiple of n_head ({model['n_head']})")
+    longest = 1 + max(ev["n_demos"]) * (world["x_len"] + 3) + world["x_len"] + 1
+    if longest > model["ctx"]:
+        problems.append(f"theory_icl.model.ctx ({model['ctx']}) cannot hold the longest evaluation prompt "
+                        f"({longest} tokens for max(theory_icl.eval.n_demos) = {max(ev['n_demos'])})")  # fmt: skip
+    if not 0 <= cfg["chain"]["task_index"] < world["n_tasks"]:
+        problems.append(f"theory_icl.chain.task_index ({cfg['chain']['task_index']}) is not a task of the world "
+                        f"(0 … {world['n_tasks'] - 1})")  # fmt: skip
+    return problems
