@@ -36,24 +36,32 @@ TARGETS = {"keys": "demo_top_token", "keys_prerope": "demo_top_token", "values":
 def ridge_fit_predict_many(x_train: np.ndarray, y_trains: np.ndarray, x_test: np.ndarray, alpha: float) -> np.ndarray:
     """One-hot ridge classifiers for several target vectors on the same inputs.
 
-    x_train (G, n, d), y_trains (S, n) ints, x_test (G, m, d) -> (S, G, m) predicted labels. The gram matrix is
-    factorised once; the S targets are extra right-hand sides.
+    x_train (G, n, d), y_trains (S, n) ints, x_test (G, m, d) -> (S, G, m) predicted labels. The ridge system is
+    solved once: scores = H (onehot - prior) + prior with the hat-like H = (x_test - mean) (XᵀX + λI)⁻¹ Xᵀ of
+    shape (G, m, n), and H·onehot is a sum of H's columns per class (cheap for many classes and shuffles).
     """
     y_trains = np.atleast_2d(y_trains)
     classes, y_index = np.unique(y_trains, return_inverse=True)
     y_index = y_index.reshape(y_trains.shape)
-    n_sets, n_classes = len(y_trains), len(classes)
-    onehot = np.eye(n_classes)[y_index]  # (S, n, C)
-    prior = onehot.mean(1)  # (S, C)
-    yc = (onehot - prior[:, None]).transpose(1, 0, 2).reshape(y_trains.shape[1], -1)  # (n, S*C)
     x_train = x_train.astype(np.float64)
     mean_x = x_train.mean(1, keepdims=True)
     xc = x_train - mean_x
-    gram = xc.transpose(0, 2, 1) @ xc + alpha * np.eye(x_train.shape[2])
-    weights = np.linalg.solve(gram, xc.transpose(0, 2, 1) @ yc)  # (G, d, S*C)
-    scores = ((x_test.astype(np.float64) - mean_x) @ weights).reshape(x_test.shape[:2] + (n_sets, n_classes))
-    scores = scores + prior[None, None]
-    return classes[scores.argmax(-1)].transpose(2, 0, 1)
+    xct = xc.transpose(0, 2, 1)
+    gram = xct @ xc + alpha * np.eye(x_train.shape[2])
+    hat = (x_test.astype(np.float64) - mean_x) @ np.linalg.solve(gram, xct)  # (G, m, n)
+    hat_total = hat.sum(-1, keepdims=True)
+    out = np.empty((len(y_trains),) + x_test.shape[:2], dtype=classes.dtype)
+    for index, y_idx in enumerate(y_index):
+        counts = np.bincount(y_idx, minlength=len(classes))
+        present = np.flatnonzero(counts)
+        order = np.argsort(y_idx, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
+        sums = np.zeros(x_test.shape[:2] + (len(classes),))
+        sums[..., present] = np.add.reduceat(hat[..., order], starts, axis=-1)
+        prior = counts / counts.sum()
+        scores = sums - hat_total * prior + prior
+        out[index] = classes[scores.argmax(-1)]
+    return out
 
 
 def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float) -> np.ndarray:
