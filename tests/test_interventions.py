@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from forward_fixtures import make_model_folder, make_prompts, make_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,7 +79,7 @@ def test_zero_and_scale_equal_output_projection_slice(folder, sequences, rows, p
         with CaptureSession(model, [HeadAblation(HEADS, mode, scale=factor, rows=rows)]) as session:
             logits = session.run(seqs, padding_side).numpy()
 
-        def edit(layer, x):
+        def edit(layer, x, factor=factor):
             for lay, head in HEADS:
                 if lay == layer:
                     if rows == "all":

@@ -7,8 +7,9 @@ prompts (kicl.analysis.reconstruction.head_reconstruction, one pooling). For eac
   heads with the top-k's layer distribution (the same number of heads in each layer, drawn among that
   layer's other heads when it has enough, else among all of them).
 * modes, all at the last real token, where ŷ is read: ``zero`` (the head's output set to zero), ``mean``
-  (replaced by its mean last-token output over the first ``causal.mean_prompts`` select prompts), ``knockout`` (the last token's attention
-  to the demonstrations' label tokens removed in those heads and renormalised over the rest).
+  (replaced by its mean last-token output over the first ``causal.mean_prompts`` select prompts),
+  ``knockout`` (the last token's attention to the demonstrations' label tokens removed in those heads and
+  renormalised over the rest).
 
 An intervention at the last token leaves every earlier position unchanged, so each batch's prefix runs once
 (:meth:`kicl.capture.session.CaptureSession.prefill`) and every condition costs one cached step of one token
@@ -21,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

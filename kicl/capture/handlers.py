@@ -173,7 +173,8 @@ class AttentionKnockout(Handler):
         for row, (positions, offset) in enumerate(zip(self._positions, batch.offsets.tolist())):
             for position in positions:
                 if not 0 <= position < int(batch.lengths[row]):
-                    raise ValueError(f"knockout position {position} is outside row {row}'s {int(batch.lengths[row])} tokens")
+                    length = int(batch.lengths[row])
+                    raise ValueError(f"knockout position {position} is outside row {row}'s {length} tokens")
                 mask[row, position + offset] = True
         self._mask = mask.to(batch.query_index.device)
 

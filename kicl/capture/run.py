@@ -179,7 +179,9 @@ def run_capture(
     )  # fmt: skip
     bar = _progress(len(contexts) + len(prompts), desc=f"forward {meta.get('model')}/{meta.get('task')}")
     budget = options.batch_size * longest
-    simpred_names, per_shard = simpred_phase(model, tokenizer, meta, contexts, parts, options, bar, shape.vocab_size, budget)
+    simpred_names, per_shard = simpred_phase(
+        model, tokenizer, meta, contexts, parts, options, bar, shape.vocab_size, budget
+    )
     tables = [parts.map_array(name) for name in simpred_names]
     context_row = {text: divmod(i, per_shard) for i, text in enumerate(contexts)}
 
@@ -196,7 +198,7 @@ def run_capture(
                 on_shard_done(name)
         bar.update(len(members))
     bar.close()
-    del tables
+    tables.clear()  # release the memory-mapped P(o|x) shards before the parts are removed
 
     _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, shape, n_demos, config_attrs)
     parts.remove()
