@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kicl.fileio import write_csv_atomic
 from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, REFERENCE_COLOR, figure_style, save_figure, subplots
+from kicl.fileio import write_csv_atomic
 
 #: method -> (label, colour, line style); the transformer is the main result, the exact posterior the reference
 STYLES = {

@@ -56,14 +56,16 @@ def draw_test_points(world: LabelWorld, n_points: int, x_len: int, max_demos: in
     test_x, test_y = sample_examples(world, tasks, x_len, rng)
     demo_x, demo_y = sample_examples(world, np.repeat(tasks, max_demos), x_len, rng)
     return {"tasks": tasks, "test_x": test_x, "test_y": test_y,
-            "demo_x": demo_x.reshape(n_points, max_demos, x_len), "demo_y": demo_y.reshape(n_points, max_demos)}  # fmt: skip
+            "demo_x": demo_x.reshape(n_points, max_demos, x_len),
+            "demo_y": demo_y.reshape(n_points, max_demos)}  # fmt: skip
 
 
 def prompt_ids(world: LabelWorld, demo_x: np.ndarray, demo_y: np.ndarray, test_x: np.ndarray) -> tuple:
     """Token ids (P, T) of the prompts with the given demos (P, n, k) and the span starts of each demo (n,)."""
     n_points, n, k = demo_x.shape
     block = np.concatenate([world.content_ids(demo_x), np.full((n_points, n, 1), MARKER),
-                            (world.label_ids()[demo_y])[..., None], np.full((n_points, n, 1), DELIMITER)], axis=-1)  # fmt: skip
+                            (world.label_ids()[demo_y])[..., None], np.full((n_points, n, 1), DELIMITER)],
+                           axis=-1)  # fmt: skip
     ids = np.concatenate([np.full((n_points, 1), DELIMITER), block.reshape(n_points, -1),
                           world.content_ids(test_x), np.full((n_points, 1), MARKER)], axis=1)  # fmt: skip
     starts = 1 + np.arange(n) * (k + 3)
@@ -175,7 +177,8 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
     """One metric as a methods × n markdown table."""
-    wide = table.pivot(index="method", columns="n", values=metric).reindex([m for m in METHODS if m in set(table.method)])
+    present = [m for m in METHODS if m in set(table["method"])]
+    wide = table.pivot(index="method", columns="n", values=metric).reindex(present)
     header = "| method | " + " | ".join(f"n={n}" for n in wide.columns) + " |"
     lines = [header, "|---|" + "---|" * len(wide.columns)]
     for method, values in wide.iterrows():

@@ -112,7 +112,7 @@ def make_label_world(
 ) -> LabelWorld:
     """Draw a random label world (module docstring; the feasibility note's §1 defaults)."""
     if n_content % n_states:
-        raise ValueError(f"n_content ({n_content}) must be a multiple of n_states ({n_states}): each state owns a block")
+        raise ValueError(f"n_content ({n_content}) must be a multiple of n_states ({n_states}) (one block each)")
     if n_states % n_labels:
         raise ValueError(f"n_states ({n_states}) must be a multiple of n_labels ({n_labels}) for a balanced labelling")
     block = n_content // n_states
@@ -241,7 +241,7 @@ def second_moment(world: LabelWorld, length: int, n_samples: int, rng: np.random
 # ---- the chain's task source ---------------------------------------------------------------------------------
 
 
-def world_task_splits(cfg: dict) -> dict[str, "object"]:
+def world_task_splits(cfg: dict) -> dict[str, object]:
     """The ICL task of one world task θ* (``theory_icl.chain``) in the tasks schema, one DataFrame per split.
 
     Rows: ``text`` (x as " "-joined symbols), ``label`` (0 … C − 1), ``task`` and, beside every row, the exact
