@@ -1,6 +1,5 @@
 """Attention-free baselines, the Fig 3 permutation null, head selection on select / scoring on heldout, verdicts."""
 
-import importlib
 import pkgutil
 import subprocess
 import sys
@@ -11,11 +10,17 @@ import pytest
 import xarray as xr
 
 import kicl.analysis
-from kicl.analysis.baselines import classification_scores, fixed_predictions, last_demo_label, majority
-from kicl.analysis.baselines import position_kernel, position_predictions
+from kicl.analysis.baselines import (
+    classification_scores,
+    fixed_predictions,
+    last_demo_label,
+    majority,
+    position_kernel,
+    position_predictions,
+)
 from kicl.analysis.head_selection import head_ranking, nested_bootstrap, paired_p_value, selection_data
 from kicl.analysis.reconstruction import permutation_null, reconstruction_scores
-from kicl.analysis.votes import permute_within_prompts, reconstruct
+from kicl.analysis.votes import permute_within_prompts
 from kicl.store.reader import open_store
 from kicl.store.synthetic import Planted, make_synthetic_store
 from kicl.tables.verdict import verdict_line, verdict_table
@@ -95,8 +100,13 @@ def test_permutation_keeps_each_prompts_labels():
 def random_store(tmp_path_factory):
     return make_synthetic_store(
         tmp_path_factory.mktemp("b") / "random.zarr",
-        n_prompts=300, n_labels=2, n_layers=2, n_heads=3,
-        planted=Planted(label_head=None, simpred_head=None, kv_head=None), kv_prompts=0, seed=5,
+        n_prompts=300,
+        n_labels=2,
+        n_layers=2,
+        n_heads=3,
+        planted=Planted(label_head=None, simpred_head=None, kv_head=None),
+        kv_prompts=0,
+        seed=5,
     )
 
 
@@ -192,7 +202,8 @@ def test_nested_bootstrap_on_planted_store(planted_store):
         assert delta == pytest.approx(value - res["scores"][(name, "prediction")][0])
     held = data.held_pred
     assert res["scores"][("constant", "prediction")][0] == pytest.approx(
-        (held == np.bincount(data.sel_pred, minlength=2).argmax()).mean())
+        (held == np.bincount(data.sel_pred, minlength=2).argmax()).mean()
+    )
 
 
 def test_paired_p_value():
@@ -206,23 +217,51 @@ def test_paired_p_value():
 def test_verdict_lines():
     scores = {"vote": 0.6, "recency": 0.8, "constant": 0.5}
     assert verdict_line({"vote": (0.2, 0.1, 0.3), "recency": (0.1, 0.02, 0.2)}, scores) == (
-        "beats every attention-free baseline")
+        "beats every attention-free baseline"
+    )
     assert verdict_line({"vote": (0.2, 0.1, 0.3), "recency": (0.02, -0.05, 0.1)}, scores) == (
-        "not distinguishable from the last demonstration's label (beats the other 1)")
-    assert verdict_line({"vote": (-0.2, -0.3, -0.1), "recency": (0.0, -0.1, 0.1), "constant": (0.3, 0.2, 0.4)},
-                        scores) == ("below the unweighted vote of the demonstration labels; "
-                                    "not distinguishable from the last demonstration's label")
+        "not distinguishable from the last demonstration's label (beats the other 1)"
+    )
+    assert verdict_line(
+        {"vote": (-0.2, -0.3, -0.1), "recency": (0.0, -0.1, 0.1), "constant": (0.3, 0.2, 0.4)}, scores
+    ) == (
+        "below the unweighted vote of the demonstration labels; not distinguishable from the last demonstration's label"
+    )
 
 
 def test_verdict_table_picks_best_baseline():
-    rows = [{"model": "m", "task": "t", "row": "recon_agreement", "value": 0.9, "ci_low": 0.8, "ci_high": 0.95,
-             "n": 50, "head": "L1 H2", "p_value": np.nan}]
-    for name, value, diff in [("constant", 0.5, (0.4, 0.3, 0.5)), ("recency", 0.88, (0.02, -0.05, 0.09)),
-                              ("vote", 0.6, (0.3, 0.2, 0.4)), ("gold_majority", 0.5, (0.4, 0.3, 0.5)),
-                              ("position", 0.7, (0.2, 0.1, 0.3))]:
+    rows = [
+        {
+            "model": "m",
+            "task": "t",
+            "row": "recon_agreement",
+            "value": 0.9,
+            "ci_low": 0.8,
+            "ci_high": 0.95,
+            "n": 50,
+            "head": "L1 H2",
+            "p_value": np.nan,
+        }
+    ]
+    for name, value, diff in [
+        ("constant", 0.5, (0.4, 0.3, 0.5)),
+        ("recency", 0.88, (0.02, -0.05, 0.09)),
+        ("vote", 0.6, (0.3, 0.2, 0.4)),
+        ("gold_majority", 0.5, (0.4, 0.3, 0.5)),
+        ("position", 0.7, (0.2, 0.1, 0.3)),
+    ]:
         rows.append({"model": "m", "task": "t", "row": f"baseline:{name}:agreement", "value": value})
-        rows.append({"model": "m", "task": "t", "row": f"diff:agreement:{name}", "value": diff[0],
-                     "ci_low": diff[1], "ci_high": diff[2], "p_value": 0.4})
+        rows.append(
+            {
+                "model": "m",
+                "task": "t",
+                "row": f"diff:agreement:{name}",
+                "value": diff[0],
+                "ci_low": diff[1],
+                "ci_high": diff[2],
+                "p_value": 0.4,
+            }
+        )
     table = verdict_table(pd.DataFrame(rows))
     row = table.iloc[0]
     assert row["best_baseline"] == "recency" and row["difference"] == 0.02
@@ -261,8 +300,14 @@ def test_prompt_file_baselines_by_hand():
     def rec(split, gold, labels):
         return {"split": split, "gold": gold, "demos": [{"label": lab} for lab in labels]}
 
-    records = [rec("select", 1, [0]), rec("select", 1, [1]), rec("select", 0, [0]),
-               rec("heldout", 1, [0, 1, 1]), rec("heldout", 0, [0, 0, 1]), rec("heldout", 0, [1, 1])]
+    records = [
+        rec("select", 1, [0]),
+        rec("select", 1, [1]),
+        rec("select", 0, [0]),
+        rec("heldout", 1, [0, 1, 1]),
+        rec("heldout", 0, [0, 0, 1]),
+        rec("heldout", 0, [1, 1]),
+    ]
     got = {r["baseline"]: r for r in prompt_file_baselines(records, 2)}
     assert got["gold_majority"]["accuracy"] == pytest.approx(1 / 3)  # select majority 1
     assert got["vote"]["accuracy"] == pytest.approx(2 / 3)  # votes 1, 0, 1

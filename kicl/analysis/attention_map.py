@@ -1,4 +1,6 @@
-"""Fig 2 / Fig 25 numbers (plot-free; the drawing is kicl.figures.fig2_attention_map): the last token's attention over an aligned prompt layout, averaged over test points.
+"""Fig 2 / Fig 25 numbers: the last token's attention over an aligned prompt layout, averaged over test points.
+
+Plot-free; the drawing is kicl.figures.fig2_attention_map.
 
 Each prompt is cut into segments from the store's segment map: for demonstration i, the template words
 before the input (`pre{i}`, includes BOS for i = 1), the input x_i (`x{i}`), the template words up to the
@@ -173,5 +175,7 @@ def aligned_attention_map(ds, prompts, rescale_len: int | None = 30, mode: str =
     with np.errstate(invalid="ignore", divide="ignore"):
         values = total / counts
     if n_resized:
-        log.info("%d of %d prompts had a template/delimiter segment resized to the common length", n_resized, len(prompts))
+        log.info(
+            "%d of %d prompts had a template/delimiter segment resized to the common length", n_resized, len(prompts)
+        )
     return AttentionMap(values, col_seg, col_kind, counts, len(prompts), n_resized, rescale_len, mode)

@@ -120,10 +120,21 @@ def prompt_file_baselines(records, n_labels: int, split: str = "heldout", ties: 
     scored = splits == split
     if not scored.any():
         raise ValueError(f"the prompt file has no '{split}' prompts")
-    preds = fixed_predictions(labels[scored], n_labels, select_prediction=gold[splits == "select"],
-                              select_gold=gold[splits == "select"], ties=ties)
+    preds = fixed_predictions(
+        labels[scored],
+        n_labels,
+        select_prediction=gold[splits == "select"],
+        select_gold=gold[splits == "select"],
+        ties=ties,
+    )
     rows = []
     for name in ("gold_majority", "vote", "recency"):
-        rows.append({"baseline": name, "split": split, "n": int(scored.sum()),
-                     **classification_scores(preds[name], gold[scored], n_labels)})
+        rows.append(
+            {
+                "baseline": name,
+                "split": split,
+                "n": int(scored.sum()),
+                **classification_scores(preds[name], gold[scored], n_labels),
+            }
+        )
     return rows

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kicl.prompts.files import read_prompt_records
-from kicl.fileio import atomic_path
 from kicl.analysis.votes import label_votes
+from kicl.fileio import atomic_path
+from kicl.prompts.files import read_prompt_records
 
 log = logging.getLogger(__name__)
 KERNELS = ("cosine", "softmax")
@@ -71,7 +71,12 @@ def encoder_kr_file(prompts_jsonl, meta_json, embeddings_npz, out_csv, tau: floa
         texts, emb = [str(t) for t in data["texts"]], data["embeddings"]
     frame = kernel_regression(records, texts, emb, n_labels, tau)
     for kernel in KERNELS:
-        log.info("%s kernel: accuracy %.4f over %d prompts", kernel, (frame[f"pred_{kernel}"] == frame["gold"]).mean(), len(frame))
+        log.info(
+            "%s kernel: accuracy %.4f over %d prompts",
+            kernel,
+            (frame[f"pred_{kernel}"] == frame["gold"]).mean(),
+            len(frame),
+        )
     with atomic_path(out_csv) as tmp:
         frame.to_csv(tmp, index=False)
     return frame

@@ -35,15 +35,24 @@ def _split_prompts(ds, split: str) -> np.ndarray:
     return prompts
 
 
-def head_ranking(store, pooling: str = "max", select_split: str = "select", score_split: str = "heldout",
-                 ties: str = "lowest", batch_size: int = 256) -> pd.DataFrame:
+def head_ranking(
+    store,
+    pooling: str = "max",
+    select_split: str = "select",
+    score_split: str = "heldout",
+    ties: str = "lowest",
+    batch_size: int = 256,
+) -> pd.DataFrame:
     """Every head with its agreement with ŷ on `select_split` and its agreement/accuracy on `score_split`.
 
     `store` is a path or an open dataset. Sorted by select agreement (descending; ties lowest layer, then
     head); `rank` 1 is the head Table 2 selects.
     """
-    ds = store if hasattr(store, "sizes") else open_store(store, needs=["kernel_weight", "demo_label", "prediction",
-                                                                        "gold", "split"])
+    ds = (
+        store
+        if hasattr(store, "sizes")
+        else open_store(store, needs=["kernel_weight", "demo_label", "prediction", "gold", "split"])
+    )
     frames = {}
     for split in (select_split, score_split):
         prompts = _split_prompts(ds, split)
@@ -53,14 +62,16 @@ def head_ranking(store, pooling: str = "max", select_split: str = "select", scor
             (yt == ds["gold"].values[prompts][:, None, None]).mean(0),
         )
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
-    frame = pd.DataFrame({
-        "layer": np.repeat(np.arange(n_layers), n_heads),
-        "head": np.tile(np.arange(n_heads), n_layers),
-        "select_agreement": frames[select_split][0].ravel(),
-        "select_accuracy": frames[select_split][1].ravel(),
-        "heldout_agreement": frames[score_split][0].ravel(),
-        "heldout_accuracy": frames[score_split][1].ravel(),
-    })
+    frame = pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(n_layers), n_heads),
+            "head": np.tile(np.arange(n_heads), n_layers),
+            "select_agreement": frames[select_split][0].ravel(),
+            "select_accuracy": frames[select_split][1].ravel(),
+            "heldout_agreement": frames[score_split][0].ravel(),
+            "heldout_accuracy": frames[score_split][1].ravel(),
+        }
+    )
     frame = frame.sort_values(["select_agreement", "layer", "head"], ascending=[False, True, True], kind="stable")
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     frame.attrs["pooling"] = pooling
@@ -95,8 +106,14 @@ class SelectionData:
     extra: dict = field(default_factory=dict)  # name -> (P_h,) further fixed predictors (encoder KR)
 
 
-def selection_data(ds, pooling: str, ties: str = "lowest", batch_size: int = 256, select_split: str = "select",
-                   score_split: str = "heldout") -> SelectionData:
+def selection_data(
+    ds,
+    pooling: str,
+    ties: str = "lowest",
+    batch_size: int = 256,
+    select_split: str = "select",
+    score_split: str = "heldout",
+) -> SelectionData:
     sel, held = _split_prompts(ds, select_split), _split_prompts(ds, score_split)
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     m = n_layers * n_heads
@@ -129,8 +146,9 @@ def _statistics(d: SelectionData, count_sel, count_held) -> tuple[dict, np.ndarr
     w_held = count_held / count_held.sum(1, keepdims=True)
     r, n_held = len(count_sel), len(d.held_pred)
     pick = (w_sel @ (d.sel_yt == d.sel_pred[:, None])).argmax(1)  # (R,) flat head index, first max
-    fixed = fixed_predictions(d.held_demo_label, d.n_labels, select_prediction=d.sel_pred, select_gold=d.sel_gold,
-                              ties=d.ties)
+    fixed = fixed_predictions(
+        d.held_demo_label, d.n_labels, select_prediction=d.sel_pred, select_gold=d.sel_gold, ties=d.ties
+    )
     preds = {
         "icl": np.broadcast_to(d.held_pred, (r, n_held)),
         "head": d.held_yt[:, pick].T,
@@ -168,8 +186,9 @@ def paired_p_value(diffs) -> float:
     return float(min(1.0, 2 * min((diffs <= 0).sum() + 1, (diffs >= 0).sum() + 1) / (b + 1)))
 
 
-def nested_bootstrap(d: SelectionData, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                     nested: bool = True) -> dict:
+def nested_bootstrap(
+    d: SelectionData, n_boot: int = 1000, seed: int = 0, level: float = 0.95, nested: bool = True
+) -> dict:
     """Point estimates, intervals and paired differences for Table 2.
 
     Returns {"head": (layer, head), "select_agreement", "stability" (share of resamples choosing the same
@@ -189,8 +208,11 @@ def nested_bootstrap(d: SelectionData, n_boot: int = 1000, seed: int = 0, level:
         if name in ("head", "icl"):
             continue
         delta = boot[("head", ref)] - values
-        diffs[(name, ref)] = (float(point[("head", ref)][0] - point[(name, ref)][0]),
-                              *map(float, np.quantile(delta, [tail, 1 - tail])), paired_p_value(delta))
+        diffs[(name, ref)] = (
+            float(point[("head", ref)][0] - point[(name, ref)][0]),
+            *map(float, np.quantile(delta, [tail, 1 - tail])),
+            paired_p_value(delta),
+        )
     flat = int(pick[0])
     select_agreement = float((d.sel_yt[:, flat] == d.sel_pred).mean())
     return {

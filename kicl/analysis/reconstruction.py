@@ -62,8 +62,9 @@ def head_reconstruction(ds: xr.Dataset, prompts, pools, batch_size: int = 256, t
     )
 
 
-def null_max(kernel_weight, demo_label, references: dict, n_labels: int, n_permutations: int, seed: int = 0,
-             ties: str = "lowest") -> dict:
+def null_max(
+    kernel_weight, demo_label, references: dict, n_labels: int, n_permutations: int, seed: int = 0, ties: str = "lowest"
+) -> dict:
     """Null distribution of the best head's score under within-prompt label permutation.
 
     kernel_weight (P, G, M, D) with G groups (poolings) of M heads each; references name -> (P,) labels
@@ -84,8 +85,16 @@ def null_max(kernel_weight, demo_label, references: dict, n_labels: int, n_permu
     return out
 
 
-def permutation_null(ds: xr.Dataset, prompts, pools, n_permutations: int = 200, seed: int = 0, quantile: float = 0.95,
-                     ties: str = "lowest", observed: xr.Dataset | None = None) -> xr.Dataset:
+def permutation_null(
+    ds: xr.Dataset,
+    prompts,
+    pools,
+    n_permutations: int = 200,
+    seed: int = 0,
+    quantile: float = 0.95,
+    ties: str = "lowest",
+    observed: xr.Dataset | None = None,
+) -> xr.Dataset:
     """Per pooling and score (agree_pred, acc_gold): the null's `quantile`, its mean and the max-statistic p-value.
 
     `observed` = head_reconstruction(ds, prompts, pools) when already computed.
@@ -97,8 +106,15 @@ def permutation_null(ds: xr.Dataset, prompts, pools, n_permutations: int = 200, 
     kw = ds["kernel_weight"].isel(prompt=prompts).sel(pooling=list(pools)).values
     n_prompts, n_pools, n_layers, n_heads, n_demos = kw.shape
     refs = {"agree_pred": ds["prediction"].values[prompts], "acc_gold": ds["gold"].values[prompts]}
-    null = null_max(kw.reshape(n_prompts, n_pools, n_layers * n_heads, n_demos), ds["demo_label"].values[prompts],
-                    refs, len(label_names(ds)), n_permutations, seed, ties)
+    null = null_max(
+        kw.reshape(n_prompts, n_pools, n_layers * n_heads, n_demos),
+        ds["demo_label"].values[prompts],
+        refs,
+        len(label_names(ds)),
+        n_permutations,
+        seed,
+        ties,
+    )
     data = {}
     for name, draws in null.items():
         best = observed[name].values.reshape(n_pools, -1).max(-1)
@@ -106,13 +122,25 @@ def permutation_null(ds: xr.Dataset, prompts, pools, n_permutations: int = 200, 
         data[f"{name}_null_mean"] = (("pooling",), draws.mean(0))
         data[f"{name}_best"] = (("pooling",), best)
         data[f"{name}_p_value"] = (("pooling",), (1 + (draws >= best - 1e-12).sum(0)) / (1 + n_permutations))
-    return xr.Dataset(data, coords={"pooling": list(pools)},
-                      attrs={"n_permutations": n_permutations, "quantile": quantile, "seed": seed})
+    return xr.Dataset(
+        data,
+        coords={"pooling": list(pools)},
+        attrs={"n_permutations": n_permutations, "quantile": quantile, "seed": seed},
+    )
 
 
-def reconstruction_scores(ds: xr.Dataset, prompts, pools, *, batch_size: int = 256, ties: str = "lowest",
-                          n_permutations: int = 200, seed: int = 0, quantile: float = 0.95,
-                          fit_split: str = "select") -> xr.Dataset:
+def reconstruction_scores(
+    ds: xr.Dataset,
+    prompts,
+    pools,
+    *,
+    batch_size: int = 256,
+    ties: str = "lowest",
+    n_permutations: int = 200,
+    seed: int = 0,
+    quantile: float = 0.95,
+    fit_split: str = "select",
+) -> xr.Dataset:
     """Everything Fig 3 shows for `prompts`: per-head scores, the position-only kernel per head, the
     attention-free baselines (fitted on `fit_split`) and the permutation null of the best head."""
     prompts = np.sort(np.asarray(prompts, dtype=int))
@@ -123,8 +151,9 @@ def reconstruction_scores(ds: xr.Dataset, prompts, pools, *, batch_size: int = 2
     n_labels = len(label_names(ds))
     labels = ds["demo_label"].values[prompts]
     refs = {"agree_pred": ds["prediction"].values[prompts], "acc_gold": ds["gold"].values[prompts]}
-    fixed = fixed_predictions(labels, n_labels, select_prediction=ds["prediction"].values[fit],
-                              select_gold=ds["gold"].values[fit], ties=ties)
+    fixed = fixed_predictions(
+        labels, n_labels, select_prediction=ds["prediction"].values[fit], select_gold=ds["gold"].values[fit], ties=ties
+    )
     weights = position_kernel(ds["kernel_weight"].isel(prompt=fit).sel(pooling=list(pools)).values)
     position = position_predictions(weights, labels, n_labels, ties)  # (P, pooling, layer, head)
     for name, ref in refs.items():
@@ -144,8 +173,9 @@ def reconstruction_frame(scores: xr.Dataset) -> pd.DataFrame:
     frame = scores[names].to_dataframe().reset_index()
     for name in ("agree_pred", "acc_gold"):
         for stat in ("null_q", "null_mean", "p_value"):
-            frame[f"{name}_{stat}"] = frame["pooling"].map(dict(zip(scores["pooling"].values,
-                                                                    scores[f"{name}_{stat}"].values)))
+            frame[f"{name}_{stat}"] = frame["pooling"].map(
+                dict(zip(scores["pooling"].values, scores[f"{name}_{stat}"].values))
+            )
         frame[f"{name}_above_null"] = frame[name] > frame[f"{name}_null_q"]
         for b, value in zip(scores["baseline"].values, scores[f"baseline_{name}"].values):
             frame[f"{name}_baseline_{b}"] = value

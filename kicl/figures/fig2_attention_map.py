@@ -37,8 +37,12 @@ def plot_attention_map(amap: AttentionMap, path, title: str, color_scale: str = 
 def _draw_map(amap, title, color_scale, vmax_quantile):
     n_layers, n_heads, n_cols = amap.values.shape
     image = amap.values.reshape(n_layers * n_heads, n_cols)
-    fig, ax = plt.subplots(figsize=(float(np.clip(n_cols / 22, 8, 22)), float(np.clip(n_layers * n_heads / 28, 3, 14)) + 1.4))
-    im = ax.imshow(image, aspect="auto", interpolation="nearest", cmap="viridis", norm=_norm(image, color_scale, vmax_quantile))
+    fig, ax = plt.subplots(
+        figsize=(float(np.clip(n_cols / 22, 8, 22)), float(np.clip(n_layers * n_heads / 28, 3, 14)) + 1.4)
+    )
+    im = ax.imshow(
+        image, aspect="auto", interpolation="nearest", cmap="viridis", norm=_norm(image, color_scale, vmax_quantile)
+    )
     for lay in range(1, n_layers):
         ax.axhline(lay * n_heads - 0.5, color="white", linewidth=0.8)
     step = max(1, int(np.ceil(n_layers / 30)))
@@ -56,7 +60,9 @@ def _draw_map(amap, title, color_scale, vmax_quantile):
     ax.set_xticks(ticks)
     ax.set_xticklabels(labels, rotation=90, fontsize=7)
     label_cols = [j for j, k in enumerate(amap.column_kind) if k == "label"]
-    ax.scatter(label_cols, [-1.5] * len(label_cols), marker="v", s=12, color="crimson", clip_on=False, label="label token y_i")
+    ax.scatter(
+        label_cols, [-1.5] * len(label_cols), marker="v", s=12, color="crimson", clip_on=False, label="label token y_i"
+    )
     ax.set_ylim(n_layers * n_heads - 0.5, -0.5)
     how = "tokens as-is" if amap.rescale_len is None else f"x_i and x_test rescaled to {amap.rescale_len} ({amap.mode})"
     ax.set_xlabel(f"aligned prompt position ({how}); ▼ = label token")

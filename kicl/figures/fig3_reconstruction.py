@@ -40,9 +40,10 @@ def draw_reconstruction(scores, var: str, path, title: str, color_center: str = 
     width = float(np.clip(n_layers * 0.22, 3.0, 8.0))
     height = float(np.clip(n_heads * 0.22, 2.0, 8.0)) + 0.9
     with figure_style():
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols + 1.6, height * nrows + 1.2), squeeze=False,
-                                 layout="constrained")
-        for ax in axes.ravel()[len(pools):]:
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(width * ncols + 1.6, height * nrows + 1.2), squeeze=False, layout="constrained"
+        )
+        for ax in axes.ravel()[len(pools) :]:
             ax.remove()
         panels = axes.ravel()[: len(pools)]
         for ax, pool in zip(panels, pools):
@@ -55,31 +56,58 @@ def draw_reconstruction(scores, var: str, path, title: str, color_center: str = 
                 ax.scatter(above[:, 0], above[:, 1], s=6, color="black", marker="o", label="above null")
             lay, head = np.unravel_index(np.argmax(grid), grid.shape)
             ax.add_patch(plt.Rectangle((lay - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
-            ax.set_title(f"{pool}: best L{lay} H{head} = {grid[lay, head]:.3f}\nnull q = {threshold:.3f}, "
-                         f"p = {p_value:.3f}; {len(above)} heads above", fontsize=8)
+            ax.set_title(
+                f"{pool}: best L{lay} H{head} = {grid[lay, head]:.3f}\nnull q = {threshold:.3f}, "
+                f"p = {p_value:.3f}; {len(above)} heads above",
+                fontsize=8,
+            )
             ax.set_xlabel("layer index")
             ax.set_ylabel("head index")
             ax.grid(False)
         bar = fig.colorbar(im, ax=list(panels), fraction=0.03, pad=0.01, aspect=30, label="share of prompts")
         for name, value in base.items():
             bar.ax.axhline(value, color="black", linewidth=0.6, linestyle=":" if name != best_name else "-")
-        fig.suptitle(f"{title}\nwhite = best attention-free baseline: {BASELINE_LABELS[best_name]} = "
-                     f"{base[best_name]:.3f} (line on the colour bar; dotted: other baselines)\n"
-                     f"• = above the {scores.attrs['quantile']:.0%} quantile of the label-permutation null "
-                     f"({scores.attrs['n_permutations']} permutations, max over heads)", fontsize=8)
+        fig.suptitle(
+            f"{title}\nwhite = best attention-free baseline: {BASELINE_LABELS[best_name]} = "
+            f"{base[best_name]:.3f} (line on the colour bar; dotted: other baselines)\n"
+            f"• = above the {scores.attrs['quantile']:.0%} quantile of the label-permutation null "
+            f"({scores.attrs['n_permutations']} permutations, max over heads)",
+            fontsize=8,
+        )
     save_figure(fig, path)
 
 
-def reconstruction_figure(store, png_pred, png_gold, csv, *, pools=(), splits=("select", "heldout"),
-                          batch_size: int = 256, title: str = "", n_permutations: int = 200, seed: int = 0,
-                          null_quantile: float = 0.95, ties: str = "lowest", color_center: str = "best_baseline"):
+def reconstruction_figure(
+    store,
+    png_pred,
+    png_gold,
+    csv,
+    *,
+    pools=(),
+    splits=("select", "heldout"),
+    batch_size: int = 256,
+    title: str = "",
+    n_permutations: int = 200,
+    seed: int = 0,
+    null_quantile: float = 0.95,
+    ties: str = "lowest",
+    color_center: str = "best_baseline",
+):
     """Fig 3a and 3b, plus the CSV of every number drawn (kicl.analysis.reconstruction.reconstruction_frame)."""
     _norm(color_center, 0.5)  # bad option -> error before any work
     ds = open_store(store, needs=["kernel_weight", "demo_label", "prediction", "gold", "split"])
     pools = poolings(ds, pools)
     prompts = np.flatnonzero(split_mask(ds, splits))
-    scores = reconstruction_scores(ds, prompts, pools, batch_size=batch_size, ties=ties,
-                                   n_permutations=n_permutations, seed=seed, quantile=null_quantile)
+    scores = reconstruction_scores(
+        ds,
+        prompts,
+        pools,
+        batch_size=batch_size,
+        ties=ties,
+        n_permutations=n_permutations,
+        seed=seed,
+        quantile=null_quantile,
+    )
     reconstruction_frame(scores).to_csv(csv, index=False, float_format="%.6g")
     what = f"{scores.attrs['n_prompts']} prompts ({'+'.join(splits)})"
     for var, path, label in [

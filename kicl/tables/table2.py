@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from kicl.analysis.baselines import BASELINE_LABELS, BASELINES, classification_scores
-from kicl.analysis.head_selection import nested_bootstrap, select_head, selection_data
+from kicl.analysis.head_selection import nested_bootstrap, selection_data
 from kicl.fileio import write_text_atomic
 from kicl.store.reader import open_store
 
@@ -57,7 +57,14 @@ def paper_value(row: str, task: str, aliases: dict | None = None):
     if row.startswith("encoder:"):
         _, encoder, kernel = row.split(":")
         encoder_key = _key(aliases.get(_key(encoder), encoder))
-        row = next((r for r in PAPER_TABLE2 if r.startswith("encoder:") and _key(r.split(":")[1]) == encoder_key and r.endswith(f":{kernel}")), None)
+        row = next(
+            (
+                r
+                for r in PAPER_TABLE2
+                if r.startswith("encoder:") and _key(r.split(":")[1]) == encoder_key and r.endswith(f":{kernel}")
+            ),
+            None,
+        )
         if row is None:
             return None
     values = PAPER_TABLE2.get(row)
@@ -90,15 +97,30 @@ def encoder_predictions(csv, held_prompts, held_gold, split: str = "heldout") ->
 
 #: (predictor, reference) behind each row key of the LM part of the table
 def _row_keys(encoders) -> list[tuple[str, str, str]]:
-    keys = [("icl_accuracy", "icl", "gold"), ("recon_agreement", "head", "prediction"), ("recon_accuracy", "head", "gold")]
+    keys = [
+        ("icl_accuracy", "icl", "gold"),
+        ("recon_agreement", "head", "prediction"),
+        ("recon_accuracy", "head", "gold"),
+    ]
     for name in BASELINES:
         keys += [(f"baseline:{name}:agreement", name, "prediction"), (f"baseline:{name}:accuracy", name, "gold")]
     keys += [(name, name, "gold") for name in encoders]
     return keys
 
 
-def lm_rows(store, task: str, pooling: str, n_boot: int, seed: int, level: float, split: str = "heldout",
-            encoder_csvs: dict | None = None, tau: float = np.nan, ties: str = "lowest", nested: bool = True) -> list[dict]:
+def lm_rows(
+    store,
+    task: str,
+    pooling: str,
+    n_boot: int,
+    seed: int,
+    level: float,
+    split: str = "heldout",
+    encoder_csvs: dict | None = None,
+    tau: float = np.nan,
+    ties: str = "lowest",
+    nested: bool = True,
+) -> list[dict]:
     """Every row of one task's store: ICL, the selected head, the baselines, encoder KR and the paired differences.
 
     `encoder_csvs`: encoder name -> its per-prompt KR predictions CSV for this task (scored on the same
@@ -114,26 +136,54 @@ def lm_rows(store, task: str, pooling: str, n_boot: int, seed: int, level: float
     res = nested_bootstrap(data, n_boot, seed, level, nested)
     layer, head = res["head"]
     refs = {"prediction": data.held_pred, "gold": data.held_gold}
-    base = {"task": task, "n": len(data.held_pred), "head": f"L{layer} H{head}", "select_agreement": res["select_agreement"],
-            "selection_stability": res["stability"], "pooling": pooling}
+    base = {
+        "task": task,
+        "n": len(data.held_pred),
+        "head": f"L{layer} H{head}",
+        "select_agreement": res["select_agreement"],
+        "selection_stability": res["stability"],
+        "pooling": pooling,
+    }
     rows = []
     for key, name, ref in _row_keys(encoders):
         value, low, high = res["scores"][(name, ref)]
         extra = classification_scores(res["preds"][name], refs[ref], data.n_labels)
-        rows.append({**base, "row": key, "reference": ref, "value": value, "ci_low": low, "ci_high": high,
-                     "balanced_accuracy": extra["balanced_accuracy"], "macro_f1": extra["macro_f1"],
-                     "tau": tau if key.endswith(":softmax") else np.nan})
+        rows.append(
+            {
+                **base,
+                "row": key,
+                "reference": ref,
+                "value": value,
+                "ci_low": low,
+                "ci_high": high,
+                "balanced_accuracy": extra["balanced_accuracy"],
+                "macro_f1": extra["macro_f1"],
+                "tau": tau if key.endswith(":softmax") else np.nan,
+            }
+        )
     for name in list(BASELINES) + encoders:
         for ref, what in (("prediction", "agreement"), ("gold", "accuracy")):
             if name.startswith("encoder:") and ref == "prediction":
                 continue
             delta, low, high, p = res["diffs"][(name, ref)]
-            rows.append({**base, "row": f"diff:{what}:{name}", "reference": ref, "value": delta, "ci_low": low,
-                         "ci_high": high, "p_value": p, "tau": tau if name.endswith(":softmax") else np.nan})
+            rows.append(
+                {
+                    **base,
+                    "row": f"diff:{what}:{name}",
+                    "reference": ref,
+                    "value": delta,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "p_value": p,
+                    "tau": tau if name.endswith(":softmax") else np.nan,
+                }
+            )
     return rows
 
 
-def encoder_rows(csv, task: str, encoder: str, tau: float, n_boot: int, seed: int, level: float, split: str = "heldout") -> list[dict]:
+def encoder_rows(
+    csv, task: str, encoder: str, tau: float, n_boot: int, seed: int, level: float, split: str = "heldout"
+) -> list[dict]:
     """Encoder-KR rows (cosine, softmax) for one task from the per-prompt predictions CSV."""
     frame = pd.read_csv(csv)
     frame = frame[frame["split"] == split]
@@ -141,9 +191,19 @@ def encoder_rows(csv, task: str, encoder: str, tau: float, n_boot: int, seed: in
         raise ValueError(f"{csv} has no '{split}' prompts")
     rows = []
     for kernel in ("cosine", "softmax"):
-        value, low, high = bootstrap_ci(frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(), n_boot, seed, level)
+        value, low, high = bootstrap_ci(
+            frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(), n_boot, seed, level
+        )
         rows.append(
-            {"task": task, "n": len(frame), "row": f"encoder:{encoder}:{kernel}", "value": value, "ci_low": low, "ci_high": high, "tau": tau if kernel == "softmax" else np.nan}
+            {
+                "task": task,
+                "n": len(frame),
+                "row": f"encoder:{encoder}:{kernel}",
+                "value": value,
+                "ci_low": low,
+                "ci_high": high,
+                "tau": tau if kernel == "softmax" else np.nan,
+            }
         )
     return rows
 
@@ -199,7 +259,8 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
                     r = heads.loc[task]
                     stable = r.get("selection_stability", np.nan)
                     row[task] = f"{r['head']} ({r['select_agreement']:.3f}" + (
-                        f"; {stable:.2f})" if pd.notna(stable) else ")")
+                        f"; {stable:.2f})" if pd.notna(stable) else ")"
+                    )
                 else:
                     row[task] = "—"
                 row[f"{task} (paper)"] = ""
@@ -238,8 +299,11 @@ def metrics_table(frame: pd.DataFrame) -> pd.DataFrame:
         tau = sub["tau"].dropna().iloc[0] if "tau" in sub and sub["tau"].notna().any() else None
         row = {"method": row_label(key, tau)}
         for task in tasks:
-            row[task] = (f"{sub.loc[task, 'balanced_accuracy']:.3f} / {sub.loc[task, 'macro_f1']:.3f}"
-                         if task in sub.index else "—")
+            row[task] = (
+                f"{sub.loc[task, 'balanced_accuracy']:.3f} / {sub.loc[task, 'macro_f1']:.3f}"
+                if task in sub.index
+                else "—"
+            )
         out.append(row)
     return pd.DataFrame(out)
 
@@ -294,8 +358,24 @@ def add_paper_column(frame: pd.DataFrame, aliases: dict | None) -> pd.DataFrame:
     return frame
 
 
-def table2(model: str, stores: dict, encoder_csvs: dict, csv, md, tex, *, pooling="max", tau=0.1, n_boot=1000, seed=0,
-           level=0.95, aliases=None, split="heldout", ties="lowest", nested=True) -> pd.DataFrame:
+def table2(
+    model: str,
+    stores: dict,
+    encoder_csvs: dict,
+    csv,
+    md,
+    tex,
+    *,
+    pooling="max",
+    tau=0.1,
+    n_boot=1000,
+    seed=0,
+    level=0.95,
+    aliases=None,
+    split="heldout",
+    ties="lowest",
+    nested=True,
+) -> pd.DataFrame:
     """Table 2 for one model: `stores` task -> store path; `encoder_csvs` (encoder, task) -> KR predictions CSV."""
     rows = []
     for task, store in stores.items():
@@ -316,7 +396,20 @@ def table2(model: str, stores: dict, encoder_csvs: dict, csv, md, tex, *, poolin
     return frame
 
 
-def encoder_table(model: str, encoder_csvs: dict, csv, md, tex, *, tau=0.1, n_boot=1000, seed=0, level=0.95, aliases=None, split="heldout") -> pd.DataFrame:
+def encoder_table(
+    model: str,
+    encoder_csvs: dict,
+    csv,
+    md,
+    tex,
+    *,
+    tau=0.1,
+    n_boot=1000,
+    seed=0,
+    level=0.95,
+    aliases=None,
+    split="heldout",
+) -> pd.DataFrame:
     """Encoder-KR rows only (needs prompt files and encoders, no forward pass), with the paper's rows beside."""
     rows = []
     for (encoder, task), path in encoder_csvs.items():
@@ -325,7 +418,8 @@ def encoder_table(model: str, encoder_csvs: dict, csv, md, tex, *, tau=0.1, n_bo
     frame.insert(0, "model", model)
     caption = (
         f"Sentence-encoder kernel regression over the in-prompt demonstrations of the {model} prompts, scored on "
-        f"'{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples); paper = Han et al. Table 2."
+        f"'{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples); "
+        "paper = Han et al. Table 2."
     )
     write_table(frame, csv, md, tex, caption)
     return frame

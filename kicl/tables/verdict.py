@@ -63,8 +63,11 @@ def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
         if "recon_agreement" not in sub.index:
             continue
         head = sub.loc["recon_agreement"]
-        agree = {b: float(sub.loc[f"baseline:{b}:agreement", "value"]) for b in BASELINES
-                 if f"baseline:{b}:agreement" in sub.index}
+        agree = {
+            b: float(sub.loc[f"baseline:{b}:agreement", "value"])
+            for b in BASELINES
+            if f"baseline:{b}:agreement" in sub.index
+        }
         diffs = {b: tuple(sub.loc[f"diff:agreement:{b}", ["value", "ci_low", "ci_high", "p_value"]]) for b in agree}
         best = max(agree, key=agree.get)
         acc_keys = [k for k in sub.index if k.startswith("diff:accuracy:")]
@@ -74,45 +77,56 @@ def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
             key = f"baseline:{name}:accuracy" if name in BASELINES else name
             acc_scores[name] = float(sub.loc[key, "value"]) if key in sub.index else 0.0
         d, lo, hi, p = diffs[best]
-        rows.append({
-            "model": model,
-            "task": task,
-            "n_heldout": int(head["n"]),
-            "head": head["head"],
-            "selection_stability": head.get("selection_stability", np.nan),
-            "head_agreement": head["value"],
-            "head_agreement_low": head["ci_low"],
-            "head_agreement_high": head["ci_high"],
-            "best_baseline": best,
-            "best_baseline_agreement": agree[best],
-            "difference": d,
-            "difference_low": lo,
-            "difference_high": hi,
-            "p_value": p,
-            "verdict": verdict_line(diffs, agree),
-            "verdict_vs_gold": verdict_line(acc_diffs, acc_scores, "attention-free baseline or encoder KR")
-            if acc_diffs else "—",
-        })
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "n_heldout": int(head["n"]),
+                "head": head["head"],
+                "selection_stability": head.get("selection_stability", np.nan),
+                "head_agreement": head["value"],
+                "head_agreement_low": head["ci_low"],
+                "head_agreement_high": head["ci_high"],
+                "best_baseline": best,
+                "best_baseline_agreement": agree[best],
+                "difference": d,
+                "difference_low": lo,
+                "difference_high": hi,
+                "p_value": p,
+                "verdict": verdict_line(diffs, agree),
+                "verdict_vs_gold": verdict_line(acc_diffs, acc_scores, "attention-free baseline or encoder KR")
+                if acc_diffs
+                else "—",
+            }
+        )
     if not rows:
         raise ValueError("the Table 2 CSV has no selected-head rows (recon_agreement) to judge")
     return pd.DataFrame(rows)
 
 
 def verdict_markdown(table: pd.DataFrame) -> str:
-    view = pd.DataFrame({
-        "task": table["task"],
-        "selected head": table["head"],
-        "head: agreement with ŷ [CI]": [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in
-                                        zip(table["head_agreement"], table["head_agreement_low"],
-                                            table["head_agreement_high"])],
-        "best attention-free baseline": [f"{SHORT_LABELS[b]} ({v:.3f})" for b, v in
-                                         zip(table["best_baseline"], table["best_baseline_agreement"])],
-        "Δ [CI], p": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], p={p:.3f}" for d, lo, hi, p in
-                      zip(table["difference"], table["difference_low"], table["difference_high"], table["p_value"])],
-        "n": table["n_heldout"],
-        "verdict (agreement with ŷ)": table["verdict"],
-        "verdict (accuracy vs gold)": table["verdict_vs_gold"],
-    })
+    view = pd.DataFrame(
+        {
+            "task": table["task"],
+            "selected head": table["head"],
+            "head: agreement with ŷ [CI]": [
+                f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+                for v, lo, hi in zip(table["head_agreement"], table["head_agreement_low"], table["head_agreement_high"])
+            ],
+            "best attention-free baseline": [
+                f"{SHORT_LABELS[b]} ({v:.3f})" for b, v in zip(table["best_baseline"], table["best_baseline_agreement"])
+            ],
+            "Δ [CI], p": [
+                f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], p={p:.3f}"
+                for d, lo, hi, p in zip(
+                    table["difference"], table["difference_low"], table["difference_high"], table["p_value"]
+                )
+            ],
+            "n": table["n_heldout"],
+            "verdict (agreement with ŷ)": table["verdict"],
+            "verdict (accuracy vs gold)": table["verdict_vs_gold"],
+        }
+    )
     return to_markdown(view)
 
 

@@ -68,7 +68,8 @@ def headline(path) -> list[str]:
     if path.name == "verdict.csv":
         return [
             f"{r.model} / {r.task}: head {r.head} {r.head_agreement:.3f} vs {r.best_baseline} "
-            f"{r.best_baseline_agreement:.3f}, Δ {r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
+            f"{r.best_baseline_agreement:.3f}, Δ {r.difference:+.3f} "
+            f"[{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
             f" — {r.verdict}"
             for r in frame.itertuples(index=False)
         ]
@@ -148,8 +149,19 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
     for path in verdicts:
         table = path.with_suffix(".csv")
         if table.is_file():
-            cols = ["task", "head", "head_agreement", "best_baseline", "best_baseline_agreement", "difference",
-                    "difference_low", "difference_high", "p_value", "verdict", "verdict_vs_gold"]
+            cols = [
+                "task",
+                "head",
+                "head_agreement",
+                "best_baseline",
+                "best_baseline_agreement",
+                "difference",
+                "difference_low",
+                "difference_high",
+                "p_value",
+                "verdict",
+                "verdict_vs_gold",
+            ]
             frame = pd.read_csv(table)
             html_table = frame[[c for c in cols if c in frame]].to_html(index=False, float_format="%.3f", border=1)
             body.append(f"<h3>Verdict ({esc(path.parent.name)})</h3>{html_table}")
