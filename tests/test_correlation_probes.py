@@ -82,8 +82,12 @@ def test_units_equal_their_scipy_references():
         assert pairs["partial_r"][g] == pytest.approx(expect, abs=1e-9)
         expect = stats.pearsonr(residual(z_centred, xc[:, g]), residual(z_centred, yc)).statistic
         assert centred["partial_r"][g] == pytest.approx(expect, abs=1e-9)
-    np.testing.assert_allclose(per_prompt["r"], np.nanmean(per_prompt_pearson(np.where(valid[..., None], x, np.nan)
-                                                                              .transpose(0, 2, 1), np.where(valid, y, np.nan)), 0))  # fmt: skip
+    np.testing.assert_allclose(
+        per_prompt["r"],
+        np.nanmean(
+            per_prompt_pearson(np.where(valid[..., None], x, np.nan).transpose(0, 2, 1), np.where(valid, y, np.nan)), 0
+        ),
+    )
 
 
 def test_planted_correlation_recovered_and_null_at_chance():
@@ -111,8 +115,13 @@ def test_partial_correlation_removes_a_position_confound():
     length = rng.integers(3, 12, valid.shape).astype(float)
     recency = (slot / n_demos) ** 2  # both sides depend on the slot (and the kernel weight on the length) only
     y = recency + 0.05 * rng.normal(size=valid.shape)
-    x = np.stack([recency + 0.02 * length + 0.05 * rng.normal(size=valid.shape),  # confounded only
-                  y + 0.05 * rng.normal(size=valid.shape)], -1)  # truly tied to sim_pred  # fmt: skip
+    x = np.stack(
+        [
+            recency + 0.02 * length + 0.05 * rng.normal(size=valid.shape),  # confounded only
+            y + 0.05 * rng.normal(size=valid.shape),
+        ],
+        -1,
+    )  # truly tied to sim_pred
     for unit in ("centred", "pairs", "per_prompt"):
         out = correlation_stats(x, y, length, valid, unit=unit, n_permutations=100, n_boot=50)
         assert out["r"][0] > 0.6, unit  # plain r is fooled by the shared slot dependence
@@ -137,16 +146,18 @@ def test_centred_and_pooled_differ_on_a_prompt_level_confound():
 
 def test_simpred_correlation_on_store(planted_store, tmp_path):
     ds = open_store(planted_store)
-    result = simpred_correlation(ds, np.arange(ds.sizes["prompt"]), ["max", "mean"], "centred", n_permutations=50,
-                                 n_boot=50, batch_size=17)  # fmt: skip
+    result = simpred_correlation(
+        ds, np.arange(ds.sizes["prompt"]), ["max", "mean"], "centred", n_permutations=50, n_boot=50, batch_size=17
+    )
     layer, head = Planted().simpred_head
     r = result["r"].sel(pooling="max").values
     assert r[layer, head] > 0.4 and r[layer, head] > result["r_max_null"].sel(pooling="max")
     assert np.nanargmax(r) == np.ravel_multi_index((layer, head), r.shape)
     with pytest.raises(ValueError, match="analysis.correlation_unit"):
         simpred_correlation(ds, np.arange(10), ["max"], "pooled")
-    correlation_figure(planted_store, tmp_path / "f.png", tmp_path / "f.csv", pools=["max"], n_permutations=20,
-                       n_boot=20, title="t")  # fmt: skip
+    correlation_figure(
+        planted_store, tmp_path / "f.png", tmp_path / "f.csv", pools=["max"], n_permutations=20, n_boot=20, title="t"
+    )
     frame = pd.read_csv(tmp_path / "f.csv")
     assert len(frame) == ds.sizes["layer"] * ds.sizes["head"] and (tmp_path / "f.png").stat().st_size > 0
     assert {"r", "r_low", "r_high", "partial_r", "r_null_high", "r_p", "r_max_null", "r_above_max_null"} <= set(frame)

@@ -137,15 +137,16 @@ def load_pairs(ds: xr.Dataset, prompts, pools, batch_size: int = 256):
     for batch in prompt_batches(prompts, batch_size):
         kws.append(ds["kernel_weight"].isel(prompt=batch).sel(pooling=list(pools)).values.astype(np.float64))
         sims.append(ds["sim_pred"].isel(prompt=batch).values.astype(np.float64))
-        lens.append((ds["input_end"].isel(prompt=batch).values - ds["input_start"].isel(prompt=batch).values))
+        lens.append(ds["input_end"].isel(prompt=batch).values - ds["input_start"].isel(prompt=batch).values)
     kw = np.moveaxis(np.concatenate(kws), -1, 1)  # (P, D, pool, layer, head)
     sim, input_len = np.concatenate(sims), np.concatenate(lens).astype(np.float64)
     valid = np.isfinite(sim) & np.isfinite(kw).all(axis=(2, 3, 4))
     return kw, sim, input_len, valid
 
 
-def correlation_stats(x, y, input_len, valid, *, unit="centred", n_permutations=200, n_boot=200, level=0.95,
-                      seed=0, chunk=25) -> dict[str, np.ndarray]:  # fmt: skip
+def correlation_stats(
+    x, y, input_len, valid, *, unit="centred", n_permutations=200, n_boot=200, level=0.95, seed=0, chunk=25
+) -> dict[str, np.ndarray]:
     """Every Fig 4 number for G heads at once: x (P, D, G) kernel weights, y (P, D) sim_pred, input_len (P, D).
 
     Returns r, partial_r, their bootstrap intervals, per-head permutation intervals and p-values, and the
@@ -195,8 +196,14 @@ def correlation_stats(x, y, input_len, valid, *, unit="centred", n_permutations=
             yz_p, zz_p = np.einsum("pd,pdk->pk", y, z), np.einsum("pdk,pdl->pkl", z, z)
             stat = _residual_r(xx_p.sum(0), xy_p.sum(0), yy_p.sum(0), xz_p.sum(0), yz_p.sum(0), zz_p.sum(0))
             w = boot_weights
-            boot = _residual_r(w @ xx_p, w @ xy_p, w @ yy_p, np.einsum("bp,pgk->bgk", w, xz_p), w @ yz_p,
-                               np.einsum("bp,pkl->bkl", w, zz_p))  # fmt: skip
+            boot = _residual_r(
+                w @ xx_p,
+                w @ xy_p,
+                w @ yy_p,
+                np.einsum("bp,pgk->bgk", w, xz_p),
+                w @ yz_p,
+                np.einsum("bp,pkl->bkl", w, zz_p),
+            )
             null = []
             for start in range(0, n_permutations, chunk):
                 yp = permute_within(y, targets, sources[start : start + chunk]).reshape(-1, n_prompts * n_demos)
@@ -204,8 +211,16 @@ def correlation_stats(x, y, input_len, valid, *, unit="centred", n_permutations=
                 yz_b = yp @ zf  # (b, k)
                 yy_b = (yp * yp).sum(1)
                 xz, zz = xf.T @ zf, zf.T @ zf
-                null.append(_residual_r((xf * xf).sum(0), xy_b, yy_b, np.broadcast_to(xz, (len(yp),) + xz.shape), yz_b,
-                                        np.broadcast_to(zz, (len(yp),) + zz.shape)))  # fmt: skip
+                null.append(
+                    _residual_r(
+                        (xf * xf).sum(0),
+                        xy_b,
+                        yy_b,
+                        np.broadcast_to(xz, (len(yp),) + xz.shape),
+                        yz_b,
+                        np.broadcast_to(zz, (len(yp),) + zz.shape),
+                    )
+                )
             null = np.concatenate(null) if null else np.zeros((0, n_heads))
         out[name] = stat
         out.update(_summaries(name, stat, boot, null, level))
@@ -231,13 +246,37 @@ def _summaries(name: str, stat: np.ndarray, boot: np.ndarray, null: np.ndarray, 
     return out
 
 
-HEAD_FIELDS = ("r", "r_low", "r_high", "r_null_low", "r_null_high", "r_p", "r_p_max", "partial_r", "partial_r_low",
-               "partial_r_high", "partial_r_null_low", "partial_r_null_high", "partial_r_p", "partial_r_p_max")  # fmt: skip
+HEAD_FIELDS = (
+    "r",
+    "r_low",
+    "r_high",
+    "r_null_low",
+    "r_null_high",
+    "r_p",
+    "r_p_max",
+    "partial_r",
+    "partial_r_low",
+    "partial_r_high",
+    "partial_r_null_low",
+    "partial_r_null_high",
+    "partial_r_p",
+    "partial_r_p_max",
+)
 
 
-def simpred_correlation(ds: xr.Dataset, prompts, pools, unit: str = "centred", *, n_permutations: int = 200,
-                        n_boot: int = 200, level: float = 0.95, seed: int = 0, batch_size: int = 256) -> xr.Dataset:  # fmt: skip
-    """Fig 4 per (pooling, layer, head): r, partial r, intervals, permutation null; family-wise thresholds per pooling."""
+def simpred_correlation(
+    ds: xr.Dataset,
+    prompts,
+    pools,
+    unit: str = "centred",
+    *,
+    n_permutations: int = 200,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> xr.Dataset:
+    """Fig 4 per (pooling, layer, head): r, partial r, intervals, permutation null; family-wise threshold per pool."""
     if unit not in CORRELATION_UNITS:
         raise ValueError(f"analysis.correlation_unit must be one of {CORRELATION_UNITS}, got {unit!r}")
     prompts = np.sort(np.asarray(prompts, dtype=int))
@@ -245,14 +284,17 @@ def simpred_correlation(ds: xr.Dataset, prompts, pools, unit: str = "centred", *
         raise ValueError("no prompts to correlate (check analysis.figure_splits)")
     kw, sim, input_len, valid = load_pairs(ds, prompts, pools, batch_size)
     if valid.sum() < MIN_PAIRS:
-        raise ValueError(f"only {int(valid.sum())} (test, demonstration) pairs with a finite sim_pred and kernel weight")
+        raise ValueError(
+            f"only {int(valid.sum())} (test, demonstration) pairs with a finite sim_pred and kernel weight"
+        )
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     fields = {key: np.full((len(pools), n_layers, n_heads), np.nan) for key in HEAD_FIELDS}
     per_pool = {key: np.full(len(pools), np.nan) for key in ("r_max_null", "partial_r_max_null")}
     for index in range(len(pools)):
         x = kw[:, :, index].reshape(kw.shape[0], kw.shape[1], -1)
-        stats = correlation_stats(x, sim, input_len, valid, unit=unit, n_permutations=n_permutations, n_boot=n_boot,
-                                  level=level, seed=seed)  # fmt: skip
+        stats = correlation_stats(
+            x, sim, input_len, valid, unit=unit, n_permutations=n_permutations, n_boot=n_boot, level=level, seed=seed
+        )
         for key in HEAD_FIELDS:
             fields[key][index] = np.asarray(stats[key]).reshape(n_layers, n_heads)
         for key in per_pool:
@@ -261,8 +303,15 @@ def simpred_correlation(ds: xr.Dataset, prompts, pools, unit: str = "centred", *
     data = {key: (dims, value) for key, value in fields.items()}
     data.update({key: (("pooling",), value) for key, value in per_pool.items()})
     coords = {"pooling": list(pools), "layer": np.arange(n_layers), "head": np.arange(n_heads)}
-    attrs = {"unit": unit, "n_pairs": stats["n_pairs"], "n_prompts": stats["n_prompts"], "n_permutations": n_permutations,
-             "n_boot": n_boot, "level": level, "seed": seed}  # fmt: skip
+    attrs = {
+        "unit": unit,
+        "n_pairs": stats["n_pairs"],
+        "n_prompts": stats["n_prompts"],
+        "n_permutations": n_permutations,
+        "n_boot": n_boot,
+        "level": level,
+        "seed": seed,
+    }
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 

@@ -27,7 +27,6 @@ import logging
 import numpy as np
 import xarray as xr
 
-
 log = logging.getLogger(__name__)
 
 TARGETS = {"keys": "demo_top_token", "keys_prerope": "demo_top_token", "values": "demo_label"}
@@ -73,8 +72,10 @@ def group_split(groups: np.ndarray, test_fraction: float, seed: int) -> np.ndarr
     """Boolean "is test" per item: a seeded share of the distinct `groups` is test, every item follows its group."""
     unique, inverse = np.unique(groups, return_inverse=True)
     if len(unique) < 2:
-        raise ValueError(f"probes need at least 2 distinct demonstration texts, the kv prompts have {len(unique)} "
-                         "(capture.kv_prompts)")  # fmt: skip
+        raise ValueError(
+            f"probes need at least 2 distinct demonstration texts, the kv prompts have {len(unique)} "
+            "(capture.kv_prompts)"
+        )
     n_test = int(np.clip(round(test_fraction * len(unique)), 1, len(unique) - 1))
     test_groups = np.zeros(len(unique), bool)
     test_groups[np.random.default_rng(seed).permutation(len(unique))[:n_test]] = True
@@ -120,8 +121,9 @@ def identity_baseline(tokens_train, y_train, tokens_test, y_test) -> float:
     return float((pred == y_test).mean())
 
 
-def probe_accuracy(ds: xr.Dataset, variable: str, alpha: float, test_fraction: float, seed: int,
-                   n_null: int = 10) -> xr.Dataset:  # fmt: skip
+def probe_accuracy(
+    ds: xr.Dataset, variable: str, alpha: float, test_fraction: float, seed: int, n_null: int = 10
+) -> xr.Dataset:
     """Accuracy, its clustered SE and the shuffled-target null (offset, layer, kv_head) of the probe on `variable`."""
     kv_ids = ds["kv_prompt"].values.astype(int)
     target = ds[TARGETS[variable]].isel(prompt=kv_ids).values  # (K, D)

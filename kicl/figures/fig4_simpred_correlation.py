@@ -16,14 +16,36 @@ UNIT_TEXT = {
 }
 
 
-def correlation_figure(store, png, csv, *, pools=(), splits=("select", "heldout"), unit="centred", n_permutations=200,
-                       n_boot=200, level=0.95, seed=0, batch_size=256, title=""):  # fmt: skip
+def correlation_figure(
+    store,
+    png,
+    csv,
+    *,
+    pools=(),
+    splits=("select", "heldout"),
+    unit="centred",
+    n_permutations=200,
+    n_boot=200,
+    level=0.95,
+    seed=0,
+    batch_size=256,
+    title="",
+):
     """Fig 4 and its CSV: per pooling, r and the partial r (slot, |x_i|) per head; dots = beyond the max-|r| null."""
     ds = open_store(store, needs=["kernel_weight", "sim_pred", "split", "input_start", "input_end"])
     pools = poolings(ds, pools)
     prompts = np.flatnonzero(split_mask(ds, splits))
-    result = simpred_correlation(ds, prompts, pools, unit, n_permutations=n_permutations, n_boot=n_boot, level=level,
-                                 seed=seed, batch_size=batch_size)  # fmt: skip
+    result = simpred_correlation(
+        ds,
+        prompts,
+        pools,
+        unit,
+        n_permutations=n_permutations,
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+        batch_size=batch_size,
+    )
     frame = correlation_frame(result)
     with atomic_path(csv) as temporary:
         frame.to_csv(temporary, index=False, float_format="%.6g")

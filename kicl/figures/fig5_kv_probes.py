@@ -17,31 +17,53 @@ def plot_probe(result, path, title: str) -> None:
     layers = result["layer"].values
     info = result.attrs
     with figure_style():
-        fig, axes = plt.subplots(1, len(offsets), figsize=(3.0 * len(offsets), 3.6), sharey=True, squeeze=False,
-                                 layout="constrained")  # fmt: skip
+        fig, axes = plt.subplots(
+            1, len(offsets), figsize=(3.0 * len(offsets), 3.6), sharey=True, squeeze=False, layout="constrained"
+        )
         n_heads = result.sizes["kv_head"]
         jitter = np.linspace(-0.25, 0.25, n_heads) if n_heads > 1 else np.zeros(1)
         for ax, off in zip(axes[0], offsets):
             acc = result["accuracy"].sel(offset=off).values  # (layer, head)
             se = result["se"].sel(offset=off).values
             xs = (layers[:, None] + jitter[None, :]).ravel()
-            ax.errorbar(xs, acc.ravel(), yerr=se.ravel(), fmt="o", ms=2.5, elinewidth=0.6, alpha=0.5,
-                        color=BASELINE_COLORS[0], label="head ± SE")  # fmt: skip
+            ax.errorbar(
+                xs,
+                acc.ravel(),
+                yerr=se.ravel(),
+                fmt="o",
+                ms=2.5,
+                elinewidth=0.6,
+                alpha=0.5,
+                color=BASELINE_COLORS[0],
+                label="head ± SE",
+            )
             ax.plot(layers, np.nanmean(acc, 1), color=MAIN_COLOR, label="layer mean")
             ax.axhline(info["majority"], color="gray", linestyle="--", linewidth=1, label="majority class")
             null = result["null_accuracy"].sel(offset=off).values
             if np.isfinite(null).any():
-                ax.plot(layers, np.nanmean(null, 1), color=BASELINE_COLORS[3], linestyle=":", label="shuffled-target null")
-                ax.axhline(info["null_q95"], color=BASELINE_COLORS[3], linestyle="-.", linewidth=0.8,
-                           label="null 95% (all heads)")  # fmt: skip
+                ax.plot(
+                    layers, np.nanmean(null, 1), color=BASELINE_COLORS[3], linestyle=":", label="shuffled-target null"
+                )
+                ax.axhline(
+                    info["null_q95"],
+                    color=BASELINE_COLORS[3],
+                    linestyle="-.",
+                    linewidth=0.8,
+                    label="null 95% (all heads)",
+                )
             if off == 0:
-                ax.axhline(info["identity_offset0"], color=BASELINE_COLORS[4], linestyle="--", linewidth=1,
-                           label="label-token identity")  # fmt: skip
+                ax.axhline(
+                    info["identity_offset0"],
+                    color=BASELINE_COLORS[4],
+                    linestyle="--",
+                    linewidth=1,
+                    label="label-token identity",
+                )
             ax.set_title(f"offset {off:+d}")
             ax.set_xlabel("layer")
             ax.set_ylim(-0.02, 1.02)
         axes[0][0].set_ylabel("probe accuracy (held-out texts)")
-        handles, labels = {}, {}
+        handles = {}
         for ax in axes[0]:
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(label, handle)
@@ -50,8 +72,9 @@ def plot_probe(result, path, title: str) -> None:
     save_figure(fig, path)
 
 
-def probe_figure(store, png_keys, png_values, csv, *, alpha=0.01, test_fraction=0.2, seed=0, n_null=10, keys="keys",
-                 title=""):  # fmt: skip
+def probe_figure(
+    store, png_keys, png_values, csv, *, alpha=0.01, test_fraction=0.2, seed=0, n_null=10, keys="keys", title=""
+):
     """Fig 5a (keys -> top token of x_i alone) and Fig 5b (values -> y_i), plus the CSV of every number."""
     ds = open_store(store, needs=[keys, "values", "demo_top_token", "demo_label"])
     frames = []

@@ -7,8 +7,19 @@ import numpy as np
 from kicl.figures.style import figure_style, plt, save_figure
 
 
-def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=None, vmax=None, cmap="viridis", best="max",
-                  marks=None, notes=None):  # fmt: skip
+def head_heatmaps(
+    grids: dict,
+    path,
+    title: str,
+    colorbar_label: str,
+    *,
+    vmin=None,
+    vmax=None,
+    cmap="viridis",
+    best="max",
+    marks=None,
+    notes=None,
+):
     """One panel per entry of `grids` (name -> array (layer, head)); the best head of each panel is boxed.
 
     `marks` (name -> boolean (layer, head)) puts a dot on the marked heads (e.g. above a null threshold);
@@ -22,8 +33,10 @@ def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=No
     width = float(np.clip(n_layers * 0.22, 3.0, 8.0))
     height = float(np.clip(n_heads * 0.22, 2.0, 8.0)) + 0.7
     with figure_style():
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols + 1.2, height * nrows + 0.8), squeeze=False, layout="constrained")
-        for ax in axes.ravel()[len(names):]:
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(width * ncols + 1.2, height * nrows + 0.8), squeeze=False, layout="constrained"
+        )
+        for ax in axes.ravel()[len(names) :]:
             ax.remove()
         finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()] + [np.array([0.0])])
         vmin = float(finite.min()) if vmin is None else vmin
@@ -31,7 +44,9 @@ def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, vmin=No
         panels = axes.ravel()[: len(names)]
         for ax, name in zip(panels, names):
             grid = np.asarray(grids[name], dtype=float)
-            im = ax.imshow(grid.T, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            im = ax.imshow(
+                grid.T, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
+            )
             ax.set_xlabel("layer index")
             ax.set_ylabel("head index")
             if np.isfinite(grid).any() and best:
