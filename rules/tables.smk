@@ -110,7 +110,6 @@ rule table_encoder_kr:
 
 
 rule verdict:
-    localrule: True
     input:
         table2="results/tables/{model}/table2.csv",
     output:
@@ -130,6 +129,7 @@ rule verdict:
         ),
     log:
         "logs/verdict/{model}.log",
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:
@@ -158,4 +158,3 @@ rule report_summary:
         benchmarks="benchmarks/out",
     script:
         "../scripts/report_summary.py"
-
