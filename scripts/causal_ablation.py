@@ -1,7 +1,5 @@
 """Snakemake adapter: ablate heads of one (model, task) on its held-out prompts (kicl.capture.ablation)."""
 
-from snakemake.script import snakemake
-
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])

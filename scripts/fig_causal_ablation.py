@@ -1,7 +1,5 @@
 """Snakemake adapter: the causal head-ablation curves and their CSV (kicl.figures.ablation)."""
 
-from snakemake.script import snakemake
-
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
