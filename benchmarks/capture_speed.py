@@ -64,12 +64,24 @@ def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: i
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kicl.capture.run import CAPTURE_ATTENTION, forward_batch, kernel_weights, prepare_model, register_capture_attention
+    from kicl.capture.run import (
+        CAPTURE_ATTENTION,
+        forward_batch,
+        kernel_weights,
+        prepare_model,
+        register_capture_attention,
+    )
 
     torch.set_num_threads(threads)
     register_capture_attention()
-    attention = {"capture": CAPTURE_ATTENTION, "eager": "eager", "eager_grad": "eager", "sdpa": "sdpa",
-                 "sdpa_last": "sdpa", "ablation_step": CAPTURE_ATTENTION}[variant]
+    attention = {
+        "capture": CAPTURE_ATTENTION,
+        "eager": "eager",
+        "eager_grad": "eager",
+        "sdpa": "sdpa",
+        "sdpa_last": "sdpa",
+        "ablation_step": CAPTURE_ATTENTION,
+    }[variant]
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention, dtype=torch.float32).eval()
     shape = prepare_model(model) if variant in ("capture", "ablation_step") else None
     n_params = sum(p.numel() for p in model.parameters())
@@ -113,7 +125,8 @@ def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: i
     reset = _reset_peak()
     run(prompts[0])  # warm-up
     if profile:
-        from torch.profiler import ProfilerActivity, profile as torch_profile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
 
         with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
             run(prompts[1])
@@ -197,24 +210,51 @@ def main() -> None:
             if args.profile_dir:
                 Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
                 extra = ["--profile", str(Path(args.profile_dir) / f"{variant}-{length}.txt")]
-            rows.append(_spawn(["--worker", variant, "--model", args.model, "--length", str(length),
-                                "--prompts", str(args.prompts), "--threads", str(args.threads), *extra]))
+            rows.append(
+                _spawn(
+                    [
+                        "--worker",
+                        variant,
+                        "--model",
+                        args.model,
+                        "--length",
+                        str(length),
+                        "--prompts",
+                        str(args.prompts),
+                        "--threads",
+                        str(args.threads),
+                        *extra,
+                    ]
+                )
+            )
             row = rows[-1]
-            print(f"  {variant:8s} L={length:5d}: {row['seconds_per_prompt']:.3f} s/prompt, peak {row['peak_rss_mb']:.0f} MB, "
-                  f"activations {row['activation_mb']:.0f} MB", file=sys.stderr, flush=True)
+            print(
+                f"  {variant:8s} L={length:5d}: {row['seconds_per_prompt']:.3f} s/prompt, peak {row['peak_rss_mb']:.0f} MB, "
+                f"activations {row['activation_mb']:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
     load_after = os.getloadavg()
 
-    print(f"model {args.model} ({rows[0]['params'] / 1e6:.1f}M parameters, fp32), {args.threads} threads, "
-          f"batch 1, {args.prompts} timed prompts per cell")
-    print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
-          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; fp32 matmul {rate:.0f} GFLOP/s")
+    print(
+        f"model {args.model} ({rows[0]['params'] / 1e6:.1f}M parameters, fp32), {args.threads} threads, "
+        f"batch 1, {args.prompts} timed prompts per cell"
+    )
+    print(
+        f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+        f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; fp32 matmul {rate:.0f} GFLOP/s"
+    )
     print()
-    print("| L | variant | s/prompt (best) | s/prompt (mean) | prompts/s | RSS loaded MB | peak RSS MB | activation MB | GFLOP/s | % of matmul |")
+    print(
+        "| L | variant | s/prompt (best) | s/prompt (mean) | prompts/s | RSS loaded MB | peak RSS MB | activation MB | GFLOP/s | % of matmul |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['length']} | {r['variant']} | {r['seconds_per_prompt']:.3f} | {r['seconds_mean']:.3f} | {r['prompts_per_second']:.2f} | "
-              f"{r['loaded_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['activation_mb']:.0f} | {r['gflops']:.0f} | "
-              f"{100 * r['gflops'] / rate:.0f} |")
+        print(
+            f"| {r['length']} | {r['variant']} | {r['seconds_per_prompt']:.3f} | {r['seconds_mean']:.3f} | {r['prompts_per_second']:.2f} | "
+            f"{r['loaded_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['activation_mb']:.0f} | {r['gflops']:.0f} | "
+            f"{100 * r['gflops'] / rate:.0f} |"
+        )
     print()
     by = {(r["length"], r["variant"]): r for r in rows}
     for length in args.lengths:
@@ -224,16 +264,30 @@ def main() -> None:
         lines = []
         for name in ("eager", "eager_grad"):
             if other := by.get((length, name)):
-                lines.append(f"{name}/capture time {other['seconds_per_prompt'] / cap['seconds_per_prompt']:.2f}x (target >= 3), "
-                             f"activation memory {other['activation_mb'] / max(cap['activation_mb'], 1):.1f}x (target >= 5)")
+                lines.append(
+                    f"{name}/capture time {other['seconds_per_prompt'] / cap['seconds_per_prompt']:.2f}x (target >= 3), "
+                    f"activation memory {other['activation_mb'] / max(cap['activation_mb'], 1):.1f}x (target >= 5)"
+                )
         for name in ("sdpa", "sdpa_last"):
             if other := by.get((length, name)):
-                lines.append(f"capture/{name} time {cap['seconds_per_prompt'] / other['seconds_per_prompt']:.2f}x (target <= 1.3)")
+                lines.append(
+                    f"capture/{name} time {cap['seconds_per_prompt'] / other['seconds_per_prompt']:.2f}x (target <= 1.3)"
+                )
         print(f"L={length}: " + "; ".join(lines))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"load_before": load_before, "load_after": load_after, "matmul_gflops": rate,
-                               "threads": args.threads, "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "load_before": load_before,
+                "load_after": load_after,
+                "matmul_gflops": rate,
+                "threads": args.threads,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

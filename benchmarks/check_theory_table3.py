@@ -33,8 +33,10 @@ def main() -> int:
             failures.append(f"n = {n} missing from {TABLE}")
             continue
         difference = ours.loc[n, "acc_posterior_mean"] - paper.loc[n, "accuracy"]
-        print(f"{n:>4} {paper.loc[n, 'accuracy']:>9.3f} {ours.loc[n, 'acc_posterior_mean']:>9.3f} {difference:>+7.3f}"
-              f" {paper.loc[n, 'distance']:>9.3f} {ours.loc[n, 'l1_mean']:>8.3f}")
+        print(
+            f"{n:>4} {paper.loc[n, 'accuracy']:>9.3f} {ours.loc[n, 'acc_posterior_mean']:>9.3f} {difference:>+7.3f}"
+            f" {paper.loc[n, 'distance']:>9.3f} {ours.loc[n, 'l1_mean']:>8.3f}"
+        )
         if n >= 8 and abs(difference) > ACCURACY_TOLERANCE:
             failures.append(f"accuracy at n = {n} is {difference:+.3f} from the paper (allowed ±{ACCURACY_TOLERANCE})")
     if 1 in ours.index and ours.loc[1, "l1_mean"] < L1_AT_1:

@@ -20,8 +20,8 @@ import yaml
 from snakemake.utils import validate
 
 from kicl.data.models import load_model, load_tokenizer, read_manifest
-from kicl.prompts.build import build_prompt_set
 from kicl.data.tasks import drop_empty, load_split
+from kicl.prompts.build import build_prompt_set
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="test points (drawn like protocol.n_select)")
     parser.add_argument("--demos", type=int, nargs="+", default=[0, 8])
     parser.add_argument("--strategies", nargs="+", default=["random"])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 on a loaded 2-core host was 4x slower)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (2 on a loaded 2-core host was 4x slower)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -48,7 +50,12 @@ def main() -> None:
     pool = drop_empty(load_split(resources / f"{spec['demo_split']}.parquet", spec), "pool")
     for k in args.demos:
         for strategy in args.strategies if k else ["random"]:
-            protocol = config["protocol"] | {"n_demos": k, "n_select": args.n, "n_heldout": 0, "demo_strategy": strategy}
+            protocol = config["protocol"] | {
+                "n_demos": k,
+                "n_select": args.n,
+                "n_heldout": 0,
+                "demo_strategy": strategy,
+            }
             meta, records = build_prompt_set(args.task, spec, args.model, tokenizer, eval_table, pool, protocol,
                                              manifest["max_length"])  # fmt: skip
             label_ids = torch.tensor(meta["label_token_ids"])

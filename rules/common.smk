@@ -160,7 +160,9 @@ def model_manifest_input(wildcards):
     if config["models"][wildcards.model]["source"] == "packaged_gguf":
         return {"folder": f"resources/models/{wildcards.model}"}
     if THEORY_ICL_PAIR and wildcards.model == THEORY_ICL_PAIR[0]:
-        return {"folder": config["models"][wildcards.model]["local"]["path"]}  # trained by theory_icl_pretrain
+        return {
+            "folder": config["models"][wildcards.model]["local"]["path"]
+        }  # trained by theory_icl_pretrain
     return {}
 
 
@@ -224,7 +226,9 @@ def forward_gpus(wildcards):
 
 # ---- Causal head ablation (rules/causal.smk), for causal.tasks (a subset of run.tasks)
 CAUSAL_TASKS = [task for task in config["causal"]["tasks"] if task in SELECTED_TASKS]
-_causal_unknown = [task for task in config["causal"]["tasks"] if task not in config["tasks"]]
+_causal_unknown = [
+    task for task in config["causal"]["tasks"] if task not in config["tasks"]
+]
 if _causal_unknown:
     raise WorkflowError(
         f"invalid configuration:\n  causal.tasks: {_causal_unknown} are not in the tasks catalog "
@@ -267,7 +271,9 @@ FIGURE_RULES = [
 ]
 if config["capture"].get("kv_prompts", 0) > 0:
     FIGURE_RULES.append("fig5_kv_probes")
-TABLE_RULES = ["table2", "verdict"] + (["table_encoder_kr"] if SELECTED_ENCODERS else [])
+TABLE_RULES = ["table2", "verdict"] + (
+    ["table_encoder_kr"] if SELECTED_ENCODERS else []
+)
 
 
 def _rule_outputs(name):

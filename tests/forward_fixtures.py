@@ -25,13 +25,13 @@ def make_tokenizer(folder: Path):
     from transformers import PreTrainedTokenizerFast
 
     rng = np.random.default_rng(0)
-    corpus = [
-        f"Input: {' '.join(rng.choice(CONTENT, 4))} Output:{rng.choice(VERBALIZERS)}\n" for _ in range(400)
-    ]
+    corpus = [f"Input: {' '.join(rng.choice(CONTENT, 4))} Output:{rng.choice(VERBALIZERS)}\n" for _ in range(400)]
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     core.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>")
     assert len(tokenizer) <= VOCAB
@@ -45,11 +45,21 @@ def tiny_config(family: str, vocab: int = VOCAB, max_positions: int = 512):
 
     common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     if family == "gptj":
-        return GPTJConfig(n_positions=max_positions, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, initializer_range=0.2, **common)
+        return GPTJConfig(
+            n_positions=max_positions, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, initializer_range=0.2, **common
+        )
     if family == "gpt2":
         return GPT2Config(n_positions=max_positions, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2, **common)
-    decoder = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=max_positions, initializer_range=0.2, **common)
+    decoder = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        initializer_range=0.2,
+        **common,
+    )
     if family == "llama":
         return LlamaConfig(**decoder)
     if family == "qwen2":
@@ -73,13 +83,27 @@ def make_model_folder(folder: Path, family: str, seed: int = 0) -> dict:
     model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager")
     model.save_pretrained(folder)
     make_tokenizer(folder)
-    return {"name": f"tiny-{family}", "path": str(folder), "id": f"random/{family}", "revision": None,
-            "dtype": "float32", "device": "cpu", "architecture": type(model).__name__}
+    return {
+        "name": f"tiny-{family}",
+        "path": str(folder),
+        "id": f"random/{family}",
+        "revision": None,
+        "dtype": "float32",
+        "device": "cpu",
+        "architecture": type(model).__name__,
+    }
 
 
-def make_prompts(folder: Path, model_dir: str | Path, n_prompts: int = 10, seed: int = 0,
-                 demos: tuple[int, int] = (2, 4), words: tuple[int, int] = (2, 7), model: str = "tiny",
-                 task: str = "toy") -> tuple[Path, Path]:
+def make_prompts(
+    folder: Path,
+    model_dir: str | Path,
+    n_prompts: int = 10,
+    seed: int = 0,
+    demos: tuple[int, int] = (2, 4),
+    words: tuple[int, int] = (2, 7),
+    model: str = "tiny",
+    task: str = "toy",
+) -> tuple[Path, Path]:
     """Write meta.json + prompts.jsonl with random demonstrations (demo counts vary between prompts)."""
     from transformers import AutoTokenizer
 
@@ -95,13 +119,32 @@ def make_prompts(folder: Path, model_dir: str | Path, n_prompts: int = 10, seed:
         demo_list = [Demo(int(i), int(pool_labels[i]), pool[i]) for i in chosen]
         test_text = " ".join(rng.choice(CONTENT, size=rng.integers(*words)))
         record = build_prompt(pieces, TEMPLATE, VERBALIZERS, demo_list, test_text)
-        records.append({"prompt_id": pid, "split": "select" if pid % 3 else "heldout", "test_index": 100 + pid,
-                        "gold": int(rng.integers(0, 2)), **record})
-    meta = {"task": task, "model": model, "label_names": LABELS, "verbalizers": VERBALIZERS,
-            "label_token_ids": pieces.label_token_ids(VERBALIZERS, "single_token"), "readout": "single_token",
-            "template": TEMPLATE, "n_demos": demos[1], "seed": seed, "strategy": "random",
-            "tokenizer": str(model_dir), "n_select": n_prompts, "n_heldout": 0, "eval_split": "validation",
-            "demo_split": "train"}
+        records.append(
+            {
+                "prompt_id": pid,
+                "split": "select" if pid % 3 else "heldout",
+                "test_index": 100 + pid,
+                "gold": int(rng.integers(0, 2)),
+                **record,
+            }
+        )
+    meta = {
+        "task": task,
+        "model": model,
+        "label_names": LABELS,
+        "verbalizers": VERBALIZERS,
+        "label_token_ids": pieces.label_token_ids(VERBALIZERS, "single_token"),
+        "readout": "single_token",
+        "template": TEMPLATE,
+        "n_demos": demos[1],
+        "seed": seed,
+        "strategy": "random",
+        "tokenizer": str(model_dir),
+        "n_select": n_prompts,
+        "n_heldout": 0,
+        "eval_split": "validation",
+        "demo_split": "train",
+    }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").write_text(json.dumps(meta))
     with open(folder / "prompts.jsonl", "w") as handle:

@@ -10,11 +10,11 @@ import xarray as xr
 from kicl.analysis.attention_map import aligned_attention_map, interpolation_matrix, prompt_segments, resize
 from kicl.analysis.encoder_kr import kernel_regression
 from kicl.analysis.reconstruction import head_reconstruction, label_votes
+from kicl.figures.fig2_attention_map import attention_map_figure
+from kicl.figures.fig3_reconstruction import reconstruction_figure
 from kicl.store.reader import StoreError, open_store, string_values
 from kicl.store.synthetic import Planted, make_synthetic_store
 from kicl.tables.table2 import bootstrap_ci, paper_value, table2, wide_table
-from kicl.figures.fig2_attention_map import attention_map_figure
-from kicl.figures.fig3_reconstruction import reconstruction_figure
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -195,14 +195,18 @@ def test_encoder_kr_equals_direct_computation():
 def test_paper_values_match_by_name_and_alias():
     assert paper_value("icl_accuracy", "sst2") == 0.805
     assert paper_value("encoder:all-MiniLM-L6-v2:cosine", "tweet_eval_offensive") == 0.588
-    assert paper_value("encoder:minilm:cosine", "hate", {"minilm": "all-MiniLM-L6-v2", "hate": "tweet_eval_hate"}) == 0.548
+    assert (
+        paper_value("encoder:minilm:cosine", "hate", {"minilm": "all-MiniLM-L6-v2", "hate": "tweet_eval_hate"}) == 0.548
+    )
     assert paper_value("encoder:all-MiniLM-L6-v2:softmax", "sst2") is None
     assert paper_value("icl_accuracy", "movie_snippets") is None
 
 
 def test_table2_selects_planted_head(planted_store, tmp_path):
     ds = open_store(planted_store)
-    records = pd.DataFrame({"prompt_id": np.arange(ds.sizes["prompt"]), "split": string_values(ds["split"]), "gold": ds["gold"].values})
+    records = pd.DataFrame(
+        {"prompt_id": np.arange(ds.sizes["prompt"]), "split": string_values(ds["split"]), "gold": ds["gold"].values}
+    )
     records["pred_cosine"] = records["gold"]
     records["pred_softmax"] = 1 - records["gold"]
     kr_csv = tmp_path / "kr.csv"

@@ -2,11 +2,11 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from forward_fixtures import eager_reference, make_model_folder, make_prompts, make_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,8 +105,14 @@ def test_keys_values_match_cache_and_hooks(family_model, prompt_records):
         for r in kv_rows
     ])  # fmt: skip
     for side in ("right", "left"):
-        result = forward_batch(model, sequences, padding_side=side, kv_rows=kv_rows, kv_positions=np.array(positions),
-                               n_layers=shape.n_layers)
+        result = forward_batch(
+            model,
+            sequences,
+            padding_side=side,
+            kv_rows=kv_rows,
+            kv_positions=np.array(positions),
+            n_layers=shape.n_layers,
+        )
         for k, r in enumerate(kv_rows):
             pos = positions[k]
             assert np.abs(result.keys[k] - reference[r]["keys"][:, :, pos, :]).max() <= TOL
@@ -214,7 +220,7 @@ def test_options_defaults_come_from_the_schema():
 
     from kicl.config import SCHEMA_PATH, defaults_for, resolve_device, resolve_dtype
 
-    schema = yaml.safe_load(open(SCHEMA_PATH))["properties"]["capture"]["properties"]
+    schema = yaml.safe_load(Path(SCHEMA_PATH).read_text())["properties"]["capture"]["properties"]
     options = CaptureOptions.from_config({}, {"dtype": "float32", "device": "cpu"})
     for key in ("batch_size", "shard_size", "kv_prompts", "padding_side", "simpred_context"):
         assert getattr(options, key) == schema[key]["default"] == defaults_for("capture")[key]

@@ -53,6 +53,7 @@ def _reference_logits(model, sequences, edit):
     shape = model_shape(model)
     handles = []
     for layer, attention in enumerate(attention_modules(model)):
+
         def pre_hook(_module, inputs, layer=layer):
             x = inputs[0].clone().reshape(*inputs[0].shape[:-1], shape.n_heads, shape.head_dim)
             edit(layer, x)
@@ -139,8 +140,11 @@ def _eager_knockout(module, query, key, value, attention_mask, dropout=0.0, scal
     length = scores.shape[-1]
     scores = scores.masked_fill(~torch.ones(length, length, dtype=torch.bool).tril(), float("-inf"))
     if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool \
+        scores = (
+            scores.masked_fill(~attention_mask, float("-inf"))
+            if attention_mask.dtype == torch.bool
             else scores + attention_mask
+        )
     for head in KNOCK.get("heads", {}).get(module.layer_idx, []):
         scores[:, head, -1, KNOCK["positions"]] = float("-inf")
     probs = torch.softmax(scores, dim=-1)
@@ -215,8 +219,11 @@ def test_cached_last_token_step_equals_full_pass(folder, sequences):
         assert torch.allclose(outputs.outputs, full_outputs, atol=1e-5)
     assert torch.allclose(cached, full, atol=1e-4)
     means = full_outputs.numpy().mean(0)
-    for make in (lambda: HeadAblation(HEADS, "zero", rows="last"), lambda: HeadAblation(HEADS, "mean", means=means,
-                 rows="last"), lambda: AttentionKnockout(HEADS)):
+    for make in (
+        lambda: HeadAblation(HEADS, "zero", rows="last"),
+        lambda: HeadAblation(HEADS, "mean", means=means, rows="last"),
+        lambda: AttentionKnockout(HEADS),
+    ):
         handler = make()
         with CaptureSession(model, [handler]) as session:
             if isinstance(handler, AttentionKnockout):

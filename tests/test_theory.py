@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from kicl.config import config_errors
+from kicl.theory.experiment import METHODS, TheoryConfig, prediction_metrics, run_table3, summarise_table3, write_table3
 from kicl.theory.hmm import BlockHMM, joint_likelihood, make_block_hmm, sample_segments, start_forward
 from kicl.theory.kernel import (
     clip_normalise,
@@ -21,9 +23,7 @@ from kicl.theory.kernel import (
     second_moment_monte_carlo,
     sum_normalise,
 )
-from kicl.config import config_errors
 from kicl.theory.table3 import PAPER_TABLE3, figure_data, table3_html, table3_markdown, write_table3_figure
-from kicl.theory.experiment import METHODS, TheoryConfig, prediction_metrics, run_table3, summarise_table3, write_table3
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "schemas" / "config.schema.yaml"
@@ -172,8 +172,10 @@ def test_prediction_metrics():
 
 # ---------------------------------------------------------------- config
 def schema_defaults(node: dict) -> dict:
-    return {key: schema_defaults(value) if value.get("type") == "object" else value["default"]
-            for key, value in node["properties"].items()}
+    return {
+        key: schema_defaults(value) if value.get("type") == "object" else value["default"]
+        for key, value in node["properties"].items()
+    }
 
 
 def test_config_defaults_agree_with_the_schema_and_config_yaml():

@@ -33,8 +33,13 @@ def summarise(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: flo
     for (mode, ranking, k), group in frame.groupby(KEYS, sort=True):
         per_prompt = group.groupby("prompt")[list(METRICS.values())].mean()
         per_draw = group.groupby("draw")[list(METRICS.values())].mean()
-        row = {"mode": mode, "ranking": ranking, "k": int(k), "n_prompts": len(per_prompt),
-               "n_draws": int(group["draw"].nunique())}
+        row = {
+            "mode": mode,
+            "ranking": ranking,
+            "k": int(k),
+            "n_prompts": len(per_prompt),
+            "n_draws": int(group["draw"].nunique()),
+        }
         for name, column in METRICS.items():
             row[name] = float(per_prompt[column].mean())
             row[f"{name}_lo"], row[f"{name}_hi"] = bootstrap_mean(per_prompt[column].values, n_boot, seed, level)

@@ -103,8 +103,17 @@ def _batches(indices, prompts, size):
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def run_ablation(meta_path, prompts_path, manifest, store_path, out_csv, heads_csv, causal: dict | None = None,
-                 capture: dict | None = None, threads: int | None = None) -> pd.DataFrame:
+def run_ablation(
+    meta_path,
+    prompts_path,
+    manifest,
+    store_path,
+    out_csv,
+    heads_csv,
+    causal: dict | None = None,
+    capture: dict | None = None,
+    threads: int | None = None,
+) -> pd.DataFrame:
     """Run every condition on the held-out prompts of one (model, task); write the per-prompt CSV and the heads.
 
     ``causal``/``capture``: the config sections (defaults from the schema). Returns the per-prompt frame.
@@ -153,8 +162,12 @@ def run_ablation(meta_path, prompts_path, manifest, store_path, out_csv, heads_c
                 part = outputs.outputs.double().sum(0)
                 total = part if total is None else total + part
             means = (total / len(mean_from)).float().numpy()
-            log.info("%s: mean head outputs over %d select prompts in %.1f s", where, len(mean_from),
-                     time.perf_counter() - started)
+            log.info(
+                "%s: mean head outputs over %d select prompts in %.1f s",
+                where,
+                len(mean_from),
+                time.perf_counter() - started,
+            )
         handlers = {}
         for c in conds:
             if c.mode == "knockout":
@@ -182,12 +195,24 @@ def run_ablation(meta_path, prompts_path, manifest, store_path, out_csv, heads_c
     seconds = time.perf_counter() - started
     diff = float(np.abs(baseline - store_logits[heldout]).max())
     step_seconds = seconds - mean_seconds - prefill_seconds
-    log.info("%s: %.1f s in all: means %.1f s, prefixes %.1f s, %d conditions x %d held-out prompts %.1f s "
-             "(%.2f s per condition); |no-ablation step - store| <= %.2e", where, seconds, mean_seconds,
-             prefill_seconds, len(conds), len(heldout), step_seconds, step_seconds / max(1, len(conds)), diff)
+    log.info(
+        "%s: %.1f s in all: means %.1f s, prefixes %.1f s, %d conditions x %d held-out prompts %.1f s "
+        "(%.2f s per condition); |no-ablation step - store| <= %.2e",
+        where,
+        seconds,
+        mean_seconds,
+        prefill_seconds,
+        len(conds),
+        len(heldout),
+        step_seconds,
+        step_seconds / max(1, len(conds)),
+        diff,
+    )
     if not diff <= 1e-2 * max(1.0, float(np.abs(store_logits).max())):
-        raise CaptureError(f"{where}: without ablation the cached step differs from the store's label_logits by "
-                           f"{diff:.3g}; the store does not belong to this model")
+        raise CaptureError(
+            f"{where}: without ablation the cached step differs from the store's label_logits by "
+            f"{diff:.3g}; the store does not belong to this model"
+        )
     gold = ds["gold"].values[heldout]
     base_pred = ds["prediction"].values[heldout]
     base_margin = margins(store_logits[heldout], gold)

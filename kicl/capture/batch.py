@@ -60,8 +60,9 @@ def forward_batch(
     return result
 
 
-def prompt_shard(model, shape: ModelShape, prompts: list[dict], meta: dict, options, n_demos: int,
-                 simpred) -> dict[str, np.ndarray]:
+def prompt_shard(
+    model, shape: ModelShape, prompts: list[dict], meta: dict, options, n_demos: int, simpred
+) -> dict[str, np.ndarray]:
     """All per-prompt outputs of one shard of prompts (dict of arrays with the shard's prompts first)."""
     n = len(prompts)
     width = max(len(p["input_ids"]) for p in prompts)
@@ -110,8 +111,11 @@ def prompt_shard(model, shape: ModelShape, prompts: list[dict], meta: dict, opti
         for k, b in enumerate(kv_members):
             slot = kv_slot[members[b]]
             mask = valid[k]
-            for name, values in (("keys", result.keys), ("values", result.values),
-                                 ("keys_prerope", result.keys_prerope)):
+            for name, values in (
+                ("keys", result.keys),
+                ("values", result.values),
+                ("keys_prerope", result.keys_prerope),
+            ):
                 if name in out:
                     # (layers, n_kv, demos*offsets, d) -> (layers, n_kv, demos, offsets, d)
                     block = values[k].reshape(shape.n_layers, shape.n_kv_heads, n_demos, len(offsets), shape.head_dim)

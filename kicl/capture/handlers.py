@@ -114,8 +114,15 @@ class HeadAblation(Handler):
     positions or only each row's ``last`` real token (where the next-token prediction is read).
     """
 
-    def __init__(self, heads: Iterable[tuple[int, int]], mode: str = "zero", *, scale: float = 0.0,
-                 means: np.ndarray | torch.Tensor | None = None, rows: str = "all"):
+    def __init__(
+        self,
+        heads: Iterable[tuple[int, int]],
+        mode: str = "zero",
+        *,
+        scale: float = 0.0,
+        means: np.ndarray | torch.Tensor | None = None,
+        rows: str = "all",
+    ):
         if mode not in ABLATION_MODES:
             raise ValueError(f"ablation mode must be one of {ABLATION_MODES}, got {mode!r}")
         if rows not in ABLATION_ROWS:

@@ -51,9 +51,24 @@ _prerope_key_module = prerope_key_module
 _token_budget_batches = token_budget_batches
 
 __all__ = [
-    "CAPTURE_ATTENTION", "PADDING_SIDES", "POOLINGS", "SIMPRED_CONTEXTS", "BatchResult", "CaptureError",
-    "CaptureOptions", "CaptureSession", "ModelShape", "context_ids", "forward_batch", "kernel_weights",
-    "kv_positions", "predict", "prepare_model", "read_prompts", "register_capture_attention", "run_capture",
+    "CAPTURE_ATTENTION",
+    "PADDING_SIDES",
+    "POOLINGS",
+    "SIMPRED_CONTEXTS",
+    "BatchResult",
+    "CaptureError",
+    "CaptureOptions",
+    "CaptureSession",
+    "ModelShape",
+    "context_ids",
+    "forward_batch",
+    "kernel_weights",
+    "kv_positions",
+    "predict",
+    "prepare_model",
+    "read_prompts",
+    "register_capture_attention",
+    "run_capture",
 ]
 
 
@@ -92,8 +107,9 @@ def _git_commit() -> str | None:
     """The commit of the kicl checkout the code runs from (None outside a git work tree)."""
     root = Path(__file__).resolve().parents[2]
     try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = done.stdout.strip()

@@ -295,14 +295,21 @@ class CaptureSession:
         prefix = pad_batch([s[:-1] for s in sequences], "left", device)
         cache = DynamicCache()
         with torch.inference_mode():
-            self.model(input_ids=prefix.input_ids, attention_mask=prefix.attention_mask,
-                       position_ids=prefix.position_ids, cache=cache, use_cache=True, logits_to_keep=1)
+            self.model(
+                input_ids=prefix.input_ids,
+                attention_mask=prefix.attention_mask,
+                position_ids=prefix.position_ids,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         batch_size, width = prefix.input_ids.shape
         lengths = prefix.lengths + 1
         step = BatchInputs(
             input_ids=torch.tensor([[s[-1]] for s in sequences], dtype=torch.long, device=device),
-            attention_mask=torch.cat([prefix.attention_mask, torch.ones(batch_size, 1, dtype=torch.long,
-                                                                        device=device)], dim=1),
+            attention_mask=torch.cat(
+                [prefix.attention_mask, torch.ones(batch_size, 1, dtype=torch.long, device=device)], dim=1
+            ),
             position_ids=(lengths - 1)[:, None].to(device),
             lengths=lengths,
             offsets=prefix.offsets,
@@ -320,14 +327,21 @@ class CaptureSession:
         self._batch, self.layers_seen = batch, 0
         try:
             with torch.inference_mode():
-                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, cache=prefix.cache, use_cache=True)
+                out = self.model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    cache=prefix.cache,
+                    use_cache=True,
+                )
         finally:
             self._batch = None
             prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())  # remove the step again
         if check_layers and self.layers_seen != self.shape.n_layers:
-            raise CaptureError(f"{type(self.model).__name__}: the cached step saw {self.layers_seen} of "
-                               f"{self.shape.n_layers} attention layers")
+            raise CaptureError(
+                f"{type(self.model).__name__}: the cached step saw {self.layers_seen} of "
+                f"{self.shape.n_layers} attention layers"
+            )
         for handler in self.handlers:
             handler.end()
         return out.logits[:, -1, :].float()

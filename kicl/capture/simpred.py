@@ -42,8 +42,9 @@ def token_budget_batches(lengths: Sequence[int], budget: int) -> list[list[int]]
     return batches
 
 
-def simpred_phase(model, tokenizer, meta: dict, contexts: list[str], parts, options, bar, vocab: int,
-                  budget: int) -> tuple[list[str], int]:
+def simpred_phase(
+    model, tokenizer, meta: dict, contexts: list[str], parts, options, bar, vocab: int, budget: int
+) -> tuple[list[str], int]:
     """P(o|x) of every unique input text, each run on its own (:func:`context_ids`).
 
     One ``.npy`` shard (inputs × vocab, float32) per ``SIMPRED_SHARD_FACTOR × shard_size`` inputs; batches

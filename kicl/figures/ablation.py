@@ -24,8 +24,9 @@ def draw(summary: pd.DataFrame, png, title: str = "") -> None:
 def _draw(summary: pd.DataFrame, png, title: str) -> None:
     modes = [m for m in ("zero", "mean", "knockout") if m in set(summary["mode"])]
     base = summary[summary.ranking == "none"]
-    fig, axes = plt.subplots(len(METRICS), len(modes), figsize=(3.2 * len(modes), 2.4 * len(METRICS)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(METRICS), len(modes), figsize=(3.2 * len(modes), 2.4 * len(METRICS)), squeeze=False, sharex=True
+    )
     for col, mode in enumerate(modes):
         for row, metric in enumerate(METRICS):
             ax = axes[row, col]
@@ -53,8 +54,9 @@ def _draw(summary: pd.DataFrame, png, title: str) -> None:
     save_figure(fig, png)
 
 
-def ablation_figure(prompts_csv, png, csv, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                    title: str = "") -> pd.DataFrame:
+def ablation_figure(
+    prompts_csv, png, csv, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95, title: str = ""
+) -> pd.DataFrame:
     """Summarise the per-prompt ablation table into ``csv`` and draw it into ``png``."""
     frame = pd.read_csv(prompts_csv)
     summary = summarise(frame, n_boot=n_boot, seed=seed, level=level)

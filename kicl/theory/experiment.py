@@ -203,9 +203,7 @@ def kernel_metric(config: TheoryConfig, hmm: BlockHMM, rng: np.random.Generator)
     if kernel.sigma == "exact":
         sigma = second_moment_exact(hmm, config.hmm.x_len, kernel.features, kernel.normalise)
     else:
-        sigma = second_moment_monte_carlo(
-            hmm, config.hmm.x_len, kernel.n_sigma, rng, kernel.features, kernel.normalise
-        )
+        sigma = second_moment_monte_carlo(hmm, config.hmm.x_len, kernel.n_sigma, rng, kernel.features, kernel.normalise)
     return regularised_inverse(sigma, kernel.ridge)
 
 
@@ -248,8 +246,10 @@ def evaluate_hmm(config: TheoryConfig, hmm_index: int) -> pd.DataFrame:
     for method in METHODS:
         per_prompt = prediction_metrics(predictions[method], posterior, test_y[:, None])
         for column, n in enumerate(ns):
-            rows.append({"hmm": hmm_index, "method": method, "n": n}
-                        | {name: float(values[:, column].mean()) for name, values in per_prompt.items()})
+            rows.append(
+                {"hmm": hmm_index, "method": method, "n": n}
+                | {name: float(values[:, column].mean()) for name, values in per_prompt.items()}
+            )
     return pd.DataFrame(rows)
 
 
@@ -257,15 +257,25 @@ def evaluate_hmm(config: TheoryConfig, hmm_index: int) -> pd.DataFrame:
 def run_table3(config: dict | TheoryConfig) -> pd.DataFrame:
     """Run the experiment; one row per (hmm, method, n) with the prompt-averaged metrics."""
     config = config if isinstance(config, TheoryConfig) else TheoryConfig.from_dict(config)
-    log.info("Table 3: %d HMMs x %d prompts, n = %s, kernel %s", config.n_hmms, config.n_prompts,
-             list(config.n_demos), config.kernel)
+    log.info(
+        "Table 3: %d HMMs x %d prompts, n = %s, kernel %s",
+        config.n_hmms,
+        config.n_prompts,
+        list(config.n_demos),
+        config.kernel,
+    )
     frames = []
     for hmm_index in range(config.n_hmms):
         started = time.perf_counter()
         frames.append(evaluate_hmm(config, hmm_index))
         kr = frames[-1].query("method == 'kernel_regression'")
-        log.info("HMM %d/%d in %.2fs: kernel regression accuracy %s", hmm_index + 1, config.n_hmms,
-                 time.perf_counter() - started, np.round(kr["acc_posterior"].to_numpy(), 3).tolist())
+        log.info(
+            "HMM %d/%d in %.2fs: kernel regression accuracy %s",
+            hmm_index + 1,
+            config.n_hmms,
+            time.perf_counter() - started,
+            np.round(kr["acc_posterior"].to_numpy(), 3).tolist(),
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -289,8 +299,11 @@ def write_table3(config: dict, table_csv: str | os.PathLike, per_hmm_csv: str | 
     with threadpool_limits(limits=threads):
         per_hmm = run_table3(config)
     summary = summarise_table3(per_hmm, config.n_prompts)
-    log.info("Table 3 done in %.1fs\n%s", time.perf_counter() - started,
-             summary.query("method == 'kernel_regression'").to_string(index=False, float_format="%.3f"))
+    log.info(
+        "Table 3 done in %.1fs\n%s",
+        time.perf_counter() - started,
+        summary.query("method == 'kernel_regression'").to_string(index=False, float_format="%.3f"),
+    )
     with atomic_path(per_hmm_csv) as temporary:
         per_hmm.to_csv(temporary, index=False, float_format="%.10g")
     with atomic_path(table_csv) as temporary:

@@ -66,9 +66,7 @@ class BlockHMM:
         return reset
 
 
-def _floored_dirichlet(
-    rng: np.random.Generator, alpha: float, size: int, n_rows: int, floor: float
-) -> np.ndarray:
+def _floored_dirichlet(rng: np.random.Generator, alpha: float, size: int, n_rows: int, floor: float) -> np.ndarray:
     """``n_rows`` draws of Dirichlet(alpha · 1_size), each entry raised by ``floor`` and renormalised."""
     rows = rng.dirichlet(np.full(size, alpha), size=n_rows) + floor
     rows /= rows.sum(axis=1, keepdims=True)

@@ -8,9 +8,17 @@ import os
 import numpy as np
 import pandas as pd
 
+from kicl.figures.style import (
+    BASELINE_ALPHA,
+    BASELINE_COLORS,
+    MAIN_COLOR,
+    REFERENCE_COLOR,
+    figure_style,
+    log2_axis,
+    save_figure,
+    subplots,
+)
 from kicl.fileio import atomic_path, write_text_atomic
-from kicl.figures.style import BASELINE_ALPHA, BASELINE_COLORS, MAIN_COLOR, REFERENCE_COLOR, log2_axis, save_figure
-from kicl.figures.style import figure_style, subplots
 
 #: Han et al. (arXiv 2305.12766), Table 3: L1 distance and accuracy of kernel regression vs the posterior
 PAPER_TABLE3 = pd.DataFrame(
@@ -89,8 +97,10 @@ def table3_sections(summary: pd.DataFrame) -> tuple[str, list[tuple[str, pd.Data
 
 
 def _markdown_table(table: pd.DataFrame) -> list[str]:
-    lines = ["| n | " + " | ".join(str(n) for n in table.columns) + " |",
-             "| --- | " + " | ".join("---:" for _ in table.columns) + " |"]
+    lines = [
+        "| n | " + " | ".join(str(n) for n in table.columns) + " |",
+        "| --- | " + " | ".join("---:" for _ in table.columns) + " |",
+    ]
     lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in zip(table.index, table.to_numpy())]
     return lines
 
@@ -110,10 +120,14 @@ def table3_html(summary: pd.DataFrame) -> str:
     body = [f"<h1>{html.escape(TITLE)}</h1>", f"<p>{html.escape(description)}</p>"]
     for title, table in sections:
         body += [f"<h2>{html.escape(title)}</h2>", table.rename_axis("n", axis=1).to_html(border=0)]
-    style = ("body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse}"
-             " th,td{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd} tbody th{text-align:left}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(TITLE)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse}"
+        " th,td{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd} tbody th{text-align:left}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(TITLE)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def write_table3_tables(
@@ -129,10 +143,22 @@ def figure_data(summary: pd.DataFrame) -> pd.DataFrame:
     """The numbers behind the figure, long format: panel, series, n, value, sd (NaN for the paper)."""
     frames = []
     for panel, metric, _ in PANELS:
-        frames.append(pd.DataFrame({"panel": panel, "series": summary["method"], "n": summary["n"],
-                                    "value": summary[f"{metric}_mean"], "sd": summary[f"{metric}_sd"]}))
-        frames.append(pd.DataFrame({"panel": panel, "series": "paper", "n": PAPER_TABLE3["n"],
-                                    "value": PAPER_TABLE3[panel], "sd": np.nan}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "panel": panel,
+                    "series": summary["method"],
+                    "n": summary["n"],
+                    "value": summary[f"{metric}_mean"],
+                    "sd": summary[f"{metric}_sd"],
+                }
+            )
+        )
+        frames.append(
+            pd.DataFrame(
+                {"panel": panel, "series": "paper", "n": PAPER_TABLE3["n"], "value": PAPER_TABLE3[panel], "sd": np.nan}
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -145,14 +171,38 @@ def plot_table3(data: pd.DataFrame):
         panel_data = data[data["panel"] == panel]
         for color, series in zip(BASELINE_COLORS, baselines):
             points = panel_data[panel_data["series"] == series]
-            axis.errorbar(points["n"], points["value"], yerr=points["sd"], color=color, alpha=BASELINE_ALPHA,
-                          linewidth=1, label=METHOD_LABELS.get(series, series))
+            axis.errorbar(
+                points["n"],
+                points["value"],
+                yerr=points["sd"],
+                color=color,
+                alpha=BASELINE_ALPHA,
+                linewidth=1,
+                label=METHOD_LABELS.get(series, series),
+            )
         ours = panel_data[panel_data["series"] == MAIN_METHOD]
-        axis.errorbar(ours["n"], ours["value"], yerr=ours["sd"], color=MAIN_COLOR, marker="o", linewidth=2,
-                      label=METHOD_LABELS[MAIN_METHOD] + " (ours)", zorder=3)
+        axis.errorbar(
+            ours["n"],
+            ours["value"],
+            yerr=ours["sd"],
+            color=MAIN_COLOR,
+            marker="o",
+            linewidth=2,
+            label=METHOD_LABELS[MAIN_METHOD] + " (ours)",
+            zorder=3,
+        )
         paper = panel_data[(panel_data["series"] == "paper") & panel_data["n"].isin(ns)]
-        axis.plot(paper["n"], paper["value"], color=REFERENCE_COLOR, marker="x", linestyle="--", linewidth=1,
-                  markersize=6, label="paper, Table 3", zorder=4)
+        axis.plot(
+            paper["n"],
+            paper["value"],
+            color=REFERENCE_COLOR,
+            marker="x",
+            linestyle="--",
+            linewidth=1,
+            markersize=6,
+            label="paper, Table 3",
+            zorder=4,
+        )
         log2_axis(axis, ns)
         axis.set_xlabel("number of demonstrations n")
         axis.set_ylabel(y_label)
