@@ -138,3 +138,11 @@ def wheel_cache() -> Path:
     """Folder of verified wheels shared by the tests (``kicl.data.assets`` cache layout: <sha256>/<wheel>)."""
     (KICL_CACHE / "wheels").mkdir(parents=True, exist_ok=True)
     return KICL_CACHE / "wheels"
+
+
+@pytest.fixture(scope="session")
+def planted_store(tmp_path_factory):
+    """A synthetic store with a planted label head, simpred head and key/value signal (kicl.store.synthetic)."""
+    from kicl.store.synthetic import make_synthetic_store
+
+    return make_synthetic_store(tmp_path_factory.mktemp("stores") / "planted.zarr", n_prompts=120, min_demos=4, seed=1)

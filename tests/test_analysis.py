@@ -20,11 +20,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
-def planted_store(tmp_path_factory):
-    return make_synthetic_store(tmp_path_factory.mktemp("stores") / "planted.zarr", n_prompts=120, min_demos=4, seed=1)
-
-
-@pytest.fixture(scope="module")
 def random_store(tmp_path_factory):
     """No planted label head: predictions independent of attention."""
     return make_synthetic_store(

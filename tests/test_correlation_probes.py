@@ -14,11 +14,6 @@ from kicl.store.synthetic import Planted, make_synthetic_store
 
 
 @pytest.fixture(scope="module")
-def planted_store(tmp_path_factory):
-    return make_synthetic_store(tmp_path_factory.mktemp("stores") / "planted.zarr", n_prompts=120, min_demos=4, seed=1)
-
-
-@pytest.fixture(scope="module")
 def random_store(tmp_path_factory):
     return make_synthetic_store(
         tmp_path_factory.mktemp("stores") / "random.zarr",
