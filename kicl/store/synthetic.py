@@ -70,13 +70,15 @@ def make_synthetic_store(
     select_fraction: float = 0.7,
     planted: Planted | None = None,
     seed: int = 0,
+    overrides: dict | None = None,
 ) -> Path:
     """Write a forward store with planted answers at `path` through the real writer and return the path.
 
     Demonstration labels and gold labels are independent uniform draws. Without a planted label head the
     prediction is one too, so a head with random attention agrees with it at rate 1/n_labels; with one, the
     prediction is the label of a random demonstration of the prompt. `min_demos` < `n_demos` gives some prompts
-    fewer demonstrations (missing demos: label -1, NaN weights, -1 positions).
+    fewer demonstrations (missing demos: label -1, NaN weights, -1 positions). `overrides` (variable name ->
+    array of the declared shape) replaces generated variables before writing (e.g. another condition's ŷ).
     """
     planted = planted or Planted()
     rng = np.random.default_rng(seed)
@@ -188,6 +190,10 @@ def make_synthetic_store(
     }
     if kv_prompts:
         data.update(keys=keys, values=values)
+    for name, values in (overrides or {}).items():
+        if name not in data or np.shape(values) != np.shape(data[name]):
+            raise ValueError(f"synthetic store override {name!r}: not a variable of shape {np.shape(data.get(name))}")
+        data[name] = np.asarray(values).astype(data[name].dtype)
     sizes, coords = layout(
         n_prompts=n_prompts, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, n_positions=n_pos,
         label_names=label_names, n_demos=n_demos, n_kv_prompts=kv_prompts, offsets=OFFSETS, head_dim=head_dim,
@@ -209,3 +215,59 @@ def make_synthetic_store(
             writer.write(name, 0, values)
         writer.finalize()
     return path
+
+
+def write_synthetic_prompts(store, meta_path, prompts_path, *, demo_similarity=None, true_label=None) -> None:
+    """A prompt file (kicl.prompts.files) matching a synthetic store row by row: same test_index, split, gold,
+    shown demonstration labels and token spans. `demo_similarity` (P, D) adds each record's ``demo_similarity``;
+    `true_label` (P, D) adds each demonstration's ``true_label`` (its shown label stays the store's)."""
+    from kicl.prompts.files import write_prompt_set
+    from kicl.store.reader import open_store, string_values
+
+    ds = open_store(store)
+    v = {name: ds[name].values for name in ("test_index", "gold", "length", "test_start", "test_end", "demo_label")}
+    for name in ("input_start", "input_end", "label_pos", "delim_start", "delim_end", "block_start", "block_end"):
+        v[name] = ds[name].values
+    pool = ds["demo_pool_index"].values
+    split = string_values(ds["split"])
+    records = []
+    for p in range(ds.sizes["prompt"]):
+        demos = []
+        for d in np.flatnonzero(v["demo_label"][p] >= 0):
+            demo = {
+                "pool_index": int(pool[p, d]),
+                "label": int(v["demo_label"][p, d]),
+                "text": f"synthetic demonstration {pool[p, d]}",
+                "block_span": [int(v["block_start"][p, d]), int(v["block_end"][p, d])],
+                "input_span": [int(v["input_start"][p, d]), int(v["input_end"][p, d])],
+                "label_pos": int(v["label_pos"][p, d]),
+                "delim_span": [int(v["delim_start"][p, d]), int(v["delim_end"][p, d])],
+            }
+            if true_label is not None:
+                demo["true_label"] = int(true_label[p][d])
+            demos.append(demo)
+        record = {
+            "prompt_id": p,
+            "split": str(split[p]),
+            "test_index": int(v["test_index"][p]),
+            "gold": int(v["gold"][p]),
+            "input_ids": [0] * int(v["length"][p]),
+            "test_text": f"synthetic test input {v['test_index'][p]}",
+            "test_span": [int(v["test_start"][p]), int(v["test_end"][p])],
+            "n_demos": len(demos),
+            "demos": demos,
+        }
+        if demo_similarity is not None:
+            record["demo_similarity"] = [float(demo_similarity[p][d]) for d in range(len(demos))]
+        records.append(record)
+    names = [str(n) for n in ds.attrs["label_names"]]
+    meta = {
+        "task": str(ds.attrs.get("task", "synthetic")),
+        "model": str(ds.attrs.get("model", "synthetic")),
+        "label_names": names,
+        "verbalizers": [f" {n}" for n in names],
+        "label_token_ids": list(range(len(names))),
+        "readout": "single_token",
+        "template": {"input_prefix": "Input: ", "output_prefix": " Output:", "delimiter": "\n"},
+    }
+    write_prompt_set(meta, records, meta_path, prompts_path)

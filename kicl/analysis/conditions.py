@@ -1,0 +1,606 @@
+"""The ablation stage's numbers: experimental conditions of one (model, task) compared on the same test points.
+
+Every condition has a forward store, a prompt file, optionally an encoder kernel-regression CSV
+(kicl.analysis.encoder_kr) and its effective protocol dict. The conditions are matched by ``test_index`` (the
+sets must be identical, with the same split and gold label per test point); every comparison is paired: one
+bootstrap resample of the test points (``points``: all test points, or held-out only) and one of the
+held-out points are drawn once and applied to every condition, so differences between conditions use the
+same resamples. Intervals are percentile intervals at ``level``; p-values are the two-sided bootstrap
+p-value of kicl.analysis.head_selection.paired_p_value.
+
+Per condition (``condition_metrics``): ICL accuracy; the paired difference to the reference condition;
+the ŷ-change rate (share of test points whose ŷ differs from the reference's); the held-out agreement with ŷ
+of the head chosen on the reference's ``select`` prompts and of the head re-chosen on the condition's own
+``select`` prompts (both fixed: intervals are conditional on the choice); the attention-free baselines of
+kicl.analysis.baselines fitted on the condition's own ``select`` prompts (the position-only kernel is the
+reference-chosen head's); encoder-KR accuracy and agreement; the mean cosine of the demonstrations to the
+test input (records with ``demo_similarity``); the agreement of ŷ with the majority shown demonstration label;
+and the share of demonstrations whose shown label differs from their ``true_label`` (measured from the
+prompt records; a demonstration without ``true_label`` shows its true label).
+
+Order groups (``order_groups``): conditions whose protocols differ only in ORDER_KEYS. Curves: the
+bandwidth curve (``bandwidth_curve``), the label-noise curve (``label_noise_curve``) and the paper's Table 1
+analogue (``table1_analogue``). Plot-free; tables and figures are kicl.tables.conditions and
+kicl.figures.conditions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from kicl.analysis.baselines import fixed_predictions, position_kernel, position_predictions
+from kicl.analysis.head_selection import paired_p_value
+from kicl.analysis.reconstruction import head_predictions, reconstruct
+from kicl.prompts.files import read_prompt_records
+from kicl.store.reader import label_names, open_store, string_values
+
+log = logging.getLogger(__name__)
+
+#: protocol keys whose change only reorders the same demonstrations (an order group)
+ORDER_KEYS = ("order_seed", "demo_order")
+#: protocol keys of the label-noise curve
+LABEL_KEYS = ("labels", "label_noise")
+#: ``labels`` values on the label-noise curve: gold labels (p = 0), a fraction wrong, every label wrong (p = 1)
+GOLD_LABELS = ("gold", None)
+NOISY_LABELS = ("noisy",)
+ALL_WRONG_LABELS = ("flipped", "all_wrong", "all-wrong")
+#: ``test_inputs`` values meaning the test inputs are the task's own
+ORIGINAL_INPUTS = ("original", "none", None)
+#: the paper's Table 1 (GPT-J-6B, SST-2 ICL accuracy with test inputs rewritten by GPT-3.5-turbo)
+PAPER_TABLE1_SST2 = {"none": 0.805, "rare_words": 0.677, "complex": 0.788, "typos": 0.534}
+_PAPER_TABLE1_NAMES = {"none": "none", "rarewords": "rare_words", "rare": "rare_words", "complex": "complex"}
+_PAPER_TABLE1_NAMES |= {"morecomplex": "complex", "complexsentences": "complex", "typos": "typos", "typo": "typos"}
+NEEDS = ["kernel_weight", "demo_label", "prediction", "gold", "split", "test_index"]
+
+
+class ConditionError(ValueError):
+    """Condition inputs that cannot be compared (different test points, stale files); the message names the culprit."""
+
+
+@dataclass
+class Condition:
+    """Per-test-point arrays of one condition, rows in the reference condition's test-point order."""
+
+    name: str
+    protocol: dict
+    test_index: np.ndarray  # (N,)
+    split: np.ndarray  # (N,) 'select' | 'heldout'
+    gold: np.ndarray
+    prediction: np.ndarray  # ŷ
+    demo_label: np.ndarray  # (N, D) shown labels, −1 for a missing demonstration
+    head_pred: np.ndarray  # (N, M) ỹ of every head (M = layer × head, layer-major) for the pooling
+    kernel_weight: np.ndarray  # (N, M, D) of the pooling
+    n_layers: int
+    n_heads: int
+    n_labels: int
+    similarity: np.ndarray  # (N,) mean demo_similarity of the prompt's demonstrations, NaN without
+    wrong_labels: np.ndarray  # (N,) wrong shown labels per prompt (NaN where not measurable)
+    n_shown: np.ndarray  # (N,) demonstrations per prompt
+    demo_sets: list  # per test point: the sorted pool indices of its demonstrations
+    encoder: dict = field(default_factory=dict)  # kernel -> (N,) encoder-KR prediction
+
+    def take(self, order: np.ndarray) -> Condition:
+        """The same condition with its test points in `order` (row positions)."""
+        per_point = ("test_index", "split", "gold", "prediction", "demo_label", "head_pred", "kernel_weight")
+        per_point += ("similarity", "wrong_labels", "n_shown")
+        arrays = {name: getattr(self, name)[order] for name in per_point}
+        return Condition(
+            name=self.name,
+            protocol=self.protocol,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_labels=self.n_labels,
+            demo_sets=[self.demo_sets[i] for i in order],
+            encoder={k: v[order] for k, v in self.encoder.items()},
+            **arrays,
+        )
+
+
+def _measured_wrong_labels(records, protocol: dict, where: str) -> np.ndarray:
+    """Per prompt: demonstrations whose shown label differs from ``true_label`` (NaN if not measurable)."""
+    has_truth = any("true_label" in demo for rec in records for demo in rec["demos"])
+    if not has_truth and protocol.get("labels") not in GOLD_LABELS:
+        log.warning(
+            "%s: protocol labels=%r but no demonstration carries 'true_label'; the wrong-label share is not measured",
+            where,
+            protocol.get("labels"),
+        )
+        return np.full(len(records), np.nan)
+    return np.array(
+        [sum(int(d.get("true_label", d["label"])) != int(d["label"]) for d in rec["demos"]) for rec in records],
+        dtype=float,
+    )
+
+
+def load_condition(
+    name: str,
+    store,
+    prompts,
+    protocol: dict,
+    kr_csv=None,
+    *,
+    pooling: str = "max",
+    ties: str = "lowest",
+    batch_size: int = 256,
+) -> Condition:
+    """Read one condition; store rows and prompt records are matched by prompt_id (= store row) and test_index."""
+    ds = open_store(store, needs=NEEDS)
+    n = ds.sizes["prompt"]
+    test_index = ds["test_index"].values.astype(np.int64)
+    records = read_prompt_records(prompts)
+    if len(records) != n:
+        raise ConditionError(f"condition {name!r}: {prompts} has {len(records)} prompts, the store {store} has {n}")
+    rec_index = np.array([int(r["test_index"]) for r in records])
+    if (rec_index != test_index).any():
+        row = int(np.flatnonzero(rec_index != test_index)[0])
+        raise ConditionError(
+            f"condition {name!r}: prompt {row} of {prompts} has test_index {rec_index[row]}, the store {store} "
+            f"{test_index[row]} (stale store or prompt file?)"
+        )
+    if len(np.unique(test_index)) != n:
+        raise ConditionError(f"condition {name!r}: the store {store} has repeated test_index values")
+    rows = np.arange(n)
+    n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
+    demo_label = ds["demo_label"].values.astype(np.int64)
+    kw = ds["kernel_weight"].sel(pooling=pooling).values.astype(np.float64)  # (N, L, H, D)
+    similarity = np.array(
+        [np.mean(r["demo_similarity"]) if r.get("demo_similarity") else np.nan for r in records], dtype=float
+    )
+    encoder = {}
+    if kr_csv is not None:
+        frame = pd.read_csv(kr_csv).set_index("test_index")
+        missing = sorted(set(test_index.tolist()) - set(frame.index))
+        if missing:
+            raise ConditionError(f"condition {name!r}: {kr_csv} lacks test points {missing[:5]} (stale file?)")
+        frame = frame.loc[test_index]
+        if (frame["gold"].to_numpy() != ds["gold"].values).any():
+            raise ConditionError(f"condition {name!r}: {kr_csv} and the store {store} disagree on gold labels")
+        encoder = {c.removeprefix("pred_"): frame[c].to_numpy() for c in frame.columns if c.startswith("pred_")}
+    return Condition(
+        name=name,
+        protocol=dict(protocol or {}),
+        test_index=test_index,
+        split=string_values(ds["split"]),
+        gold=ds["gold"].values.astype(np.int64),
+        prediction=ds["prediction"].values.astype(np.int64),
+        demo_label=demo_label,
+        head_pred=head_predictions(ds, rows, [pooling], batch_size, ties)[:, 0].reshape(n, n_layers * n_heads),
+        kernel_weight=kw.reshape(n, n_layers * n_heads, -1),
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_labels=len(label_names(ds)),
+        similarity=similarity,
+        wrong_labels=_measured_wrong_labels(records, protocol or {}, f"condition {name!r} ({prompts})"),
+        n_shown=(demo_label >= 0).sum(1).astype(float),
+        demo_sets=[tuple(sorted(int(d["pool_index"]) for d in r["demos"])) for r in records],
+        encoder=encoder,
+    )
+
+
+def align_conditions(conditions: dict, reference: str) -> dict:
+    """Every condition in the reference's test-point order; raise ConditionError naming a condition whose test
+    points, splits or gold labels differ from the reference's."""
+    if reference not in conditions:
+        raise ConditionError(f"the reference condition {reference!r} is not among the conditions {list(conditions)}")
+    ref = conditions[reference]
+    position = {int(t): i for i, t in enumerate(ref.test_index)}
+    out = {}
+    for name, cond in conditions.items():
+        have, want = set(cond.test_index.tolist()), set(position)
+        if have != want:
+            extra, lacking = sorted(have - want), sorted(want - have)
+            raise ConditionError(
+                f"condition {name!r} has other test points than the reference {reference!r}: "
+                f"{len(extra)} extra (e.g. {extra[:5]}), {len(lacking)} missing (e.g. {lacking[:5]}); conditions may "
+                "not override protocol.seed, n_select or n_heldout"
+            )
+        order = np.argsort([position[int(t)] for t in cond.test_index])
+        cond = cond.take(order)
+        for what in ("split", "gold"):
+            differs = np.flatnonzero(getattr(cond, what) != getattr(ref, what))
+            if len(differs):
+                raise ConditionError(
+                    f"condition {name!r}: test point {int(ref.test_index[differs[0]])} has {what} "
+                    f"{getattr(cond, what)[differs[0]]!r}, the reference {reference!r} "
+                    f"{getattr(ref, what)[differs[0]]!r}"
+                )
+        out[name] = cond
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap
+
+
+@dataclass
+class Resamples:
+    """Bootstrap resamples drawn once and shared by every condition: rows (B, N) over `points`, (B, N_h) over
+    held-out points (positions into the condition arrays)."""
+
+    points: np.ndarray
+    heldout: np.ndarray
+    select: np.ndarray
+    boot_points: np.ndarray
+    boot_heldout: np.ndarray
+    level: float
+
+    def interval(self, values, held: bool = False) -> tuple[float, float, float]:
+        """Mean of per-point `values` over points (or held-out points) with its percentile interval."""
+        rows = self.heldout if held else self.points
+        values = np.asarray(values, dtype=float)[rows]
+        if values.size == 0 or not np.isfinite(values).all():
+            return (np.nan, np.nan, np.nan)
+        boot = values[self.boot_heldout if held else self.boot_points].mean(1)
+        tail = (1 - self.level) / 2
+        return (float(values.mean()), *map(float, np.quantile(boot, [tail, 1 - tail])))
+
+    def paired(self, a, b, held: bool = False) -> tuple[float, float, float, float]:
+        """Mean(a − b) over the same resamples with interval and two-sided p-value."""
+        rows = self.heldout if held else self.points
+        diff = (np.asarray(a, dtype=float) - np.asarray(b, dtype=float))[rows]
+        if diff.size == 0 or not np.isfinite(diff).all():
+            return (np.nan, np.nan, np.nan, np.nan)
+        boot = diff[self.boot_heldout if held else self.boot_points].mean(1)
+        tail = (1 - self.level) / 2
+        return (float(diff.mean()), *map(float, np.quantile(boot, [tail, 1 - tail])), paired_p_value(boot))
+
+
+def resamples(split: np.ndarray, bootstrap: dict | None, points: str = "all") -> Resamples:
+    """Resamples from config ``analysis.bootstrap`` ({n_boot, seed, level}); `points`: 'all' or 'heldout'."""
+    bootstrap = {"n_boot": 1000, "seed": 0, "level": 0.95} | dict(bootstrap or {})
+    n_boot, level = int(bootstrap["n_boot"]), float(bootstrap["level"])
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"analysis.bootstrap: need n_boot >= 1 and 0 < level < 1, got {bootstrap}")
+    if points not in ("all", "heldout"):
+        raise ValueError(f"points must be 'all' or 'heldout', got {points!r}")
+    heldout, select = np.flatnonzero(split == "heldout"), np.flatnonzero(split == "select")
+    if len(heldout) == 0 or len(select) == 0:
+        raise ConditionError(
+            "the conditions need both 'select' and 'heldout' test points (protocol.n_select/n_heldout)"
+        )
+    rows = np.arange(len(split)) if points == "all" else heldout
+    rng = np.random.default_rng(int(bootstrap["seed"]))
+    return Resamples(
+        points=rows,
+        heldout=heldout,
+        select=select,
+        boot_points=rng.integers(0, len(rows), (n_boot, len(rows))),
+        boot_heldout=rng.integers(0, len(heldout), (n_boot, len(heldout))),
+        level=level,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- per condition
+
+
+def choose_head(cond: Condition, rows: np.ndarray) -> int:
+    """Flat index of the head whose ỹ agrees most with ŷ on `rows` (ties: lowest layer, then head)."""
+    return int((cond.head_pred[rows] == cond.prediction[rows, None]).mean(0).argmax())
+
+
+def head_name(cond: Condition, flat: int) -> str:
+    layer, head = divmod(int(flat), cond.n_heads)
+    return f"L{layer} H{head}"
+
+
+def protocol_difference(protocol: dict, reference: dict) -> str:
+    """'key=value; ...' for the keys where `protocol` differs from `reference` ('' when equal)."""
+    keys = sorted(set(protocol) | set(reference))
+    return "; ".join(
+        f"{k}={json.dumps(protocol.get(k), default=str)}" for k in keys if protocol.get(k) != reference.get(k)
+    )
+
+
+def baseline_predictions(cond: Condition, head: int, ties: str, select: np.ndarray) -> dict:
+    """Attention-free baselines for every test point, fitted on `select` (position-only kernel of `head`)."""
+    fixed = fixed_predictions(
+        cond.demo_label,
+        cond.n_labels,
+        select_prediction=cond.prediction[select],
+        select_gold=cond.gold[select],
+        ties=ties,
+    )
+    weights = position_kernel(cond.kernel_weight[select, head, :])
+    fixed["position"] = position_predictions(weights, cond.demo_label, cond.n_labels, ties)
+    return fixed
+
+
+def _put(row: dict, name: str, values) -> None:
+    row[name], row[f"{name}_low"], row[f"{name}_high"] = values[:3]
+    if len(values) == 4:
+        row[f"{name}_p"] = values[3]
+
+
+def condition_metrics(conditions: dict, reference: str, res: Resamples, ties: str = "lowest") -> pd.DataFrame:
+    """One row per condition (see the module docstring); `conditions` aligned by align_conditions."""
+    ref = conditions[reference]
+    ref_head = choose_head(ref, res.select)
+    ref_correct = ref.prediction == ref.gold
+    rows = []
+    for name, cond in conditions.items():
+        own_head = choose_head(cond, res.select)
+        correct = (cond.prediction == cond.gold).astype(float)
+        row = {
+            "condition": name,
+            "reference": reference,
+            "is_reference": name == reference,
+            "differs_from_reference": protocol_difference(cond.protocol, ref.protocol),
+            "n": len(res.points),
+            "n_heldout": len(res.heldout),
+        }
+        _put(row, "accuracy", res.interval(correct))
+        _put(row, "accuracy_diff", res.paired(correct, ref_correct))
+        _put(row, "yhat_change", res.interval(cond.prediction != ref.prediction))
+        row["head_ref"] = head_name(cond, ref_head)
+        _put(row, "head_ref_agreement", res.interval(cond.head_pred[:, ref_head] == cond.prediction, held=True))
+        _put(row, "head_ref_accuracy", res.interval(cond.head_pred[:, ref_head] == cond.gold, held=True))
+        row["head_own"] = head_name(cond, own_head)
+        _put(row, "head_own_agreement", res.interval(cond.head_pred[:, own_head] == cond.prediction, held=True))
+        for base, pred in baseline_predictions(cond, ref_head, ties, res.select).items():
+            _put(row, f"baseline_{base}_agreement", res.interval(pred == cond.prediction, held=True))
+        for kernel, pred in cond.encoder.items():
+            _put(row, f"encoder_{kernel}_accuracy", res.interval(pred == cond.gold, held=True))
+            _put(row, f"encoder_{kernel}_agreement", res.interval(pred == cond.prediction, held=True))
+        _put(row, "mean_demo_similarity", res.interval(cond.similarity))
+        vote = reconstruct(np.where(cond.demo_label >= 0, 1.0, np.nan), cond.demo_label, cond.n_labels, ties)
+        _put(row, "majority_shown_agreement", res.interval(vote == cond.prediction))
+        _put(row, "wrong_label_share", _ratio_interval(cond.wrong_labels, cond.n_shown, res))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(level=res.level, n_boot=len(res.boot_points))
+    return frame
+
+
+def _ratio_interval(numerator, denominator, res: Resamples) -> tuple[float, float, float]:
+    """Σ numerator / Σ denominator over points (a share of demonstrations), with its bootstrap interval."""
+    num, den = np.asarray(numerator, float)[res.points], np.asarray(denominator, float)[res.points]
+    if not np.isfinite(num).all() or den.sum() == 0:
+        return (np.nan, np.nan, np.nan)
+    boot = num[res.boot_points].sum(1) / np.maximum(den[res.boot_points].sum(1), 1e-12)
+    tail = (1 - res.level) / 2
+    return (float(num.sum() / den.sum()), *map(float, np.quantile(boot, [tail, 1 - tail])))
+
+
+# ---------------------------------------------------------------------------------------------- order groups
+
+
+def _without(protocol: dict, keys) -> str:
+    return json.dumps({k: v for k, v in protocol.items() if k not in keys}, sort_keys=True, default=str)
+
+
+def order_group_members(protocols: dict, reference: str) -> list[list[str]]:
+    """Groups (≥ 2 conditions) whose protocols differ only in ORDER_KEYS; the reference's group first."""
+    groups: dict[str, list[str]] = {}
+    for name, protocol in protocols.items():
+        groups.setdefault(_without(protocol, ORDER_KEYS), []).append(name)
+    found = [members for members in groups.values() if len(members) > 1]
+    return sorted(found, key=lambda members: reference not in members)
+
+
+def order_groups(conditions: dict, reference: str, res: Resamples) -> pd.DataFrame:
+    """Per order group: the share of test points whose ŷ is not the same under every ordering (and of held-out
+    points whose ỹ of the reference-chosen head is not), and the share with the same demonstration set."""
+    ref_head = choose_head(conditions[reference], res.select)
+    rows = []
+    members_list = order_group_members({n: c.protocol for n, c in conditions.items()}, reference)
+    for number, members in enumerate(members_list):
+        conds = [conditions[m] for m in members]
+        yhat = np.stack([c.prediction for c in conds])
+        ytilde = np.stack([c.head_pred[:, ref_head] for c in conds])
+        same_set = np.array([len({c.demo_sets[i] for c in conds}) == 1 for i in range(len(conds[0].gold))])
+        row = {
+            "group": number,
+            "main": reference in members,
+            "members": ", ".join(members),
+            "n_orderings": len(members),
+            "n": len(res.points),
+            "n_heldout": len(res.heldout),
+            "head_ref": head_name(conds[0], ref_head),
+        }
+        _put(row, "yhat_change", res.interval((yhat != yhat[0]).any(0)))
+        _put(row, "ytilde_change", res.interval((ytilde != ytilde[0]).any(0), held=True))
+        _put(row, "same_demo_set", res.interval(same_set))
+        rows.append(row)
+    columns = ["group", "main", "members", "n_orderings", "n", "n_heldout", "head_ref"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------- curves
+
+_CURVE_COLUMNS = ["accuracy", "head_ref_agreement", "head_own_agreement", "majority_shown_agreement"]
+
+
+def _with_intervals(names) -> list[str]:
+    return [f"{n}{s}" for n in names for s in ("", "_low", "_high")]
+
+
+def bandwidth_curve(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy and reconstruction against the mean demonstration similarity, one row per condition that has it."""
+    frame = metrics[np.isfinite(metrics["mean_demo_similarity"].astype(float))]
+    cols = ["condition", "differs_from_reference", "n", "n_heldout", "head_ref"]
+    cols += _with_intervals(["mean_demo_similarity", "accuracy", "head_ref_agreement"])
+    return frame[cols].sort_values("mean_demo_similarity").reset_index(drop=True)
+
+
+def label_noise_members(protocols: dict, reference: str) -> list[str]:
+    """Conditions equal to the reference's protocol apart from LABEL_KEYS, with gold, noisy or all-wrong labels."""
+    base = _without(protocols[reference], LABEL_KEYS)
+    allowed = set(GOLD_LABELS) | set(NOISY_LABELS) | set(ALL_WRONG_LABELS)
+    return [
+        name
+        for name, protocol in protocols.items()
+        if _without(protocol, LABEL_KEYS) == base and protocol.get("labels") in allowed
+    ]
+
+
+def label_noise_curve(metrics: pd.DataFrame, protocols: dict, reference: str) -> pd.DataFrame:
+    """Accuracy, ŷ agreement with the majority shown label and head reconstruction against the MEASURED share of
+    wrong shown labels (x), for the label-noise conditions; conditions whose share is not measurable are left out."""
+    members = label_noise_members(protocols, reference)
+    frame = metrics[metrics["condition"].isin(members)].copy()
+    frame["labels"] = [protocols[c].get("labels") or "gold" for c in frame["condition"]]
+    frame["label_noise"] = [protocols[c].get("label_noise", np.nan) for c in frame["condition"]]
+    unmeasured = frame.loc[~np.isfinite(frame["wrong_label_share"].astype(float)), "condition"].tolist()
+    if unmeasured:
+        log.warning("label-noise curve: no measured wrong-label share for %s; left out", unmeasured)
+    frame = frame[np.isfinite(frame["wrong_label_share"].astype(float))]
+    cols = ["condition", "labels", "label_noise", "n", "n_heldout", "head_ref"]
+    cols += _with_intervals(["wrong_label_share"] + _CURVE_COLUMNS)
+    return frame[cols].sort_values("wrong_label_share").reset_index(drop=True)
+
+
+def ood_type(protocol: dict) -> str:
+    """The test-input type of a protocol: 'none' for the task's own inputs, else protocol['test_inputs'] (for
+    user rewrites the rewrite's own type where the protocol names one: rewrite_type / ood_type)."""
+    value = protocol.get("test_inputs")
+    if value in ORIGINAL_INPUTS:
+        return "none"
+    if isinstance(value, dict):
+        value = value.get("type") or value.get("kind") or json.dumps(value, sort_keys=True)
+    value = str(value)
+    for key in ("rewrite_type", "ood_type"):
+        if protocol.get(key) and value.lower().startswith("rewrite"):
+            return str(protocol[key])
+    return value
+
+
+def paper_table1_key(kind: str):
+    """The paper's Table 1 column of an OOD type ('typos', 'rare_words', 'complex', 'none'), or None."""
+    return _PAPER_TABLE1_NAMES.get(re.sub(r"[^a-z]", "", kind.lower()))
+
+
+def is_sst2(task: str, aliases: dict | None = None) -> bool:
+    """Whether `task` is SST-2 (after lower-casing and dropping punctuation, or through `aliases`)."""
+
+    def key(s):
+        return re.sub(r"[^a-z0-9]", "", str(s).lower())
+
+    aliases = {key(k): v for k, v in (aliases or {}).items()}
+    return key(aliases.get(key(task), task)) in ("sst2", "gluesst2")
+
+
+def table1_analogue(
+    metrics: pd.DataFrame, protocols: dict, reference: str, task: str, aliases: dict | None = None
+) -> pd.DataFrame:
+    """Accuracy by test-input type with the paired drop to the reference; the paper's SST-2 numbers beside when
+    `task` is SST-2. Rows: the reference ('none') and every condition with other test inputs."""
+    names = [reference] + [c for c in metrics["condition"] if c != reference and ood_type(protocols[c]) != "none"]
+    frame = metrics.set_index("condition").loc[names].reset_index()
+    frame["test_inputs"] = [ood_type(protocols[c]) for c in frame["condition"]]
+    cols = ["condition", "test_inputs", "n"] + _with_intervals(["accuracy"])
+    cols += ["accuracy_diff", "accuracy_diff_low", "accuracy_diff_high", "accuracy_diff_p"]
+    out = frame[cols].rename(
+        columns={
+            "accuracy_diff": "drop",
+            "accuracy_diff_low": "drop_low",
+            "accuracy_diff_high": "drop_high",
+            "accuracy_diff_p": "drop_p",
+        }
+    )
+    sst2 = is_sst2(task, aliases)
+    keys = [paper_table1_key(t) for t in out["test_inputs"]]
+    out["paper_accuracy"] = [PAPER_TABLE1_SST2[k] if sst2 and k else np.nan for k in keys]
+    out["paper_drop"] = out["paper_accuracy"] - (PAPER_TABLE1_SST2["none"] if sst2 else np.nan)
+    return out
+
+
+def head_grids(conditions: dict, splits=("select", "heldout")) -> pd.DataFrame:
+    """Long frame (condition, layer, head, agreement, n): each head's agreement of ỹ with ŷ on `splits`."""
+    frames = []
+    for name, cond in conditions.items():
+        rows = np.isin(cond.split, list(splits))
+        agree = (cond.head_pred[rows] == cond.prediction[rows, None]).mean(0)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "condition": name,
+                    "layer": np.repeat(np.arange(cond.n_layers), cond.n_heads),
+                    "head": np.tile(np.arange(cond.n_heads), cond.n_layers),
+                    "agreement": agree,
+                    "n": int(rows.sum()),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class ConditionResults:
+    """Everything the ablation stage writes for one (model, task)."""
+
+    reference: str
+    task: str
+    metrics: pd.DataFrame
+    order: pd.DataFrame
+    bandwidth: pd.DataFrame
+    label_noise: pd.DataFrame
+    table1: pd.DataFrame
+    heads: pd.DataFrame
+    level: float
+    n_boot: int
+    points: str
+
+
+def compare_conditions(
+    stores: dict,
+    prompts: dict,
+    protocols: dict,
+    reference: str,
+    task: str,
+    *,
+    kr_csvs: dict | None = None,
+    bootstrap: dict | None = None,
+    pooling: str = "max",
+    ties: str = "lowest",
+    points: str = "all",
+    heatmap_splits=("select", "heldout"),
+    aliases: dict | None = None,
+    batch_size: int = 256,
+) -> ConditionResults:
+    """All numbers of the ablation stage. `stores`, `prompts`, `protocols`, `kr_csvs`: condition -> forward store,
+    prompts.jsonl, effective protocol dict, encoder-KR CSV (optional per condition); `bootstrap`: config
+    analysis.bootstrap; `points`: the test points of accuracy-type numbers ('all' or 'heldout')."""
+    names = list(stores)
+    for what, mapping in (("prompts", prompts), ("protocols", protocols)):
+        missing = [n for n in names if n not in mapping]
+        if missing:
+            raise ConditionError(f"no {what} for condition(s) {missing}")
+    kr_csvs = kr_csvs or {}
+    loaded = {
+        name: load_condition(
+            name,
+            stores[name],
+            prompts[name],
+            protocols[name],
+            kr_csvs.get(name),
+            pooling=pooling,
+            ties=ties,
+            batch_size=batch_size,
+        )
+        for name in names
+    }
+    conditions = align_conditions(loaded, reference)
+    res = resamples(conditions[reference].split, bootstrap, points)
+    metrics = condition_metrics(conditions, reference, res, ties)
+    protocols = {n: conditions[n].protocol for n in names}
+    return ConditionResults(
+        reference=reference,
+        task=task,
+        metrics=metrics,
+        order=order_groups(conditions, reference, res),
+        bandwidth=bandwidth_curve(metrics),
+        label_noise=label_noise_curve(metrics, protocols, reference),
+        table1=table1_analogue(metrics, protocols, reference, task, aliases),
+        heads=head_grids(conditions, heatmap_splits),
+        level=res.level,
+        n_boot=len(res.boot_points),
+        points=points,
+    )

@@ -1,0 +1,253 @@
+"""The ablation stage (kicl.analysis.conditions): conditions of one (model, task) compared on shared test points.
+
+Condition stores are written through the real writer (kicl.store.synthetic) from one seed, so they share test
+points, splits, gold labels and demonstrations; a condition differs by overridden ŷ, a planted head elsewhere,
+or its prompt records (true labels, similarities).
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kicl.analysis.conditions import (
+    ConditionError,
+    compare_conditions,
+    ood_type,
+    order_group_members,
+    paper_table1_key,
+)
+from kicl.analysis.head_selection import paired_p_value
+from kicl.analysis.reconstruction import head_predictions
+from kicl.store.reader import open_store
+from kicl.store.synthetic import Planted, make_synthetic_store, write_synthetic_prompts
+
+N_PROMPTS, SEED = 40, 3
+BOOT = {"n_boot": 200, "seed": 7, "level": 0.9}
+
+
+def _condition(tmp_path, name, *, planted=None, overrides=None, similarity=None, true_label=None):
+    folder = tmp_path / name
+    folder.mkdir(parents=True)
+    store = make_synthetic_store(
+        folder / "store.zarr",
+        n_prompts=N_PROMPTS,
+        n_layers=2,
+        n_heads=3,
+        n_demos=4,
+        kv_prompts=0,
+        select_fraction=0.5,
+        planted=planted,
+        seed=SEED,
+        overrides=overrides,
+    )
+    write_synthetic_prompts(
+        store, folder / "meta.json", folder / "prompts.jsonl", demo_similarity=similarity, true_label=true_label
+    )
+    return store, folder / "prompts.jsonl"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The reference store's arrays (every condition shares them unless overridden)."""
+    tmp = tmp_path_factory.mktemp("base")
+    store, _ = _condition(tmp, "paper")
+    ds = open_store(store)
+    return {name: ds[name].values.copy() for name in ("prediction", "gold", "split", "demo_label", "test_index")}
+
+
+def _run(tmp_path, specs, reference="paper", task="synthetic", **kwargs):
+    stores, prompts, protocols = {}, {}, {}
+    for name, (protocol, options) in specs.items():
+        stores[name], prompts[name] = _condition(tmp_path, name, **options)
+        protocols[name] = protocol
+    return compare_conditions(stores, prompts, protocols, reference, task, bootstrap=BOOT, **kwargs)
+
+
+def _changed(prediction, rows, n_labels=2):
+    out = prediction.copy()
+    out[rows] = (out[rows] + 1) % n_labels
+    return out
+
+
+def test_paired_difference_and_change_rate_by_hand(tmp_path, base):
+    rows = np.array([0, 3, 5, 8, 13, 21, 34])
+    pred_b = _changed(base["prediction"], rows)
+    result = _run(
+        tmp_path, {"paper": ({}, {}), "nearest": ({"demo_strategy": "nearest"}, {"overrides": {"prediction": pred_b}})}
+    )
+    metrics = result.metrics.set_index("condition")
+    correct_a = (base["prediction"] == base["gold"]).astype(float)
+    correct_b = (pred_b == base["gold"]).astype(float)
+    row = metrics.loc["nearest"]
+    assert row["accuracy"] == pytest.approx(correct_b.mean())
+    assert row["accuracy_diff"] == pytest.approx(correct_b.mean() - correct_a.mean())
+    # the same resample of test points applied to both conditions (seeded as documented)
+    idx = np.random.default_rng(BOOT["seed"]).integers(0, N_PROMPTS, (BOOT["n_boot"], N_PROMPTS))
+    diffs = (correct_b - correct_a)[idx].mean(1)
+    assert row["accuracy_diff_low"] == pytest.approx(np.quantile(diffs, 0.05))
+    assert row["accuracy_diff_high"] == pytest.approx(np.quantile(diffs, 0.95))
+    assert row["accuracy_diff_p"] == pytest.approx(paired_p_value(diffs))
+    assert row["yhat_change"] == pytest.approx(len(rows) / N_PROMPTS)
+    assert metrics.loc["paper", "yhat_change"] == 0 and metrics.loc["paper", "accuracy_diff"] == 0
+    assert row["differs_from_reference"] == 'demo_strategy="nearest"'
+    assert row["n"] == N_PROMPTS and row["n_heldout"] == (base["split"] == "heldout").sum()
+
+
+def test_heldout_only_points(tmp_path, base):
+    rows = np.flatnonzero(base["split"] == "select")[:4]  # changes on select points only
+    pred_b = _changed(base["prediction"], rows)
+    result = _run(
+        tmp_path, {"paper": ({}, {}), "b": ({"x": 1}, {"overrides": {"prediction": pred_b}})}, points="heldout"
+    )
+    row = result.metrics.set_index("condition").loc["b"]
+    assert row["yhat_change"] == 0 and row["n"] == (base["split"] == "heldout").sum()
+
+
+def test_order_groups(tmp_path, base):
+    planted_rows = np.array([1, 2, 9, 30])
+    specs = {
+        "paper": ({"demo_strategy": "random"}, {}),
+        "perm1": ({"demo_strategy": "random", "order_seed": 1}, {}),
+        "perm2": ({"demo_strategy": "random", "order_seed": 2}, {}),
+        "near": ({"demo_strategy": "nearest"}, {}),
+        "near_asc": (
+            {"demo_strategy": "nearest", "demo_order": "ascending"},
+            {"overrides": {"prediction": _changed(base["prediction"], planted_rows)}},
+        ),
+    }
+    result = _run(tmp_path, specs)
+    order = result.order
+    assert list(order["members"]) == ["paper, perm1, perm2", "near, near_asc"]
+    main, other = order.iloc[0], order.iloc[1]
+    assert main["main"] and not other["main"]
+    assert main["yhat_change"] == 0 and main["ytilde_change"] == 0  # identical stores: nothing changes
+    assert other["yhat_change"] == pytest.approx(len(planted_rows) / N_PROMPTS)
+    assert main["same_demo_set"] == 1.0
+    assert order_group_members({"a": {}, "b": {"labels": "flipped"}}, "a") == []
+
+
+def test_mismatched_test_points_name_the_condition(tmp_path, base):
+    moved = base["test_index"].copy()
+    moved[5] = 1000
+    with pytest.raises(ConditionError, match="'typos'.*1 extra.*1000"):
+        _run(tmp_path, {"paper": ({}, {}), "typos": ({"test_inputs": "typos"}, {"overrides": {"test_index": moved}})})
+
+
+def test_conditions_matched_by_test_index_not_row(tmp_path, base):
+    """The same test points stored in another row order compare as identical."""
+    order = np.random.default_rng(0).permutation(N_PROMPTS)
+    overrides = {name: base[name][order] for name in ("prediction", "gold", "split", "test_index")}
+    result = _run(tmp_path, {"paper": ({}, {}), "shuffled": ({"y": 2}, {"overrides": overrides})})
+    row = result.metrics.set_index("condition").loc["shuffled"]
+    assert row["accuracy_diff"] == 0 and row["yhat_change"] == 0
+    wrong_gold = overrides | {"gold": 1 - overrides["gold"]}
+    with pytest.raises(ConditionError, match="'bad'.*gold"):
+        _run(tmp_path / "2", {"paper": ({}, {}), "bad": ({"y": 3}, {"overrides": wrong_gold})})
+
+
+def test_reference_head_scored_on_the_other_conditions_heldout(tmp_path, base):
+    result = _run(tmp_path, {"paper": ({}, {}), "moved": ({"labels": "x"}, {"planted": Planted(label_head=(0, 1))})})
+    row = result.metrics.set_index("condition").loc["moved"]
+    assert row["head_ref"] == "L1 H2"  # the head planted in the reference, chosen on the reference's select
+    assert row["head_own"] == "L0 H1" and row["head_own_agreement"] == 1.0
+    ds = open_store(tmp_path / "moved" / "store.zarr")
+    held = np.flatnonzero(base["split"] == "heldout")
+    y_tilde = head_predictions(ds, held, ["max"])[:, 0, 1, 2]
+    assert row["head_ref_agreement"] == pytest.approx((y_tilde == base["prediction"][held]).mean())
+    assert row["head_ref_agreement"] < 0.9
+    assert result.metrics.set_index("condition").loc["paper", "head_ref_agreement"] == 1.0
+
+
+def test_label_noise_curve_uses_the_measured_share(tmp_path, base):
+    labels = base["demo_label"]
+    present = labels >= 0
+    rng = np.random.default_rng(5)
+    wrong = present & (rng.random(labels.shape) < 0.3)  # configured 0.5, measured about 0.3
+    shown_noisy = np.where(wrong, 1 - labels, labels)
+    shown_flipped = np.where(present, 1 - labels, -1)
+    true = [list(row[row >= 0]) for row in labels]
+    specs = {
+        "paper": ({"labels": "gold"}, {}),
+        "noisy50": (
+            {"labels": "noisy", "label_noise": 0.5},
+            {"overrides": {"demo_label": shown_noisy}, "true_label": true},
+        ),
+        "flipped": ({"labels": "flipped"}, {"overrides": {"demo_label": shown_flipped}, "true_label": true}),
+        "unmeasured": ({"labels": "noisy", "label_noise": 0.25}, {"overrides": {"demo_label": shown_noisy}}),
+        "nearest": ({"labels": "gold", "demo_strategy": "nearest"}, {}),
+    }
+    result = _run(tmp_path, specs)
+    curve = result.label_noise.set_index("condition")
+    assert list(curve.index) == ["paper", "noisy50", "flipped"]  # sorted by x; the unmeasured one left out
+    measured = wrong.sum() / present.sum()
+    assert curve.loc["noisy50", "wrong_label_share"] == pytest.approx(measured)
+    assert abs(measured - 0.5) > 0.1
+    assert curve.loc["noisy50", "label_noise"] == 0.5
+    assert curve.loc["flipped", "wrong_label_share"] == 1.0 and curve.loc["paper", "wrong_label_share"] == 0.0
+    # ŷ is unchanged while every shown label flipped: ŷ agrees with the flipped majority where it disagreed before
+    metrics = result.metrics.set_index("condition")
+    assert np.isnan(metrics.loc["unmeasured", "wrong_label_share"])
+
+
+def test_bandwidth_curve_and_table1(tmp_path, base):
+    sim = np.random.default_rng(2).uniform(0, 1, (N_PROMPTS, 4))
+    specs = {
+        "paper": ({}, {}),
+        "nearest": ({"demo_strategy": "nearest"}, {"similarity": sim * 0.5 + 0.5}),
+        "farthest": ({"demo_strategy": "farthest"}, {"similarity": sim * 0.5}),
+        "typos": ({"test_inputs": "typos", "typo_rate": 0.1}, {"overrides": {"prediction": 1 - base["prediction"]}}),
+    }
+    result = _run(tmp_path, specs, task="SST-2")
+    band = result.bandwidth
+    assert list(band["condition"]) == ["farthest", "nearest"]
+    n_demos = (base["demo_label"] >= 0).sum(1)
+    expected = np.mean([(sim[p, : n_demos[p]] * 0.5).mean() for p in range(N_PROMPTS)])
+    assert band.iloc[0]["mean_demo_similarity"] == pytest.approx(expected)
+    table1 = result.table1.set_index("condition")
+    assert list(table1.index) == ["paper", "typos"]
+    acc = (base["prediction"] == base["gold"]).mean()
+    assert table1.loc["typos", "drop"] == pytest.approx((1 - acc) - acc)
+    assert table1.loc["typos", "paper_accuracy"] == 0.534
+    assert table1.loc["typos", "paper_drop"] == pytest.approx(0.534 - 0.805)
+    assert table1.loc["paper", "paper_accuracy"] == 0.805
+    other = _run(tmp_path / "x", {"paper": ({}, {}), "typos": ({"test_inputs": "typos"}, {})}, task="trec")
+    assert other.table1["paper_accuracy"].isna().all()
+
+
+def test_ood_type_names():
+    assert ood_type({}) == "none" and ood_type({"test_inputs": "original"}) == "none"
+    assert ood_type({"test_inputs": "rewrites", "rewrite_type": "complex"}) == "complex"
+    assert paper_table1_key("rare_words") == "rare_words" and paper_table1_key("Typos") == "typos"
+    assert paper_table1_key("shuffled") is None
+
+
+def test_encoder_kr_columns(tmp_path, base):
+    store, prompts = _condition(tmp_path, "paper")
+    kr = pd.DataFrame(
+        {
+            "prompt_id": np.arange(N_PROMPTS),
+            "split": base["split"],
+            "test_index": base["test_index"],
+            "gold": base["gold"],
+            "n_demos": 4,
+            "pred_cosine": base["gold"],
+            "pred_softmax": base["prediction"],
+        }
+    )
+    kr.to_csv(tmp_path / "kr.csv", index=False)
+    result = compare_conditions(
+        {"paper": store},
+        {"paper": prompts},
+        {"paper": {}},
+        "paper",
+        "t",
+        kr_csvs={"paper": tmp_path / "kr.csv"},
+        bootstrap=BOOT,
+    )
+    row = result.metrics.iloc[0]
+    assert row["encoder_cosine_accuracy"] == 1.0 and row["encoder_softmax_agreement"] == 1.0
+    kr.iloc[:5].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(ConditionError, match="short.csv lacks test points"):
+        compare_conditions(
+            {"paper": store}, {"paper": prompts}, {"paper": {}}, "paper", "t", kr_csvs={"paper": tmp_path / "short.csv"}
+        )
