@@ -251,3 +251,58 @@ def test_encoder_kr_columns(tmp_path, base):
         compare_conditions(
             {"paper": store}, {"paper": prompts}, {"paper": {}}, "paper", "t", kr_csvs={"paper": tmp_path / "short.csv"}
         )
+
+
+def test_write_condition_outputs(tmp_path, base):
+    from kicl.figures.conditions import OUTPUT_FILES, write_condition_outputs
+
+    rows = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    sim = np.full((N_PROMPTS, 4), 0.4)
+    specs = {
+        "paper": ({"labels": "gold"}, {}),
+        "perm1": ({"labels": "gold", "order_seed": 1}, {}),
+        "nearest": ({"labels": "gold", "demo_strategy": "nearest"}, {"similarity": sim}),
+        "flipped": (
+            {"labels": "flipped"},
+            {
+                "overrides": {"prediction": _changed(base["prediction"], rows)},
+                "true_label": [list(1 - r[r >= 0]) for r in base["demo_label"]],
+            },
+        ),
+        "typos": ({"labels": "gold", "test_inputs": "typos"}, {}),
+    }
+    stores, prompts, protocols = {}, {}, {}
+    for name, (protocol, options) in specs.items():
+        stores[name], prompts[name] = _condition(tmp_path, name, **options)
+        protocols[name] = protocol
+    out = tmp_path / "ablation"
+    paths = write_condition_outputs(
+        stores,
+        prompts,
+        protocols,
+        "paper",
+        "sst2",
+        out,
+        bootstrap=BOOT,
+        model="synthetic",
+        heatmap_conditions=["paper", "flipped"],
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES.values())
+    assert set(paths) == set(OUTPUT_FILES)
+    table = pd.read_csv(paths["csv"]).set_index("condition")
+    d, lo, hi, p = table.loc["flipped", ["accuracy_diff", "accuracy_diff_low", "accuracy_diff_high", "accuracy_diff_p"]]
+    expected = f"flipped − paper: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {p:.3f}; the interval"
+    assert table.loc["flipped", "reading"].startswith(expected)
+    assert expected in paths["md"].read_text()
+    figure = pd.read_csv(paths["figure_csv"])
+    acc = figure[(figure.panel == "accuracy")].set_index("condition")["y"]
+    np.testing.assert_allclose(acc.loc[table.index], table["accuracy"])
+    noise = figure[(figure.panel == "label_noise") & (figure.series == "accuracy")].set_index("condition")
+    assert noise.loc["flipped", "x"] == 1.0 and noise.loc["paper", "x"] == 0.0
+    assert set(figure.loc[figure.panel == "bandwidth", "condition"]) == {"nearest"}
+    heads = pd.read_csv(paths["heads_csv"])
+    assert set(heads["condition"]) == {"paper", "flipped"} and len(heads) == 2 * 2 * 3
+    assert pd.read_csv(paths["order_csv"])["members"].tolist() == ["paper, perm1"]
+    t1 = pd.read_csv(paths["table1_csv"]).set_index("condition")
+    assert t1.loc["typos", "paper_accuracy"] == 0.534
+    assert "0.534" in paths["table1_md"].read_text() and r"\begin{tabular}" in paths["table1_tex"].read_text()

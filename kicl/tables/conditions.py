@@ -1,0 +1,185 @@
+"""The ablation stage's tables: CSV, Markdown and LaTeX of the condition table, the order groups and the Table 1
+analogue (numbers from kicl.analysis.conditions).
+
+Each condition gets a one-line reading computed from its paired difference to the reference, e.g.
+"nearest − paper: +0.120 [+0.030, +0.210], p = 0.010; the interval excludes 0".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kicl.analysis.baselines import BASELINES
+from kicl.analysis.conditions import ConditionResults
+from kicl.fileio import write_csv_atomic, write_text_atomic
+from kicl.tables.table2 import SHORT_LABELS, to_latex, to_markdown
+
+#: the tables' file names in the stage's output folder
+TABLE_FILES = {
+    "csv": "conditions.csv",
+    "md": "conditions.md",
+    "tex": "conditions.tex",
+    "order_csv": "order_groups.csv",
+    "table1_csv": "table1.csv",
+    "table1_md": "table1.md",
+    "table1_tex": "table1.tex",
+}
+
+
+def _ci(value, low, high, signed: bool = False) -> str:
+    if value is None or not np.isfinite(value):
+        return "—"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
+
+
+def _get(row, name: str, signed: bool = False) -> str:
+    if name not in row or pd.isna(row[name]):
+        return "—"
+    return _ci(row[name], row[f"{name}_low"], row[f"{name}_high"], signed)
+
+
+def reading(row, reference: str) -> str:
+    """One line from a condition's paired difference of accuracy to the reference."""
+    if row["condition"] == reference:
+        return f"{reference}: the reference condition"
+    d, lo, hi, p = (row[f"accuracy_diff{s}"] for s in ("", "_low", "_high", "_p"))
+    if not np.isfinite(d):
+        return f"{row['condition']} − {reference}: no paired difference"
+    verdict = "the interval excludes 0" if lo > 0 or hi < 0 else "the interval contains 0"
+    return f"{row['condition']} − {reference}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {p:.3f}; {verdict}"
+
+
+def _best_baseline(row) -> str:
+    values = {b: row.get(f"baseline_{b}_agreement", np.nan) for b in BASELINES}
+    values = {b: v for b, v in values.items() if pd.notna(v)}
+    if not values:
+        return "—"
+    best = max(values, key=values.get)
+    return f"{SHORT_LABELS[best]}: {_get(row, f'baseline_{best}_agreement')}"
+
+
+def condition_table(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The wide, readable condition table (one row per condition)."""
+    rows = []
+    for _, row in metrics.iterrows():
+        is_ref = row["condition"] == reference
+        encoders = [c[8:-9] for c in row.index if c.startswith("encoder_") and c.endswith("_accuracy")]
+        rows.append(
+            {
+                "condition": row["condition"],
+                "differs from reference": row["differs_from_reference"] or "—",
+                "n": int(row["n"]),
+                "ICL accuracy": _get(row, "accuracy"),
+                f"Δ accuracy vs {reference}": "—" if is_ref else _get(row, "accuracy_diff", signed=True),
+                "p": "—" if is_ref or pd.isna(row["accuracy_diff_p"]) else f"{row['accuracy_diff_p']:.3f}",
+                "ŷ changed vs reference": "—" if is_ref else _get(row, "yhat_change"),
+                f"head chosen on {reference}: agreement": f"{row['head_ref']}: {_get(row, 'head_ref_agreement')}",
+                "re-chosen head: agreement": f"{row['head_own']}: {_get(row, 'head_own_agreement')}",
+                "best attention-free baseline (agreement)": _best_baseline(row),
+                "encoder KR accuracy": "; ".join(f"{e}: {_get(row, f'encoder_{e}_accuracy')}" for e in encoders) or "—",
+                "mean demo similarity": _get(row, "mean_demo_similarity"),
+                "ŷ = majority shown label": _get(row, "majority_shown_agreement"),
+                "wrong shown labels": _get(row, "wrong_label_share"),
+                "reading": reading(row, reference),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def order_table(order: pd.DataFrame) -> pd.DataFrame:
+    if order.empty:
+        return pd.DataFrame({"order groups": ["none (no conditions differ only in order_seed / demo_order)"]})
+    return pd.DataFrame(
+        {
+            "orderings": order["members"],
+            "main": np.where(order["main"], "yes", ""),
+            "n": order["n"],
+            "ŷ not the same under every ordering": [_get(r, "yhat_change") for _, r in order.iterrows()],
+            "ỹ of the reference-chosen head not the same (held-out)": [
+                f"{r['head_ref']}: {_get(r, 'ytilde_change')}" for _, r in order.iterrows()
+            ],
+            "same demonstration set": [_get(r, "same_demo_set") for _, r in order.iterrows()],
+        }
+    )
+
+
+def table1_table(table1: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "test inputs": table1["test_inputs"],
+            "condition": table1["condition"],
+            "n": table1["n"],
+            "ICL accuracy": [_get(r, "accuracy") for _, r in table1.iterrows()],
+            "drop vs original": [
+                "—" if r["test_inputs"] == "none" else f"{_get(r, 'drop', signed=True)}, p = {r['drop_p']:.3f}"
+                for _, r in table1.iterrows()
+            ],
+        }
+    )
+    if table1["paper_accuracy"].notna().any():
+        out["paper (GPT-J-6B, SST-2)"] = ["—" if pd.isna(v) else f"{v:.3f}" for v in table1["paper_accuracy"]]
+        out["paper drop"] = ["—" if pd.isna(v) or v == 0 else f"{v:+.3f}" for v in table1["paper_drop"]]
+    return out
+
+
+def _curve_markdown(frame: pd.DataFrame, x: str, ys: list[str]) -> str:
+    if frame.empty:
+        return "none of the conditions qualifies.\n"
+    view = pd.DataFrame({"condition": frame["condition"], x: [_get(r, x) for _, r in frame.iterrows()]})
+    for y in ys:
+        view[y] = [_get(r, y) for _, r in frame.iterrows()]
+    return to_markdown(view)
+
+
+def caption(results: ConditionResults, model: str = "") -> str:
+    level = int(round(100 * results.level))
+    who = f"{model}, " if model else ""
+    return (
+        f"Conditions of {who}task {results.task} against the reference condition '{results.reference}', paired on "
+        f"the same test points ({'all test points' if results.points == 'all' else 'held-out test points'} for "
+        f"accuracy, Δ and ŷ changes; held-out points for heads, baselines and encoder KR). Brackets: {level}% "
+        f"percentile-bootstrap intervals ({results.n_boot} resamples of test points, the same resamples for every "
+        "condition); p: two-sided paired bootstrap p-value. The reference-chosen head is chosen once on the "
+        "reference's select prompts; the re-chosen head on the condition's own select prompts (intervals "
+        "conditional on the choice)."
+    )
+
+
+def write_condition_tables(results: ConditionResults, paths: dict, model: str = "") -> None:
+    """Write every file of TABLE_FILES (paths: key -> path)."""
+    metrics = results.metrics.copy()
+    metrics["reading"] = [reading(r, results.reference) for _, r in metrics.iterrows()]
+    metrics.insert(0, "task", results.task)
+    if model:
+        metrics.insert(0, "model", model)
+    write_csv_atomic(metrics, paths["csv"], float_format="%.6g")
+    write_csv_atomic(results.order, paths["order_csv"], float_format="%.6g")
+    write_csv_atomic(results.table1, paths["table1_csv"], float_format="%.6g")
+    table = condition_table(results.metrics, results.reference)
+    text = caption(results, model)
+    parts = [
+        f"{text}\n\n{to_markdown(table)}",
+        "### Readings\n\n" + "\n".join(f"- {line}" for line in metrics["reading"]) + "\n",
+        "### Order permutations\n\n" + to_markdown(order_table(results.order)),
+        "### Bandwidth curve\n\n"
+        + _curve_markdown(results.bandwidth, "mean_demo_similarity", ["accuracy", "head_ref_agreement"]),
+        "### Label-noise curve (x: measured share of wrong shown labels)\n\n"
+        + _curve_markdown(
+            results.label_noise,
+            "wrong_label_share",
+            ["accuracy", "majority_shown_agreement", "head_ref_agreement", "head_own_agreement"],
+        ),
+        "### Table 1 analogue (accuracy by test-input type)\n\n" + to_markdown(table1_table(results.table1)),
+    ]
+    write_text_atomic(paths["md"], "\n".join(parts))
+    write_text_atomic(paths["tex"], to_latex(table, text))
+    t1_caption = (
+        f"Table 1 analogue ({model + ', ' if model else ''}{results.task}): ICL accuracy by test-input type, drop = "
+        f"paired difference to the original inputs ({int(round(100 * results.level))}% bootstrap interval, p); "
+        "paper: Han et al. Table 1 (GPT-J-6B on SST-2, inputs rewritten by GPT-3.5-turbo) where the task is SST-2."
+    )
+    t1 = table1_table(results.table1)
+    write_text_atomic(paths["table1_md"], f"{t1_caption}\n\n{to_markdown(t1)}")
+    write_text_atomic(paths["table1_tex"], to_latex(t1, t1_caption))
