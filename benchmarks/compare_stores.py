@@ -4,7 +4,9 @@ Used to check that a refactor leaves the stores unchanged, even when the second 
 (held-out points are drawn first, and prompt i's demonstrations depend only on (seed, test_index)):
 
     python benchmarks/compare_stores.py OLD/results/forward/smollm2-135m NEW/results/forward/smollm2-135m \
-        --tasks movie_snippets trec tweet_sentiment
+        --tasks movie_snippets trec tweet_sentiment [--condition paper]
+
+A store is ``<root>/<task>/<condition>.zarr``, or ``<root>/<task>.zarr`` (the layout before conditions).
 
 Prints, per task, whether the integer and text variables are equal and the largest difference of the float ones.
 """
@@ -12,6 +14,7 @@ Prints, per task, whether the integer and text variables are equal and the large
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -37,14 +40,21 @@ def compare(old_path: str, new_path: str) -> dict:
     return result
 
 
+def store_path(root: str, task: str, condition: str) -> str:
+    """The task's store under a forward root, in the condition layout or the older one without conditions."""
+    path = Path(root, task, f"{condition}.zarr")
+    return str(path if path.exists() else Path(root, f"{task}.zarr"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old")
     parser.add_argument("new")
     parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--condition", default="paper")
     args = parser.parse_args()
     for task in args.tasks:
-        print(task, compare(f"{args.old}/{task}.zarr", f"{args.new}/{task}.zarr"))
+        print(task, compare(store_path(args.old, task, args.condition), store_path(args.new, task, args.condition)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A one-off sanity check of the input side (no attention capture). Run it after the data and model rules:
 
-    snakemake -c2 results/prompts/smollm2-135m/movie_snippets/meta.json
+    snakemake -c2 results/prompts/smollm2-135m/movie_snippets/paper/meta.json
     python benchmarks/icl_accuracy.py --task movie_snippets --model smollm2-135m --n 200 --demos 0 8
 
 It prints one line per (k, strategy): accuracy, predicted and gold label counts, mean prompt length, seconds.

@@ -7,17 +7,17 @@
 
 rule causal_ablation:
     input:
-        meta="results/prompts/{model}/{task}/meta.json",
-        prompts="results/prompts/{model}/{task}/prompts.jsonl",
+        meta="results/prompts/{model}/{task}/{condition}/meta.json",
+        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
         model="resources/models/{model}.json",
-        store="results/forward/{model}/{task}.zarr",
+        store="results/forward/{model}/{task}/{condition}.zarr",
     output:
-        prompts="results/causal/{model}/{task}/ablation_prompts.csv",
-        heads="results/causal/{model}/{task}/ablation_heads.csv",
+        prompts="results/causal/{model}/{task}/{condition}/ablation_prompts.csv",
+        heads="results/causal/{model}/{task}/{condition}/ablation_heads.csv",
     log:
-        "logs/causal_ablation/{model}/{task}.log",
+        "logs/causal_ablation/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/causal_ablation/{model}/{task}.tsv"
+        "benchmarks/out/causal_ablation/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/forward.yaml"
     threads: 2
@@ -32,26 +32,26 @@ rule causal_ablation:
 
 rule fig_causal_ablation:
     input:
-        prompts="results/causal/{model}/{task}/ablation_prompts.csv",
+        prompts="results/causal/{model}/{task}/{condition}/ablation_prompts.csv",
     output:
         png=report(
-            "results/figures/{model}/{task}/fig_causal_ablation.png",
+            "results/figures/{model}/{task}/{condition}/fig_causal_ablation.png",
             caption="../report/fig_causal_ablation.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Causal ablation", "output": "curves"},
         ),
         csv=report(
-            "results/figures/{model}/{task}/fig_causal_ablation.csv",
+            "results/figures/{model}/{task}/{condition}/fig_causal_ablation.csv",
             caption="../report/figure_csv.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Causal ablation", "output": "data (CSV)"},
         ),
     log:
-        "logs/fig_causal_ablation/{model}/{task}.log",
+        "logs/fig_causal_ablation/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/fig_causal_ablation/{model}/{task}.tsv"
+        "benchmarks/out/fig_causal_ablation/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:

@@ -35,15 +35,76 @@ from kicl.data.tasks import TaskError, check_task_spec, local_split_file
 SELECTED_TASKS = list(config["run"]["tasks"])
 SELECTED_MODELS = list(config["run"]["models"])
 SELECTED_ENCODERS = list(config["run"]["encoders"])
-# the sentence encoder that ranks demonstrations, needed only by the retrieval strategies (nearest/farthest)
-RETRIEVAL_ENCODER = (
-    config["protocol"]["retrieval_encoder"]
-    if is_retrieval(config["protocol"]["demo_strategy"])
-    else None
-)
-ENCODERS_IN_USE = SELECTED_ENCODERS + [
-    name for name in [RETRIEVAL_ENCODER] if name and name not in SELECTED_ENCODERS
+
+# ---- Experimental conditions (config conditions:, run.conditions, ablation:): each a set of protocol overrides
+from kicl.conditions import condition_errors, condition_protocol, condition_tasks
+
+SELECTED_CONDITIONS = list(config["run"]["conditions"])
+REFERENCE = config["ablation"]["reference"]
+_condition_problems = [
+    f"run.conditions: {name!r} is not in the conditions catalog (known: {', '.join(sorted(config['conditions']))})"
+    for name in SELECTED_CONDITIONS
+    if name not in config["conditions"]
 ]
+if REFERENCE not in SELECTED_CONDITIONS:
+    _condition_problems.append(
+        f"ablation.reference: {REFERENCE!r} is not in run.conditions ({', '.join(SELECTED_CONDITIONS)})"
+    )
+_condition_problems += [
+    f"ablation.tasks: {task!r} is not in the tasks catalog (known: {', '.join(sorted(config['tasks']))})"
+    for task in config["ablation"]["tasks"]
+    if task not in config["tasks"]
+]
+_condition_problems += [
+    f"ablation.head_maps: {name!r} is not in run.conditions ({', '.join(SELECTED_CONDITIONS)})"
+    for name in config["ablation"]["head_maps"]
+    if name not in SELECTED_CONDITIONS
+]
+_condition_problems += condition_errors(
+    config,
+    workflow.source_path("../schemas/config.schema.yaml"),
+    [name for name in SELECTED_CONDITIONS if name in config["conditions"]],
+)
+if _condition_problems:
+    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_condition_problems))
+#: condition -> its effective protocol; condition -> the tasks it runs on
+PROTOCOLS = {name: condition_protocol(config, name) for name in SELECTED_CONDITIONS}
+CONDITION_TASKS = condition_tasks(config)
+
+
+def task_conditions():
+    """(task, condition) of every prompt set the run builds, reference first."""
+    return [
+        (task, condition)
+        for condition in SELECTED_CONDITIONS
+        for task in CONDITION_TASKS[condition]
+    ]
+
+
+def condition_protocol_of(wildcards):
+    """The effective protocol of the condition in the wildcards (its params make only its jobs rerun)."""
+    return PROTOCOLS[wildcards.condition]
+
+
+def _retrieval_encoder(protocol):
+    """The sentence encoder that ranks demonstrations, for the strategies that need one; else None."""
+    return (
+        protocol["retrieval_encoder"]
+        if is_retrieval(protocol["demo_strategy"])
+        else None
+    )
+
+
+ENCODERS_IN_USE = list(
+    dict.fromkeys(
+        SELECTED_ENCODERS
+        + [
+            _retrieval_encoder(protocol)
+            for protocol in PROTOCOLS.values()
+            if _retrieval_encoder(protocol)
+        ]
+    )
+)
 
 
 def _check_selection():
@@ -76,14 +137,22 @@ def _check_selection():
                 check_task_spec(name, config["tasks"][name])
             except TaskError as error:
                 problems.append(str(error))
-    retrieval_encoder = config["protocol"]["retrieval_encoder"]
-    if retrieval_encoder not in config["encoders"]:
-        problems.append(
-            f"protocol.retrieval_encoder: {retrieval_encoder!r} is not in the encoders catalog "
-            f"(known: {', '.join(sorted(config['encoders']))})"
-        )
+    for condition, protocol in PROTOCOLS.items():
+        retrieval_encoder = protocol["retrieval_encoder"]
+        if retrieval_encoder not in config["encoders"]:
+            where = (
+                "protocol"
+                if "retrieval_encoder" not in (config["conditions"][condition] or {})
+                else f"conditions.{condition}"
+            )
+            problems.append(
+                f"{where}.retrieval_encoder: {retrieval_encoder!r} is not in the encoders catalog "
+                f"(known: {', '.join(sorted(config['encoders']))})"
+            )
     if problems:
-        raise WorkflowError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise WorkflowError(
+            "invalid configuration:\n  " + "\n  ".join(dict.fromkeys(problems))
+        )
 
 
 _check_selection()
@@ -119,6 +188,7 @@ wildcard_constraints:
     task=_alternatives(list(dict.fromkeys(SELECTED_TASKS + THEORY_ICL_PAIR[1:]))),
     model=_alternatives(list(dict.fromkeys(SELECTED_MODELS + THEORY_ICL_PAIR[:1]))),
     encoder=_alternatives(ENCODERS_IN_USE),
+    condition=_alternatives(SELECTED_CONDITIONS),
     split=r"[A-Za-z0-9_]+",
 
 
@@ -174,24 +244,36 @@ def encoder_manifest_input(wildcards):
 
 
 def prompt_inputs(wildcards):
-    """The task's evaluation and demonstration splits and the model manifest; with a retrieval
-    demo_strategy (nearest/farthest) also the manifest of protocol.retrieval_encoder."""
+    """The task's evaluation and demonstration splits and the model manifest; when the condition's
+    demo_strategy ranks by a sentence encoder, also that encoder's manifest."""
     spec = config["tasks"][wildcards.task]
     inputs = {
         "eval": f"resources/tasks/{wildcards.task}/{spec['eval_split']}.parquet",
         "demo": f"resources/tasks/{wildcards.task}/{spec['demo_split']}.parquet",
         "model": f"resources/models/{wildcards.model}.json",
     }
-    if RETRIEVAL_ENCODER:
-        inputs["encoder"] = f"resources/encoders/{RETRIEVAL_ENCODER}.json"
+    encoder = _retrieval_encoder(PROTOCOLS[wildcards.condition])
+    if encoder:
+        inputs["encoder"] = f"resources/encoders/{encoder}.json"
     return inputs
 
 
+def expand_conditions(patterns, **wildcards):
+    """``patterns`` expanded over every selected (task, condition) and over the other ``wildcards`` (lists)."""
+    files = [
+        path
+        for task, condition in task_conditions()
+        for path in expand(
+            patterns, task=task, condition=condition, allow_missing=True, **wildcards
+        )
+    ]
+    return list(dict.fromkeys(files))
+
+
 def prompt_outputs():
-    return expand(
-        "results/prompts/{model}/{task}/{file}",
+    return expand_conditions(
+        "results/prompts/{model}/{task}/{condition}/{file}",
         model=SELECTED_MODELS,
-        task=SELECTED_TASKS,
         file=["meta.json", "prompts.jsonl"],
     )
 
@@ -203,7 +285,8 @@ def forward_record(wildcards):
     """The resolved config behind one forward store (kept in its attrs)."""
     return {
         "capture": config["capture"],
-        "protocol": config["protocol"],
+        "condition": wildcards.condition,
+        "protocol": PROTOCOLS[wildcards.condition],
         "tasks": {wildcards.task: config["tasks"][wildcards.task]},
         "models": {wildcards.model: config["models"][wildcards.model]},
     }
@@ -224,7 +307,7 @@ def forward_gpus(wildcards):
 # forward_mem_mb and forward_runtime: see "Cluster resources of the forward pass" at the end of this file.
 
 
-# ---- Causal head ablation (rules/causal.smk), for causal.tasks (a subset of run.tasks)
+# ---- Causal head ablation (rules/causal.smk), for causal.tasks (a subset of run.tasks), on the reference condition
 CAUSAL_TASKS = [task for task in config["causal"]["tasks"] if task in SELECTED_TASKS]
 _causal_unknown = [
     task for task in config["causal"]["tasks"] if task not in config["tasks"]
@@ -237,11 +320,12 @@ if _causal_unknown:
 
 
 def causal_outputs():
-    """The ablation curves (figure + CSV) of every selected model on the causal tasks that are run."""
+    """The ablation curves (figure + CSV) of every selected model on the causal tasks, reference condition."""
     return expand(
-        "results/figures/{model}/{task}/fig_causal_ablation.{ext}",
+        "results/figures/{model}/{task}/{condition}/fig_causal_ablation.{ext}",
         model=SELECTED_MODELS,
         task=CAUSAL_TASKS,
+        condition=REFERENCE,
         ext=["png", "csv"],
     )
 
@@ -260,6 +344,7 @@ REPORT_ITEMS = [
     ("Fig 5a/5b: key and value probes", "fig5_kv_probes"),
     ("Table 2: kernel regression vs ICL", "table2"),
     ("Verdict: selected head vs attention-free baselines", "verdict"),
+    ("Conditions side by side (ablations)", "ablation_table"),
     ("Causal test: ablating the kernel heads", "fig_causal_ablation"),
     ("Table 2 encoder rows alone", "table_encoder_kr"),
 ]
@@ -274,18 +359,31 @@ if config["capture"].get("kv_prompts", 0) > 0:
 TABLE_RULES = ["table2", "verdict"] + (
     ["table_encoder_kr"] if SELECTED_ENCODERS else []
 )
+#: the figure and table rules that `all` runs for the non-reference conditions too
+CONDITION_OUTPUTS = list(config["ablation"]["outputs"])
 
 
 def _rule_outputs(name):
-    """Every output of a rule, expanded over the selected models, tasks and encoders."""
+    """Every output of a rule, expanded over the selected models, encoders and (task, condition) pairs; for a
+    non-reference condition only if ablation.outputs names the rule."""
     patterns = [str(path) for path in getattr(rules, name).output]
-    files = expand(
-        patterns,
-        model=SELECTED_MODELS,
-        task=SELECTED_TASKS,
-        encoder=SELECTED_ENCODERS,
-        allow_missing=True,
-    )
+    pairs = [
+        (task, condition)
+        for task, condition in task_conditions()
+        if condition == REFERENCE or name in CONDITION_OUTPUTS
+    ]
+    files = [
+        path
+        for task, condition in pairs
+        for path in expand(
+            patterns,
+            model=SELECTED_MODELS,
+            task=task,
+            condition=condition,
+            encoder=SELECTED_ENCODERS,
+            allow_missing=True,
+        )
+    ]
     return list(dict.fromkeys(files))
 
 
@@ -303,32 +401,105 @@ def single_prompt_rescale_len(wildcards):
     return analysis["rescale_len"] if analysis["single_prompt_rescale"] else None
 
 
-def encoder_task_pairs():
-    """[encoder, task] for every selected pair, in the order of encoder_kr_csvs()."""
-    return [[encoder, task] for encoder in SELECTED_ENCODERS for task in SELECTED_TASKS]
+def condition_task_list(wildcards):
+    """The tasks behind a (model, condition) table: the condition's tasks; the world's task for the
+    theory_icl model."""
+    if THEORY_ICL_PAIR and wildcards.model == THEORY_ICL_PAIR[0]:
+        return THEORY_ICL_PAIR[1:]
+    return CONDITION_TASKS[wildcards.condition]
+
+
+def encoder_task_pairs(wildcards):
+    """[encoder, task] for every selected encoder and every task of the table, in encoder_kr_csvs order."""
+    return [
+        [encoder, task]
+        for encoder in SELECTED_ENCODERS
+        for task in condition_task_list(wildcards)
+    ]
 
 
 def encoder_kr_csvs(wildcards):
     return [
-        f"results/encoder_kr/{encoder}/{wildcards.model}/{task}.csv"
-        for encoder, task in encoder_task_pairs()
+        f"results/encoder_kr/{encoder}/{wildcards.model}/{task}/{wildcards.condition}.csv"
+        for encoder, task in encoder_task_pairs(wildcards)
     ]
 
 
 def table2_inputs(wildcards):
-    """Every selected task's forward store for the model, and its encoder-KR predictions."""
+    """Every forward store of the condition's tasks for the model, and their encoder-KR predictions."""
     return {
-        "stores": expand(
-            "results/forward/{model}/{task}.zarr",
-            model=wildcards.model,
-            task=SELECTED_TASKS,
-        ),
+        "stores": [
+            f"results/forward/{wildcards.model}/{task}/{wildcards.condition}.zarr"
+            for task in condition_task_list(wildcards)
+        ],
         "kr": encoder_kr_csvs(wildcards),
     }
 
 
+# ---- Ablation stage (rules/ablation.smk): the conditions of a (model, task) side by side
+ABLATION_CONDITIONS = [
+    condition
+    for condition in SELECTED_CONDITIONS
+    if condition == REFERENCE or CONDITION_TASKS[condition]
+]
+ABLATION_TASKS = (
+    [task for task in config["ablation"]["tasks"] if task in SELECTED_TASKS]
+    if len(ABLATION_CONDITIONS) > 1
+    else []
+)
+
+
+#: the files of the ablation stage (kicl.figures.conditions.OUTPUT_FILES; tests/test_workflow_conditions.py checks it)
+ABLATION_FILES = [
+    "conditions.csv",
+    "conditions.md",
+    "conditions.tex",
+    "order_groups.csv",
+    "table1.csv",
+    "table1.md",
+    "table1.tex",
+    "conditions.png",
+    "conditions_figure.csv",
+    "heads.png",
+    "heads.csv",
+]
+
+
+def ablation_inputs(wildcards):
+    """Per condition of the ablation: its forward store, prompt file and encoder-KR predictions."""
+    inputs = {}
+    for condition in ABLATION_CONDITIONS:
+        inputs[f"store_{condition}"] = (
+            f"results/forward/{wildcards.model}/{wildcards.task}/{condition}.zarr"
+        )
+        inputs[f"prompts_{condition}"] = (
+            f"results/prompts/{wildcards.model}/{wildcards.task}/{condition}/prompts.jsonl"
+        )
+        for encoder in SELECTED_ENCODERS[:1]:
+            inputs[f"kr_{condition}"] = (
+                f"results/encoder_kr/{encoder}/{wildcards.model}/{wildcards.task}/{condition}.csv"
+            )
+    return inputs
+
+
+def ablation_outputs():
+    """The ablation stage's table and figure (with their CSVs) per model and ablation task (rules/ablation.smk)."""
+    return expand(
+        "results/ablation/{model}/{task}/{name}",
+        model=SELECTED_MODELS,
+        task=ABLATION_TASKS,
+        name=ABLATION_FILES,
+    )
+
+
 def summary_inputs():
-    return theory_outputs() + figure_outputs() + table_outputs() + causal_outputs()
+    return (
+        theory_outputs()
+        + figure_outputs()
+        + table_outputs()
+        + causal_outputs()
+        + ablation_outputs()
+    )
 
 
 def summary_entries(wildcards):
@@ -338,45 +509,57 @@ def summary_entries(wildcards):
     )
     if CAUSAL_TASKS:
         made.add("fig_causal_ablation")
+    if ABLATION_TASKS:
+        made.add("ablation_table")
+    special = {
+        "fig_causal_ablation": (causal_outputs, CAUSAL_TASKS),
+        "ablation_table": (ablation_outputs, ABLATION_TASKS),
+    }
     entries = []
     for what, name in REPORT_ITEMS:
         if name not in made or not hasattr(rules, name):
             continue
         proxy = getattr(rules, name)
         benchmark = str(proxy.benchmark) if proxy.rule.benchmark else None
+        outputs, tasks = special.get(name, (lambda: _rule_outputs(name), None))
         entries.append(
             {
                 "what": what,
                 "rule": name,
-                "files": (
-                    causal_outputs()
-                    if name == "fig_causal_ablation"
-                    else _rule_outputs(name)
-                ),
+                "files": outputs(),
                 "benchmark": benchmark,
-                "benchmarks": _benchmark_files(
-                    benchmark,
-                    CAUSAL_TASKS if name == "fig_causal_ablation" else SELECTED_TASKS,
-                ),
+                "benchmarks": _benchmark_files(benchmark, tasks),
             }
         )
     return entries
 
 
 def _benchmark_files(pattern, tasks=None):
+    """The benchmark files of a rule's jobs in this run (per task and condition where the pattern has them)."""
     if not pattern:
         return []
-    files = expand(
-        pattern,
-        model=SELECTED_MODELS,
-        task=SELECTED_TASKS if tasks is None else tasks,
-        encoder=SELECTED_ENCODERS,
-    )
+    pairs = [
+        (task, condition)
+        for task, condition in task_conditions()
+        if tasks is None or (task in tasks and condition == REFERENCE)
+    ]
+    files = [
+        path
+        for task, condition in pairs
+        for path in expand(
+            pattern,
+            model=SELECTED_MODELS,
+            task=task,
+            condition=condition,
+            encoder=SELECTED_ENCODERS,
+        )
+    ]
     return list(dict.fromkeys(files))
 
 
 def theory_icl_outputs():
-    """The trained-transformer stage and, on its model and task, the chain's prompts and figures (Figs 2-5)."""
+    """The trained-transformer stage and, on its model and task, the chain's prompts and figures (Figs 2-5)
+    and its Table 2 and verdict, in the reference condition."""
     if not THEORY_ICL_PAIR:
         return []
     model, task = THEORY_ICL_PAIR
@@ -390,11 +573,12 @@ def theory_icl_outputs():
     ]
     chain = [
         path
-        for name in FIGURE_RULES
+        for name in FIGURE_RULES + TABLE_RULES
         for path in expand(
             [str(p) for p in getattr(rules, name).output],
             model=model,
             task=task,
+            condition=REFERENCE,
             encoder=SELECTED_ENCODERS,
             allow_missing=True,
         )
@@ -410,6 +594,7 @@ def final_outputs():
         + figure_outputs()
         + table_outputs()
         + causal_outputs()
+        + ablation_outputs()
         + ["results/summary/index.html"]
     )
 
@@ -423,7 +608,7 @@ def _forward_workload(wildcards, input):
     from kicl.workflow.resources import model_size, prompt_workload
 
     manifest_path = f"resources/models/{wildcards.model}.json"
-    prompts_path = f"results/prompts/{wildcards.model}/{wildcards.task}/prompts.jsonl"
+    prompts_path = f"results/prompts/{wildcards.model}/{wildcards.task}/{wildcards.condition}/prompts.jsonl"
     for path in (manifest_path, prompts_path):
         if path not in input:
             raise WorkflowError(

@@ -1,4 +1,4 @@
-# Paper figures from the forward store results/forward/{model}/{task}.zarr: Fig 2 (averaged attention map),
+# Paper figures from the forward store results/forward/{model}/{task}/{condition}.zarr: Fig 2 (averaged attention map),
 # Fig 25 (one prompt's map), Fig 3a/3b (reconstruction heat-maps), Fig 4 (correlation with sim_pred) and
 # Fig 5a/5b (key/value probes), for every selected model and task (the paper's appendix set). Every figure
 # writes the CSV of the numbers it shows. Options come from config `analysis:` only, so changing them
@@ -7,26 +7,26 @@
 
 rule fig2_attention_map:
     input:
-        store="results/forward/{model}/{task}.zarr",
+        store="results/forward/{model}/{task}/{condition}.zarr",
     output:
         png=report(
-            "results/figures/{model}/{task}/fig2_attention_map.png",
+            "results/figures/{model}/{task}/{condition}/fig2_attention_map.png",
             caption="../report/fig2_attention_map.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 2", "output": "attention map"},
         ),
         csv=report(
-            "results/figures/{model}/{task}/fig2_attention_map.csv",
+            "results/figures/{model}/{task}/{condition}/fig2_attention_map.csv",
             caption="../report/figure_csv.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 2", "output": "data (CSV)"},
         ),
     log:
-        "logs/fig2_attention_map/{model}/{task}.log",
+        "logs/fig2_attention_map/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/fig2_attention_map/{model}/{task}.tsv"
+        "benchmarks/out/fig2_attention_map/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -42,26 +42,26 @@ rule fig2_attention_map:
 
 rule fig25_single_prompt_map:
     input:
-        store="results/forward/{model}/{task}.zarr",
+        store="results/forward/{model}/{task}/{condition}.zarr",
     output:
         png=report(
-            "results/figures/{model}/{task}/fig25_single_prompt_map.png",
+            "results/figures/{model}/{task}/{condition}/fig25_single_prompt_map.png",
             caption="../report/fig25_single_prompt_map.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 25", "output": "single-prompt map"},
         ),
         csv=report(
-            "results/figures/{model}/{task}/fig25_single_prompt_map.csv",
+            "results/figures/{model}/{task}/{condition}/fig25_single_prompt_map.csv",
             caption="../report/figure_csv.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 25", "output": "data (CSV)"},
         ),
     log:
-        "logs/fig25_single_prompt_map/{model}/{task}.log",
+        "logs/fig25_single_prompt_map/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/fig25_single_prompt_map/{model}/{task}.tsv"
+        "benchmarks/out/fig25_single_prompt_map/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -76,33 +76,33 @@ rule fig25_single_prompt_map:
 
 rule fig3_reconstruction:
     input:
-        store="results/forward/{model}/{task}.zarr",
+        store="results/forward/{model}/{task}/{condition}.zarr",
     output:
         png_pred=report(
-            "results/figures/{model}/{task}/fig3a_reconstruction_vs_prediction.png",
+            "results/figures/{model}/{task}/{condition}/fig3a_reconstruction_vs_prediction.png",
             caption="../report/fig3a_reconstruction.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 3a", "output": "ỹ vs ŷ"},
         ),
         png_gold=report(
-            "results/figures/{model}/{task}/fig3b_reconstruction_vs_gold.png",
+            "results/figures/{model}/{task}/{condition}/fig3b_reconstruction_vs_gold.png",
             caption="../report/fig3b_reconstruction.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 3b", "output": "ỹ vs gold"},
         ),
         csv=report(
-            "results/figures/{model}/{task}/fig3_reconstruction.csv",
+            "results/figures/{model}/{task}/{condition}/fig3_reconstruction.csv",
             caption="../report/figure_csv.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 3a/3b", "output": "data (CSV)"},
         ),
     log:
-        "logs/fig3_reconstruction/{model}/{task}.log",
+        "logs/fig3_reconstruction/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/fig3_reconstruction/{model}/{task}.tsv"
+        "benchmarks/out/fig3_reconstruction/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -120,26 +120,26 @@ rule fig3_reconstruction:
 
 rule fig4_simpred_correlation:
     input:
-        store="results/forward/{model}/{task}.zarr",
+        store="results/forward/{model}/{task}/{condition}.zarr",
     output:
         png=report(
-            "results/figures/{model}/{task}/fig4_simpred_correlation.png",
+            "results/figures/{model}/{task}/{condition}/fig4_simpred_correlation.png",
             caption="../report/fig4_simpred_correlation.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 4", "output": "correlation heat-map"},
         ),
         csv=report(
-            "results/figures/{model}/{task}/fig4_simpred_correlation.csv",
+            "results/figures/{model}/{task}/{condition}/fig4_simpred_correlation.csv",
             caption="../report/figure_csv.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 4", "output": "data (CSV)"},
         ),
     log:
-        "logs/fig4_simpred_correlation/{model}/{task}.log",
+        "logs/fig4_simpred_correlation/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/fig4_simpred_correlation/{model}/{task}.tsv"
+        "benchmarks/out/fig4_simpred_correlation/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -157,33 +157,33 @@ rule fig4_simpred_correlation:
 
 rule fig5_kv_probes:
     input:
-        store="results/forward/{model}/{task}.zarr",
+        store="results/forward/{model}/{task}/{condition}.zarr",
     output:
         png_keys=report(
-            "results/figures/{model}/{task}/fig5a_key_probes.png",
+            "results/figures/{model}/{task}/{condition}/fig5a_key_probes.png",
             caption="../report/fig5a_key_probes.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 5a", "output": "key probes"},
         ),
         png_values=report(
-            "results/figures/{model}/{task}/fig5b_value_probes.png",
+            "results/figures/{model}/{task}/{condition}/fig5b_value_probes.png",
             caption="../report/fig5b_value_probes.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 5b", "output": "value probes"},
         ),
         csv=report(
-            "results/figures/{model}/{task}/fig5_kv_probes.csv",
+            "results/figures/{model}/{task}/{condition}/fig5_kv_probes.csv",
             caption="../report/figure_csv.rst",
             category="{task}",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"figure": "Fig 5a/5b", "output": "data (CSV)"},
         ),
     log:
-        "logs/fig5_kv_probes/{model}/{task}.log",
+        "logs/fig5_kv_probes/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/fig5_kv_probes/{model}/{task}.tsv"
+        "benchmarks/out/fig5_kv_probes/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:

@@ -1,20 +1,20 @@
 # Forward pass: one job per (model, task) runs every prompt once through the model and writes the
-# forward store results/forward/{model}/{task}.zarr (layout: docs/store.md). Work lands in resumable
-# shards under results/forward/{model}/{task}.parts/ (not a declared output, so a failed or killed job
+# forward store results/forward/{model}/{task}/{condition}.zarr (layout: docs/store.md). Work lands in resumable
+# shards under results/forward/{model}/{task}/{condition}.parts/ (not a declared output, so a failed or killed job
 # keeps them); rerunning the job continues from the last complete shard.
 
 
 rule forward_pass:
     input:
-        meta="results/prompts/{model}/{task}/meta.json",
-        prompts="results/prompts/{model}/{task}/prompts.jsonl",
+        meta="results/prompts/{model}/{task}/{condition}/meta.json",
+        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
         model="resources/models/{model}.json",
     output:
-        directory("results/forward/{model}/{task}.zarr"),
+        directory("results/forward/{model}/{task}/{condition}.zarr"),
     log:
-        "logs/forward_pass/{model}/{task}.log",
+        "logs/forward_pass/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/forward_pass/{model}/{task}.tsv"
+        "benchmarks/out/forward_pass/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/forward.yaml"
     threads: 2

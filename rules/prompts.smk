@@ -1,19 +1,19 @@
-# ICL prompts with a segment map (prompt-file contract): one job per (model, task) tokenises every prompt
-# with the model's tokenizer, checks the label words and the context length before any forward pass.
+# ICL prompts with a segment map (prompt-file contract): one job per (model, task, condition) tokenises every
+# prompt of the condition's protocol (config protocol: + conditions.<condition>) with the model's tokenizer, checks the label words and the context length before any forward pass.
 
 
 rule build_prompts:
     input:
         unpack(prompt_inputs),
     output:
-        meta="results/prompts/{model}/{task}/meta.json",
-        prompts="results/prompts/{model}/{task}/prompts.jsonl",
+        meta="results/prompts/{model}/{task}/{condition}/meta.json",
+        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
     log:
-        "logs/build_prompts/{model}/{task}.log",
+        "logs/build_prompts/{model}/{task}/{condition}.log",
     conda:
         "../envs/data.yaml"
     params:
         spec=task_spec,
-        protocol=lookup(dpath="protocol", within=config),
+        protocol=condition_protocol_of,
     script:
         "../scripts/build_prompts.py"

@@ -5,14 +5,14 @@
 
 rule embed_prompt_texts:
     input:
-        prompts="results/prompts/{model}/{task}/prompts.jsonl",
+        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
         encoder="resources/encoders/{encoder}.json",
     output:
-        "results/encoders/{encoder}/{model}/{task}.npz",
+        "results/encoders/{encoder}/{model}/{task}/{condition}.npz",
     log:
-        "logs/embed_prompt_texts/{encoder}/{model}/{task}.log",
+        "logs/embed_prompt_texts/{encoder}/{model}/{task}/{condition}.log",
     benchmark:
-        "benchmarks/out/embed_prompt_texts/{encoder}/{model}/{task}.tsv"
+        "benchmarks/out/embed_prompt_texts/{encoder}/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/models.yaml"
     threads: 2
@@ -24,13 +24,13 @@ rule embed_prompt_texts:
 
 rule encoder_kernel_regression:
     input:
-        prompts="results/prompts/{model}/{task}/prompts.jsonl",
-        meta="results/prompts/{model}/{task}/meta.json",
-        embeddings="results/encoders/{encoder}/{model}/{task}.npz",
+        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
+        meta="results/prompts/{model}/{task}/{condition}/meta.json",
+        embeddings="results/encoders/{encoder}/{model}/{task}/{condition}.npz",
     output:
-        "results/encoder_kr/{encoder}/{model}/{task}.csv",
+        "results/encoder_kr/{encoder}/{model}/{task}/{condition}.csv",
     log:
-        "logs/encoder_kernel_regression/{encoder}/{model}/{task}.log",
+        "logs/encoder_kernel_regression/{encoder}/{model}/{task}/{condition}.log",
     conda:
         "../envs/analysis.yaml"
     params:
@@ -44,29 +44,29 @@ rule table2:
         unpack(table2_inputs),
     output:
         csv=report(
-            "results/tables/{model}/table2.csv",
+            "results/tables/{model}/{condition}/table2.csv",
             caption="../report/table2.rst",
             category="Table 2",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"table": "Table 2", "output": "CSV"},
         ),
         md=report(
-            "results/tables/{model}/table2.md",
+            "results/tables/{model}/{condition}/table2.md",
             caption="../report/table2.rst",
             category="Table 2",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"table": "Table 2", "output": "Markdown"},
         ),
-        tex="results/tables/{model}/table2.tex",
+        tex="results/tables/{model}/{condition}/table2.tex",
     log:
-        "logs/table2/{model}.log",
+        "logs/table2/{model}/{condition}.log",
     benchmark:
-        "benchmarks/out/table2/{model}.tsv"
+        "benchmarks/out/table2/{model}/{condition}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
-        tasks=SELECTED_TASKS,
-        kr_keys=encoder_task_pairs(),
+        tasks=condition_task_list,
+        kr_keys=encoder_task_pairs,
         pooling=lookup(dpath="analysis/table_pooling", within=config),
         tau=lookup(dpath="analysis/encoder_tau", within=config),
         aliases=lookup(dpath="analysis/paper_aliases", within=config),
@@ -82,26 +82,26 @@ rule table_encoder_kr:
         kr=encoder_kr_csvs,
     output:
         csv=report(
-            "results/tables/{model}/encoder_kr.csv",
+            "results/tables/{model}/{condition}/encoder_kr.csv",
             caption="../report/table_encoder_kr.rst",
             category="Table 2",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"table": "encoder KR", "output": "CSV"},
         ),
         md=report(
-            "results/tables/{model}/encoder_kr.md",
+            "results/tables/{model}/{condition}/encoder_kr.md",
             caption="../report/table_encoder_kr.rst",
             category="Table 2",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"table": "encoder KR", "output": "Markdown"},
         ),
-        tex="results/tables/{model}/encoder_kr.tex",
+        tex="results/tables/{model}/{condition}/encoder_kr.tex",
     log:
-        "logs/table_encoder_kr/{model}.log",
+        "logs/table_encoder_kr/{model}/{condition}.log",
     conda:
         "../envs/analysis.yaml"
     params:
-        kr_keys=encoder_task_pairs(),
+        kr_keys=encoder_task_pairs,
         tau=lookup(dpath="analysis/encoder_tau", within=config),
         aliases=lookup(dpath="analysis/paper_aliases", within=config),
         bootstrap=lookup(dpath="analysis/bootstrap", within=config),
@@ -111,24 +111,24 @@ rule table_encoder_kr:
 
 rule verdict:
     input:
-        table2="results/tables/{model}/table2.csv",
+        table2="results/tables/{model}/{condition}/table2.csv",
     output:
         csv=report(
-            "results/tables/{model}/verdict.csv",
+            "results/tables/{model}/{condition}/verdict.csv",
             caption="../report/verdict.rst",
             category="Table 2",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"table": "verdict", "output": "CSV"},
         ),
         md=report(
-            "results/tables/{model}/verdict.md",
+            "results/tables/{model}/{condition}/verdict.md",
             caption="../report/verdict.rst",
             category="Table 2",
-            subcategory="{model}",
+            subcategory="{model} / {condition}",
             labels={"table": "verdict", "output": "Markdown"},
         ),
     log:
-        "logs/verdict/{model}.log",
+        "logs/verdict/{model}/{condition}.log",
     localrule: True
     conda:
         "../envs/analysis.yaml"

@@ -274,8 +274,8 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     from kicl.tables.verdict import write_verdict
     from kicl.workflow.summary import write_summary
 
-    fig = tmp_path / "results/figures/m/t"
-    tab = tmp_path / "results/tables/m"
+    fig = tmp_path / "results/figures/m/t/paper"
+    tab = tmp_path / "results/tables/m/paper"
     fig.mkdir(parents=True)
     tab.mkdir(parents=True)
     figs = [fig / "fig3a.png", fig / "fig3b.png", fig / "fig3_reconstruction.csv"]

@@ -245,14 +245,14 @@ def test_forward_pass_rule_writes_the_store(toy, run_workflow, tmp_path):
 
     workdir = copy_workflow(tmp_path / "workflow")
     model, task = "smollm2-135m", "movie_snippets"  # names in the default selection
-    prompts_dir = workdir / "results" / "prompts" / model / task
+    prompts_dir = workdir / "results" / "prompts" / model / task / "paper"
     prompts_dir.mkdir(parents=True)
     for name in ("meta.json", "prompts.jsonl"):
         (prompts_dir / name).write_bytes((toy["meta"].parent / name).read_bytes())
     manifest = workdir / "resources" / "models" / f"{model}.json"
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps(toy["manifest"]))
-    target = f"results/forward/{model}/{task}.zarr"
+    target = f"results/forward/{model}/{task}/paper.zarr"
     overrides = {"capture": {"shard_size": 3, "kv_prompts": 2, "simpred_context": "template"}}
     result = run_workflow(tmp_path, overrides, [target, "--allowed-rules", "forward_pass"])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -260,10 +260,10 @@ def test_forward_pass_rule_writes_the_store(toy, run_workflow, tmp_path):
     assert ds.sizes["prompt"] == 10 and ds.sizes["kv_prompt"] == 2
     assert ds.attrs["capture"]["simpred_context"] == "template"
     assert ds.attrs["config"]["models"][model]["source"] == "packaged_gguf"  # the catalog entry is recorded
-    assert not (workdir / f"results/forward/{model}/{task}.parts").exists()
-    log = (workdir / f"logs/forward_pass/{model}/{task}.log").read_text()
+    assert not (workdir / f"results/forward/{model}/{task}/paper.parts").exists()
+    log = (workdir / f"logs/forward_pass/{model}/{task}/paper.log").read_text()
     assert "forward tiny/toy" in log and "100%" in log and "4 shards (0 complete)" in log  # progress bar
-    assert (workdir / f"benchmarks/out/forward_pass/{model}/{task}.tsv").exists()
+    assert (workdir / f"benchmarks/out/forward_pass/{model}/{task}/paper.tsv").exists()
 
 
 # ---------------------------------------------------------------- the schema: writer, reader, docs, synthetic stores

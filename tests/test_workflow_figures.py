@@ -75,7 +75,7 @@ def test_tiny_workflow_report_and_figure_only_reruns(run_workflow, tiny_setup):
     first = run_workflow(root, config, ["all"])
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     work = first.workdir
-    figures = work / "results/figures/tiny/toy"
+    figures = work / "results/figures/tiny/toy/paper"
     figure_names = ["fig2_attention_map", "fig25_single_prompt_map", "fig3a_reconstruction_vs_prediction"]
     figure_names += [
         "fig3b_reconstruction_vs_gold",
@@ -93,7 +93,7 @@ def test_tiny_workflow_report_and_figure_only_reruns(run_workflow, tiny_setup):
         "fig5_kv_probes",
     ]:
         assert len((figures / f"{csv}.csv").read_text().splitlines()) > 2, csv
-    table = (work / "results/tables/tiny/table2.md").read_text()
+    table = (work / "results/tables/tiny/paper/table2.md").read_text()
     assert "ICL accuracy" in table and "tiny-enc KR, raw cosine" in table
     summary = (work / "results/summary/summary.md").read_text()
     for rule in ["fig2_attention_map", "fig3_reconstruction", "table2", "theory_table3_tables"]:

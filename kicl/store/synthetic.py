@@ -1,6 +1,6 @@
 """Small forward stores with planted structure, following the forward-store contract.
 
-`make_synthetic_store` writes `results/forward/{model}/{task}.zarr`-shaped stores whose answers are known:
+`make_synthetic_store` writes `results/forward/{model}/{task}/{condition}.zarr`-shaped stores whose answers are known:
 a planted head whose attention sits on the label tokens of the demonstrations that carry the model's
 prediction (reconstruction = 100 %), sim_pred planted to correlate with one head's kernel weight, and keys /
 values that encode demo_top_token / the demonstration label linearly at one head and offset. Used by the

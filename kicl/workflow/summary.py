@@ -54,9 +54,10 @@ def _timing(entry) -> str:
 
 
 def _task_of(path: Path) -> str:
-    """model/task from results/<kind>/<model>/<task>/file or results/tables/<model>/file."""
+    """model/task/condition of results/figures/<model>/<task>/<condition>/file; the condition of
+    results/tables/<model>/<condition>/file."""
     parts = path.parts
-    return "/".join(parts[-3:-1]) if "figures" in parts else parts[-2]
+    return "/".join(parts[-4:-1]) if "figures" in parts else parts[-2]
 
 
 def headline(path) -> list[str]:
@@ -67,7 +68,7 @@ def headline(path) -> list[str]:
     frame = pd.read_csv(path)
     if path.name == "verdict.csv":
         return [
-            f"{r.model} / {r.task}: head {r.head} {r.head_agreement:.3f} vs {r.best_baseline} "
+            f"{r.model} / {r.task} / {_task_of(path)}: head {r.head} {r.head_agreement:.3f} vs {r.best_baseline} "
             f"{r.best_baseline_agreement:.3f}, Δ {r.difference:+.3f} "
             f"[{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
             f" — {r.verdict}"
@@ -75,7 +76,10 @@ def headline(path) -> list[str]:
         ]
     if path.name == "table2.csv" and "row" in frame:
         rows = frame[frame["row"] == "recon_agreement"]
-        return [f"{r.task}: {r.head} ỹ vs ŷ {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in rows.itertuples()]
+        return [
+            f"{r.task} / {_task_of(path)}: {r.head} ỹ vs ŷ {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+            for r in rows.itertuples()
+        ]
     if path.name == "fig3_reconstruction.csv" and "agree_pred_null_q" in frame:
         out = []
         for pooling, sub in frame.groupby("pooling", sort=False):

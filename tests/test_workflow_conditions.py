@@ -1,0 +1,125 @@
+"""Experimental conditions as a dimension of the DAG: the catalog, its checks, condition paths, and that editing
+one condition reruns only that condition's jobs and leaves the other conditions' stores untouched."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+from test_encoder_embed import tiny_encoder  # noqa: F401 (fixture)
+from test_workflow_figures import planned_jobs, tiny_setup  # noqa: F401 (fixture)
+
+from kicl.conditions import PAIRING_KEYS, condition_errors, condition_protocol, condition_tasks
+
+
+def _config(**extra) -> dict:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config.update(extra)
+    return config
+
+
+def test_condition_protocol_merges_overrides_on_the_protocol():
+    config = _config(conditions={"paper": {}, "near4": {"demo_strategy": "nearest", "n_demos": 4}})
+    near = condition_protocol(config, "near4")
+    assert near["demo_strategy"] == "nearest" and near["n_demos"] == 4
+    assert near["seed"] == config["protocol"]["seed"] and near["n_heldout"] == config["protocol"]["n_heldout"]
+    assert condition_protocol(config, "paper") == config["protocol"]
+    assert config["protocol"]["demo_strategy"] == "random"  # the protocol itself is not changed
+    with pytest.raises(KeyError, match="'nope' is not in the conditions catalog"):
+        condition_protocol(config, "nope")
+
+
+def test_condition_errors_name_the_condition_key():
+    config = _config(
+        conditions={
+            "paper": {},
+            "bad": {"seed": 1, "n_heldout": 5, "demo_strategy": "nearst", "frobnicate": 2},
+            "good": {"n_demos": 2},
+        }
+    )
+    problems = condition_errors(config)
+    assert any(
+        p.startswith("config key conditions.bad.seed: a condition cannot change the test points") for p in problems
+    )
+    assert any(p.startswith("config key conditions.bad.n_heldout: a condition cannot") for p in problems)
+    assert any(p.startswith("config key conditions.bad.frobnicate: not a protocol key") for p in problems)
+    assert any(p.startswith("config key conditions.bad.demo_strategy: 'nearst' is not one of") for p in problems)
+    assert not [p for p in problems if "conditions.good" in p or "conditions.paper" in p]
+    assert set(PAIRING_KEYS) == {"seed", "n_select", "n_heldout"}
+    assert condition_errors(config, names=["good"]) == []
+
+
+def test_condition_tasks_reference_everywhere_others_on_ablation_tasks():
+    config = _config()
+    config["run"] = {**config["run"], "tasks": ["a", "b"], "conditions": ["paper", "near"]}
+    config["ablation"] = {"reference": "paper", "tasks": ["b", "not_run"]}
+    assert condition_tasks(config) == {"paper": ["a", "b"], "near": ["b"]}
+
+
+def test_bad_conditions_stop_the_dry_run_naming_the_key(run_workflow, tmp_path):
+    overrides = {
+        "run": {"conditions": ["paper", "missing", "x"]},
+        "conditions": {"x": {"n_select": 3, "demo_strategy": "nearst"}},
+        "ablation": {"tasks": ["no_such_task"]},
+    }
+    result = run_workflow(tmp_path, overrides, ["-n"])
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    for line in [
+        "run.conditions: 'missing' is not in the conditions catalog",
+        "ablation.tasks: 'no_such_task' is not in the tasks catalog",
+        "config key conditions.x.n_select: a condition cannot change the test points",
+        "config key conditions.x.demo_strategy: 'nearst' is not one of",
+    ]:
+        assert line in text, text[-3000:]
+    assert not (result.workdir / "results").exists()
+
+
+def _tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_editing_one_condition_reruns_only_its_jobs(run_workflow, tiny_setup):  # noqa: F811
+    root, base = tiny_setup
+    config = json.loads(json.dumps(base))
+    config["run"]["conditions"] = ["paper", "two", "one"]
+    config["conditions"] = {"two": {"n_demos": 2}, "one": {"n_demos": 1}}
+    config["ablation"] = {"reference": "paper", "tasks": ["toy"]}
+    stores = {c: f"results/forward/tiny/toy/{c}.zarr" for c in ["paper", "two", "one"]}
+    tables = [f"results/tables/tiny/{c}/table2.csv" for c in ["paper", "two", "one"]]
+    first = run_workflow(root, config, [*stores.values(), *tables])
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    work = first.workdir
+    for condition, n_demos in [("paper", 3), ("two", 2), ("one", 1)]:
+        records = (work / f"results/prompts/tiny/toy/{condition}/prompts.jsonl").read_text().splitlines()
+        assert {len(json.loads(line)["demos"]) for line in records} == {n_demos}
+    test_points = {
+        c: [json.loads(line)["test_index"] for line in (work / f"results/prompts/tiny/toy/{c}/prompts.jsonl").open()]
+        for c in stores
+    }
+    assert test_points["paper"] == test_points["two"] == test_points["one"]  # paired by construction
+    before = {c: _tree_digest(work / path) for c, path in stores.items()}
+
+    edited = json.loads(json.dumps(config))
+    edited["conditions"]["two"] = {"n_demos": 2, "demo_strategy": "class_balanced"}
+    dry = run_workflow(root, edited, [*stores.values(), *tables, "-n", "--printshellcmds"])
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    jobs = planned_jobs(dry)
+    assert jobs.get("build_prompts") == 1 and jobs.get("forward_pass") == 1 and jobs.get("table2") == 1, jobs
+    text = dry.stdout + dry.stderr
+    assert "results/forward/tiny/toy/two.zarr" in text
+    assert "results/forward/tiny/toy/one.zarr" not in text and "results/forward/tiny/toy/paper.zarr" not in text
+
+    second = run_workflow(root, edited, [*stores.values(), *tables])
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    after = {c: _tree_digest(work / path) for c, path in stores.items()}
+    assert after["paper"] == before["paper"] and after["one"] == before["one"]
+    assert after["two"] != before["two"]
+    meta = json.loads((work / "results/prompts/tiny/toy/two/meta.json").read_text())
+    assert meta["strategy"] == "class_balanced"
