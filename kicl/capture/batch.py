@@ -63,7 +63,31 @@ def forward_batch(
 def prompt_shard(
     model, shape: ModelShape, prompts: list[dict], meta: dict, options, n_demos: int, simpred
 ) -> dict[str, np.ndarray]:
-    """All per-prompt outputs of one shard of prompts (dict of arrays with the shard's prompts first)."""
+    """All per-prompt outputs of one shard of prompts (dict of arrays with the shard's prompts first).
+
+    :func:`forward_shard` plus ``sim_pred``, ``test_top_token`` and ``demo_top_token`` from ``simpred(text)``
+    (P(o|x) of an input run on its own, a (vocab,) float32 array).
+    """
+    out = forward_shard(model, shape, prompts, meta, options, n_demos)
+    n = len(prompts)
+    out["sim_pred"] = np.full((n, n_demos), np.nan, np.float32)
+    out["demo_top_token"] = np.full((n, n_demos), -1, np.int64)
+    out["test_top_token"] = np.empty(n, np.int64)
+    for local, prompt in enumerate(prompts):
+        p_test = simpred(prompt["test_text"])
+        out["test_top_token"][local] = int(np.argmax(p_test))
+        for d, demo in enumerate(prompt["demos"]):
+            p_demo = simpred(demo["text"])
+            out["sim_pred"][local, d] = np.dot(p_test.astype(np.float64), p_demo.astype(np.float64))
+            out["demo_top_token"][local, d] = int(np.argmax(p_demo))
+    return out
+
+
+def forward_shard(
+    model, shape: ModelShape, prompts: list[dict], meta: dict, options, n_demos: int
+) -> dict[str, np.ndarray]:
+    """The prompts' own forward outputs: last-row attention, label logits, kernel weights, keys and values
+    (for prompts with ``prompt_id < options.kv_prompts``); batches of ``options.batch_size``, longest first."""
     n = len(prompts)
     width = max(len(p["input_ids"]) for p in prompts)
     label_ids = torch.as_tensor(meta["label_token_ids"], dtype=torch.long)
@@ -72,9 +96,6 @@ def prompt_shard(
         "attention": np.full((n, shape.n_layers, shape.n_heads, width), np.nan, np.float32),
         "label_logits": np.empty((n, len(label_ids)), np.float32),
         "kernel_weight": np.empty((n, len(POOLINGS), shape.n_layers, shape.n_heads, n_demos), np.float32),
-        "sim_pred": np.full((n, n_demos), np.nan, np.float32),
-        "demo_top_token": np.full((n, n_demos), -1, np.int64),
-        "test_top_token": np.empty(n, np.int64),
     }
     kv_local = [i for i, p in enumerate(prompts) if p["prompt_id"] < options.kv_prompts]
     kv_shape = (len(kv_local), shape.n_layers, shape.n_kv_heads, n_demos, len(offsets), shape.head_dim)
@@ -120,11 +141,4 @@ def prompt_shard(
                     # (layers, n_kv, demos*offsets, d) -> (layers, n_kv, demos, offsets, d)
                     block = values[k].reshape(shape.n_layers, shape.n_kv_heads, n_demos, len(offsets), shape.head_dim)
                     out[name][slot] = np.where(mask[None, None, :, :, None], block, np.nan)
-    for local, prompt in enumerate(prompts):
-        p_test = simpred(prompt["test_text"])
-        out["test_top_token"][local] = int(np.argmax(p_test))
-        for d, demo in enumerate(prompt["demos"]):
-            p_demo = simpred(demo["text"])
-            out["sim_pred"][local, d] = np.dot(p_test.astype(np.float64), p_demo.astype(np.float64))
-            out["demo_top_token"][local, d] = int(np.argmax(p_demo))
     return out

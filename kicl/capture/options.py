@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from kicl.config import DTYPE_NAMES, defaults_for, resolve_device, resolve_dtype
+from kicl.config import AUTO_BF16, DTYPE_NAMES, defaults_for, resolve_device, resolve_dtype
 
 SIMPRED_CONTEXTS = ("raw", "template")
 PADDING_SIDES = ("right", "left")
@@ -33,24 +33,28 @@ class CaptureOptions:
     kv_offsets: tuple[int, ...]
     simpred_context: str
     padding_side: str
+    dtype_check_prompts: int
+    dtype_check_min_agreement: float
+    dtype_check_max_kernel_diff: float
 
     @classmethod
     def from_config(cls, capture: dict | None = None, manifest: dict | None = None) -> CaptureOptions:
-        """Schema defaults, overridden by ``capture``; ``auto`` dtype/device resolved by kicl.config from the
-        model manifest (then float32 / cuda if available)."""
+        """Schema defaults, overridden by ``capture``; ``auto`` device and dtype resolved by kicl.config from the
+        model manifest (then cuda if available / float32). The dtype may be ``AUTO_BF16`` (a float32 model on a
+        CPU with native bfloat16): :func:`kicl.capture.dtype_check.settle_dtype` then decides."""
         manifest = manifest or {}
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in defaults_for("capture").items() if k in names}
         values.update({k: v for k, v in (capture or {}).items() if k in names})
-        values["dtype"] = resolve_dtype(values["dtype"], manifest.get("dtype"))
         values["device"] = resolve_device(values["device"], manifest.get("device"), fallback=default_device())
+        values["dtype"] = resolve_dtype(values["dtype"], manifest.get("dtype"), device=values["device"])
         values["kv_offsets"] = tuple(values["kv_offsets"])
         options = cls(**values)
         options.check()
         return options
 
     def check(self) -> None:
-        if self.dtype not in DTYPE_NAMES:
+        if self.dtype not in (*DTYPE_NAMES, AUTO_BF16):
             raise CaptureError(f"capture.dtype must be one of {sorted(DTYPE_NAMES)} or auto, got {self.dtype!r}")
         if self.simpred_context not in SIMPRED_CONTEXTS:
             raise CaptureError(
@@ -63,3 +67,9 @@ class CaptureOptions:
                 raise CaptureError(f"capture.{key} must be >= 1")
         if self.kv_prompts < 0 or not self.kv_offsets:
             raise CaptureError("capture.kv_prompts must be >= 0 and capture.kv_offsets non-empty")
+        if self.dtype_check_prompts < 1:
+            raise CaptureError("capture.dtype_check_prompts must be >= 1")
+        if not 0 <= self.dtype_check_min_agreement <= 1:
+            raise CaptureError("capture.dtype_check_min_agreement must be within [0, 1]")
+        if self.dtype_check_max_kernel_diff < 0:
+            raise CaptureError("capture.dtype_check_max_kernel_diff must be >= 0")

@@ -8,12 +8,15 @@ demonstration's label token for the first ``kv_prompts`` prompts (before rotary 
 the key projection). Per-family knowledge is limited to kicl.capture.adapters.
 
 :func:`run_capture` drives a whole task: P(o|x) of every unique test/demonstration input run on its own
-(paper Eq. 9, kicl.capture.simpred), then the prompts, in shards that a killed run resumes
-(:class:`kicl.store.writer.ShardDir`), then the Zarr store. The store's ``prediction`` is the argmax of the
-float32 label logits, whatever the model's dtype; ties go to the lowest label index (:func:`predict`).
+(paper Eq. 9, kicl.capture.simpred), read from or added to the shared P(o|x) cache
+(kicl.capture.simpred_cache), then the prompts, in shards that a killed run resumes
+(:class:`kicl.store.writer.ShardDir`), then the Zarr store. ``capture.dtype: auto`` on a CPU with native
+bfloat16 is settled first by an agreement check (kicl.capture.dtype_check). The store's ``prediction`` is the
+argmax of the float32 label logits, whatever the model's dtype; ties go to the lowest label index (:func:`predict`).
 
-Modules: options (the ``capture:`` section), adapters (per-family knowledge), session (the attention function
-and the context manager), handlers (recorder and interventions), batch (one batch, one shard), simpred (P(o|x)).
+Modules: options (the ``capture:`` section), adapters (per-family knowledge), model (loading), session (the
+attention function and the context manager), handlers (recorder and interventions), batch (one batch, one shard),
+simpred (P(o|x)), simpred_cache (P(o|x) shared across jobs), dtype_check (``auto`` → bfloat16 or float32).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kicl.capture.adapters import ModelShape, attention_modules, model_shape, prerope_key_module
+from kicl.capture.adapters import ModelShape, attention_modules, prerope_key_module
 from kicl.capture.batch import BatchResult, forward_batch, prompt_shard
-from kicl.capture.options import PADDING_SIDES, SIMPRED_CONTEXTS, CaptureError, CaptureOptions
+from kicl.capture.model import load_capture_model, prepare_model
+from kicl.capture.options import AUTO_BF16, PADDING_SIDES, SIMPRED_CONTEXTS, CaptureError, CaptureOptions
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
-from kicl.capture.simpred import SIMPRED_SHARD_FACTOR, context_ids, simpred_phase, token_budget_batches
+from kicl.capture.simpred import context_ids, token_budget_batches
+from kicl.capture.simpred_cache import SimpredCache
 from kicl.prompts.files import read_prompt_set
 from kicl.store.pooling import POOLINGS, kernel_weights, kv_positions
 from kicl.store.writer import ForwardStoreWriter, ShardDir, atomic_directory, forward_variables
@@ -43,7 +48,7 @@ from kicl.store.writer import ForwardStoreWriter, ShardDir, atomic_directory, fo
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SHARD_FORMAT = 2  # bump when the content of the resumable shards changes, so that old shards are discarded
+SHARD_FORMAT = 3  # bump when the content of the resumable shards changes, so that old shards are discarded
 
 # names kept for callers of the single-module capture
 _attention_modules = attention_modules
@@ -70,17 +75,6 @@ __all__ = [
     "register_capture_attention",
     "run_capture",
 ]
-
-
-def prepare_model(model) -> ModelShape:
-    """Switch a loaded causal LM to the capture attention (plain ``sdpa`` outside a session); return its shape.
-
-    Nothing else is attached to the model: hooks live only inside a :class:`CaptureSession`.
-    """
-    register_capture_attention()
-    if model.config._attn_implementation != CAPTURE_ATTENTION:
-        model.set_attn_implementation(CAPTURE_ATTENTION)
-    return model_shape(model)
 
 
 def predict(label_logits: np.ndarray) -> np.ndarray:
@@ -140,6 +134,24 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, ascii=True, mininterval=5.0, dynamic_ncols=False)
 
 
+def _check_prompts_fit(manifest: dict, meta: dict, prompts: list[dict], where: str) -> int:
+    """Raise CaptureError when a label token is outside the vocabulary or a prompt is over the context length
+    (read from the model's config, before any weights are loaded); return the longest prompt's length."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(manifest["path"], trust_remote_code=False)
+    text = config.get_text_config()
+    vocab = text.vocab_size
+    bad = [t for t in meta["label_token_ids"] if not 0 <= t < vocab]
+    if bad:
+        raise CaptureError(f"{where}: label_token_ids {bad} are outside the vocabulary of {vocab}")
+    limit = getattr(text, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    longest = max(len(p["input_ids"]) for p in prompts)
+    if limit and longest > limit:
+        raise CaptureError(f"{where}: the longest prompt has {longest} tokens, over the model's {limit}")
+    return longest
+
+
 def run_capture(
     meta_path: str | Path,
     prompts_path: str | Path,
@@ -148,6 +160,7 @@ def run_capture(
     capture: dict,
     *,
     parts_path: str | Path | None = None,
+    simpred_cache: str | Path | None = None,
     config_attrs: dict | None = None,
     threads: int | None = None,
     on_shard_done: Callable[[str], None] | None = None,
@@ -157,8 +170,10 @@ def run_capture(
     ``manifest`` is the model manifest (kicl.data.models) or a dict with at least ``path`` (a HF folder);
     ``capture`` the ``capture:`` config section; ``config_attrs`` the resolved config recorded in the store.
     Work lands in ``parts_path`` (default: ``<store>.parts`` next to the store), removed after success.
+    ``simpred_cache``: root of the shared P(o|x) cache (e.g. ``results/simpred/{model}``; kicl.capture.simpred_cache),
+    kept after the run; None keeps P(o|x) in the parts folder, for this job alone.
     """
-    from kicl.data.models import load_model, load_tokenizer, read_manifest
+    from kicl.data.models import load_tokenizer, read_manifest
 
     store_path = Path(store_path)
     parts_path = Path(parts_path) if parts_path else store_path.with_name(store_path.stem + ".parts")
@@ -168,22 +183,18 @@ def run_capture(
     if threads:
         torch.set_num_threads(threads)
     tokenizer = load_tokenizer(manifest)
-    register_capture_attention()
-    model = load_model(manifest, dtype=options.dtype, device=options.device, attn_implementation=CAPTURE_ATTENTION)
-    shape = prepare_model(model)
     where = f"task {meta.get('task')!r}, model {meta.get('model')!r}"
-    bad = [t for t in meta["label_token_ids"] if not 0 <= t < shape.vocab_size]
-    if bad:
-        raise CaptureError(f"{where}: label_token_ids {bad} are outside the vocabulary of {shape.vocab_size}")
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
-    )
-    longest = max(len(p["input_ids"]) for p in prompts)
-    if limit and longest > limit:
-        raise CaptureError(f"{where}: the longest prompt has {longest} tokens, over the model's {limit}")
+    longest = _check_prompts_fit(manifest, meta, prompts, where)
+    dtype_check = None
+    if options.dtype == AUTO_BF16:
+        from kicl.capture.dtype_check import settle_dtype
+
+        model, shape, options, dtype_check = settle_dtype(manifest, options, prompts, meta)
+    else:
+        model, shape = load_capture_model(manifest, options.dtype, options.device)
 
     fingerprint = _fingerprint(
-        Path(meta_path), Path(prompts_path), asdict(options), manifest, _versions(), SHARD_FORMAT, SIMPRED_SHARD_FACTOR
+        Path(meta_path), Path(prompts_path), asdict(options), manifest, _versions(), SHARD_FORMAT
     )
     parts = ShardDir(parts_path, fingerprint)
     contexts = list(dict.fromkeys(text for p in prompts for text in [p["test_text"], *(d["text"] for d in p["demos"])]))
@@ -194,35 +205,33 @@ def run_capture(
         where, len(prompts), len(shard_names), len(done), options.dtype, options.device, options.batch_size, parts_path,
     )  # fmt: skip
     bar = _progress(len(contexts) + len(prompts), desc=f"forward {meta.get('model')}/{meta.get('task')}")
-    budget = options.batch_size * longest
-    simpred_names, per_shard = simpred_phase(
-        model, tokenizer, meta, contexts, parts, options, bar, shape.vocab_size, budget
-    )
-    tables = [parts.map_array(name) for name in simpred_names]
-    context_row = {text: divmod(i, per_shard) for i, text in enumerate(contexts)}
-
-    def simpred(text: str) -> np.ndarray:
-        shard, row = context_row[text]
-        return np.asarray(tables[shard][row])
+    cache = SimpredCache(simpred_cache or parts.path / "simpred", manifest, options, tokenizer, meta, model=model)
+    reused, computed = cache.fill(contexts, budget=options.batch_size * longest, bar=bar)
+    log.info("%s: P(o|x) of %d unique inputs: %d reused from %s, %d computed", where, len(contexts), reused,
+             cache.path, computed)  # fmt: skip
+    simpred_record = {"cache": str(cache.path) if simpred_cache else None, "key": cache.key}
 
     n_demos = max(len(p["demos"]) for p in prompts)
     for index, name in enumerate(shard_names):
         members = prompts[index * options.shard_size : (index + 1) * options.shard_size]
         if name not in done:
-            parts.write_arrays(name, prompt_shard(model, shape, members, meta, options, n_demos, simpred))
+            parts.write_arrays(name, prompt_shard(model, shape, members, meta, options, n_demos, cache.row))
             if on_shard_done is not None:
                 on_shard_done(name)
         bar.update(len(members))
     bar.close()
-    tables.clear()  # release the memory-mapped P(o|x) shards before the parts are removed
+    cache.close()  # release the memory-mapped P(o|x) shards before the parts are removed
 
-    _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, shape, n_demos, config_attrs)
+    extra_attrs = {"dtype_check": dtype_check, "simpred": simpred_record}
+    _assemble(
+        store_path, parts, shard_names, prompts, meta, manifest, options, shape, n_demos, config_attrs, extra_attrs
+    )
     parts.remove()
     log.info("%s: wrote %s", where, store_path)
     return store_path
 
 
-def _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, shape, n_demos, config_attrs):
+def _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, shape, n_demos, config_attrs, extra):
     """Write the finished store from the shards (under a temporary name, renamed at the end)."""
     n, width = len(prompts), max(len(p["input_ids"]) for p in prompts)
     n_kv = min(options.kv_prompts, n)
@@ -259,6 +268,7 @@ def _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, 
         "config": config_attrs or {},
         "versions": _versions(),
         "kicl_commit": _git_commit(),
+        **extra,
     }
 
     def per_prompt(key, default=-1, dtype=np.int64):

@@ -1,4 +1,7 @@
-"""P(o|x) of every unique input text run on its own (paper Eq. 9), in resumable shards."""
+"""P(o|x) of an input text run on its own (paper Eq. 9): its context, batching, and the forward passes.
+
+The values are kept and shared across jobs by :class:`kicl.capture.simpred_cache.SimpredCache`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,10 @@ import numpy as np
 import torch
 
 from kicl.capture.batch import forward_batch
-from kicl.capture.options import CaptureError
 
 log = logging.getLogger(__name__)
 
-SIMPRED_SHARD_FACTOR = 8  # a P(o|x) shard holds this many times capture.shard_size inputs (they are short)
+SIMPRED_SHARD_FACTOR = 8  # a P(o|x) cache shard holds this many times capture.shard_size inputs (they are short)
 
 
 def context_ids(tokenizer, meta: dict, mode: str, text: str) -> list[int]:
@@ -42,32 +44,21 @@ def token_budget_batches(lengths: Sequence[int], budget: int) -> list[list[int]]
     return batches
 
 
-def simpred_phase(
-    model, tokenizer, meta: dict, contexts: list[str], parts, options, bar, vocab: int, budget: int
-) -> tuple[list[str], int]:
-    """P(o|x) of every unique input text, each run on its own (:func:`context_ids`).
+def next_token_probs(model, encoded: Sequence[Sequence[int]], padding_side: str, budget: int, bar=None) -> np.ndarray:
+    """Softmax of the next-token logits after each context in ``encoded``: (n, vocab) float32.
 
-    One ``.npy`` shard (inputs × vocab, float32) per ``SIMPRED_SHARD_FACTOR × shard_size`` inputs; batches
-    hold as many inputs as fit into ``budget`` padded tokens (the token count of a prompt batch).
-    Returns the shard names and the number of inputs per shard.
+    Batches hold as many contexts as fit into ``budget`` padded tokens (:func:`token_budget_batches`);
+    ``bar`` (a tqdm bar or None) is advanced by the contexts done.
     """
-    per_shard = options.shard_size * SIMPRED_SHARD_FACTOR
-    names = [f"simpred-{i:05d}.npy" for i in range(-(-len(contexts) // per_shard))]
-    done = set(parts.complete(names))
-    log.info("P(o|x): %d unique inputs in %d shards (%d complete)", len(contexts), len(names), len(done))
-    for index, name in enumerate(names):
-        chunk = contexts[index * per_shard : (index + 1) * per_shard]
-        if name in done:
-            bar.update(len(chunk))
-            continue
-        encoded = [context_ids(tokenizer, meta, options.simpred_context, text) for text in chunk]
-        for text, ids in zip(chunk, encoded):
-            if not ids:
-                raise CaptureError(f"input {text!r} tokenizes to nothing; cannot compute P(o|x)")
-        probs = np.empty((len(chunk), vocab), np.float32)
-        for rows in token_budget_batches([len(ids) for ids in encoded], budget):
-            result = forward_batch(model, [encoded[r] for r in rows], padding_side=options.padding_side, capture=False)
-            probs[rows] = torch.softmax(result.logits, dim=-1).cpu().numpy()
+    probs: np.ndarray | None = None
+    for rows in token_budget_batches([len(ids) for ids in encoded], budget):
+        result = forward_batch(model, [encoded[r] for r in rows], padding_side=padding_side, capture=False)
+        batch = torch.softmax(result.logits.float(), dim=-1).cpu().numpy()
+        if probs is None:
+            probs = np.empty((len(encoded), batch.shape[-1]), np.float32)
+        probs[rows] = batch
+        if bar is not None:
             bar.update(len(rows))
-        parts.write_array(name, probs)
-    return names, per_shard
+    if probs is None:
+        raise ValueError("next_token_probs needs at least one context")
+    return probs
