@@ -306,3 +306,20 @@ def test_write_condition_outputs(tmp_path, base):
     t1 = pd.read_csv(paths["table1_csv"]).set_index("condition")
     assert t1.loc["typos", "paper_accuracy"] == 0.534
     assert "0.534" in paths["table1_md"].read_text() and r"\begin{tabular}" in paths["table1_tex"].read_text()
+
+
+def test_stale_prompt_file_is_named(tmp_path, base):
+    """A prompt file whose shown labels are not the store's (one of them stale) stops the stage."""
+    store_a, prompts_a = _condition(tmp_path, "paper")
+    store_b, _ = _condition(
+        tmp_path, "flipped", overrides={"demo_label": np.where(base["demo_label"] >= 0, 1 - base["demo_label"], -1)}
+    )
+    with pytest.raises(ConditionError, match="'flipped': prompt 0 of .*paper/prompts.jsonl shows demonstration labels"):
+        compare_conditions(
+            {"paper": store_a, "flipped": store_b},
+            {"paper": prompts_a, "flipped": prompts_a},
+            {"paper": {}, "flipped": {"labels": "flipped"}},
+            "paper",
+            "t",
+            bootstrap=BOOT,
+        )

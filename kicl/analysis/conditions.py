@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from kicl.analysis.baselines import fixed_predictions, position_kernel, position_predictions
+from kicl.analysis.baselines import demo_label_matrix, fixed_predictions, position_kernel, position_predictions
 from kicl.analysis.head_selection import paired_p_value
-from kicl.analysis.reconstruction import head_predictions, reconstruct
+from kicl.analysis.votes import reconstruct
 from kicl.prompts.files import read_prompt_records
 from kicl.store.reader import label_names, open_store, string_values
 
@@ -127,7 +127,6 @@ def load_condition(
     *,
     pooling: str = "max",
     ties: str = "lowest",
-    batch_size: int = 256,
 ) -> Condition:
     """Read one condition; store rows and prompt records are matched by prompt_id (= store row) and test_index."""
     ds = open_store(store, needs=NEEDS)
@@ -145,10 +144,18 @@ def load_condition(
         )
     if len(np.unique(test_index)) != n:
         raise ConditionError(f"condition {name!r}: the store {store} has repeated test_index values")
-    rows = np.arange(n)
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     demo_label = ds["demo_label"].values.astype(np.int64)
-    kw = ds["kernel_weight"].sel(pooling=pooling).values.astype(np.float64)  # (N, L, H, D)
+    shown = demo_label_matrix(records)
+    width = max(shown.shape[1], demo_label.shape[1])
+    padded = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-1) for a in (shown, demo_label)]
+    if (padded[0] != padded[1]).any():
+        row = int(np.flatnonzero((padded[0] != padded[1]).any(1))[0])
+        raise ConditionError(
+            f"condition {name!r}: prompt {row} of {prompts} shows demonstration labels {shown[row].tolist()}, the "
+            f"store {store} {demo_label[row].tolist()} (stale store or prompt file?)"
+        )
+    kw = ds["kernel_weight"].sel(pooling=pooling).values.astype(np.float32)  # (N, L, H, D)
     similarity = np.array(
         [np.mean(r["demo_similarity"]) if r.get("demo_similarity") else np.nan for r in records], dtype=float
     )
@@ -170,7 +177,7 @@ def load_condition(
         gold=ds["gold"].values.astype(np.int64),
         prediction=ds["prediction"].values.astype(np.int64),
         demo_label=demo_label,
-        head_pred=head_predictions(ds, rows, [pooling], batch_size, ties)[:, 0].reshape(n, n_layers * n_heads),
+        head_pred=reconstruct(kw, demo_label, len(label_names(ds)), ties).reshape(n, n_layers * n_heads),
         kernel_weight=kw.reshape(n, n_layers * n_heads, -1),
         n_layers=n_layers,
         n_heads=n_heads,
@@ -563,7 +570,6 @@ def compare_conditions(
     points: str = "all",
     heatmap_splits=("select", "heldout"),
     aliases: dict | None = None,
-    batch_size: int = 256,
 ) -> ConditionResults:
     """All numbers of the ablation stage. `stores`, `prompts`, `protocols`, `kr_csvs`: condition -> forward store,
     prompts.jsonl, effective protocol dict, encoder-KR CSV (optional per condition); `bootstrap`: config
@@ -583,7 +589,6 @@ def compare_conditions(
             kr_csvs.get(name),
             pooling=pooling,
             ties=ties,
-            batch_size=batch_size,
         )
         for name in names
     }
