@@ -176,6 +176,11 @@ def test_label_noise_curve_uses_the_measured_share(tmp_path, base):
         "unmeasured": ({"labels": "noisy", "label_noise": 0.25}, {"overrides": {"demo_label": shown_noisy}}),
         "nearest": ({"labels": "gold", "demo_strategy": "nearest"}, {}),
     }
+    unknown = [[None if d == 0 else y for d, y in enumerate(row)] for row in true]  # first input from another task
+    specs["other_task"] = (
+        {"labels": "gold", "inputs": "other_task"},
+        {"overrides": {"demo_label": shown_flipped}, "true_label": unknown},
+    )
     result = _run(tmp_path, specs)
     curve = result.label_noise.set_index("condition")
     assert list(curve.index) == ["paper", "noisy50", "flipped"]  # sorted by x; the unmeasured one left out
@@ -187,6 +192,8 @@ def test_label_noise_curve_uses_the_measured_share(tmp_path, base):
     # ŷ is unchanged while every shown label flipped: ŷ agrees with the flipped majority where it disagreed before
     metrics = result.metrics.set_index("condition")
     assert np.isnan(metrics.loc["unmeasured", "wrong_label_share"])
+    assert metrics.loc["other_task", "wrong_label_share"] == 1.0  # demonstrations without a true label not counted
+    assert "other_task" not in curve.index  # its inputs differ from the reference: not on the label-noise curve
 
 
 def test_bandwidth_curve_and_table1(tmp_path, base):

@@ -16,7 +16,8 @@ kicl.analysis.baselines fitted on the condition's own ``select`` prompts (the po
 reference-chosen head's); encoder-KR accuracy and agreement; the mean cosine of the demonstrations to the
 test input (records with ``demo_similarity``); the agreement of ŷ with the majority shown demonstration label;
 and the share of demonstrations whose shown label differs from their ``true_label`` (measured from the
-prompt records; a demonstration without ``true_label`` shows its true label).
+prompt records; a demonstration without ``true_label`` shows its true label, one with ``true_label: null``,
+an input from another task, is not counted).
 
 Order groups (``order_groups``): conditions whose protocols differ only in ORDER_KEYS. Curves: the
 bandwidth curve (``bandwidth_curve``), the label-noise curve (``label_noise_curve``) and the paper's Table 1
@@ -81,14 +82,14 @@ class Condition:
     n_labels: int
     similarity: np.ndarray  # (N,) mean demo_similarity of the prompt's demonstrations, NaN without
     wrong_labels: np.ndarray  # (N,) wrong shown labels per prompt (NaN where not measurable)
-    n_shown: np.ndarray  # (N,) demonstrations per prompt
+    n_known: np.ndarray  # (N,) demonstrations per prompt with a known true label
     demo_sets: list  # per test point: the sorted pool indices of its demonstrations
     encoder: dict = field(default_factory=dict)  # kernel -> (N,) encoder-KR prediction
 
     def take(self, order: np.ndarray) -> Condition:
         """The same condition with its test points in `order` (row positions)."""
         per_point = ("test_index", "split", "gold", "prediction", "demo_label", "head_pred", "kernel_weight")
-        per_point += ("similarity", "wrong_labels", "n_shown")
+        per_point += ("similarity", "wrong_labels", "n_known")
         arrays = {name: getattr(self, name)[order] for name in per_point}
         return Condition(
             name=self.name,
@@ -102,8 +103,11 @@ class Condition:
         )
 
 
-def _measured_wrong_labels(records, protocol: dict, where: str) -> np.ndarray:
-    """Per prompt: demonstrations whose shown label differs from ``true_label`` (NaN if not measurable)."""
+def _measured_wrong_labels(records, protocol: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: (demonstrations whose shown label differs from ``true_label``, demonstrations with a known true
+    label). A demonstration without the key shows its true label; ``true_label: null`` (an input from another
+    task) has none and is not counted. Not measurable (NaN) when a label control is configured but no record
+    carries ``true_label``."""
     has_truth = any("true_label" in demo for rec in records for demo in rec["demos"])
     if not has_truth and protocol.get("labels") not in GOLD_LABELS:
         log.warning(
@@ -111,11 +115,15 @@ def _measured_wrong_labels(records, protocol: dict, where: str) -> np.ndarray:
             where,
             protocol.get("labels"),
         )
-        return np.full(len(records), np.nan)
-    return np.array(
-        [sum(int(d.get("true_label", d["label"])) != int(d["label"]) for d in rec["demos"]) for rec in records],
-        dtype=float,
-    )
+        return np.full(len(records), np.nan), np.full(len(records), np.nan)
+    wrong, known = np.zeros(len(records)), np.zeros(len(records))
+    for p, rec in enumerate(records):
+        for demo in rec["demos"]:
+            truth = demo.get("true_label", demo["label"])
+            if truth is not None:
+                known[p] += 1
+                wrong[p] += int(truth) != int(demo["label"])
+    return wrong, known
 
 
 def load_condition(
@@ -156,6 +164,7 @@ def load_condition(
             f"store {store} {demo_label[row].tolist()} (stale store or prompt file?)"
         )
     kw = ds["kernel_weight"].sel(pooling=pooling).values.astype(np.float32)  # (N, L, H, D)
+    wrong, known = _measured_wrong_labels(records, protocol or {}, f"condition {name!r} ({prompts})")
     similarity = np.array(
         [np.mean(r["demo_similarity"]) if r.get("demo_similarity") else np.nan for r in records], dtype=float
     )
@@ -183,8 +192,8 @@ def load_condition(
         n_heads=n_heads,
         n_labels=len(label_names(ds)),
         similarity=similarity,
-        wrong_labels=_measured_wrong_labels(records, protocol or {}, f"condition {name!r} ({prompts})"),
-        n_shown=(demo_label >= 0).sum(1).astype(float),
+        wrong_labels=wrong,
+        n_known=known,
         demo_sets=[tuple(sorted(int(d["pool_index"]) for d in r["demos"])) for r in records],
         encoder=encoder,
     )
@@ -356,7 +365,7 @@ def condition_metrics(conditions: dict, reference: str, res: Resamples, ties: st
         _put(row, "mean_demo_similarity", res.interval(cond.similarity))
         vote = reconstruct(np.where(cond.demo_label >= 0, 1.0, np.nan), cond.demo_label, cond.n_labels, ties)
         _put(row, "majority_shown_agreement", res.interval(vote == cond.prediction))
-        _put(row, "wrong_label_share", _ratio_interval(cond.wrong_labels, cond.n_shown, res))
+        _put(row, "wrong_label_share", _ratio_interval(cond.wrong_labels, cond.n_known, res))
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.attrs.update(level=res.level, n_boot=len(res.boot_points))

@@ -220,7 +220,8 @@ def make_synthetic_store(
 def write_synthetic_prompts(store, meta_path, prompts_path, *, demo_similarity=None, true_label=None) -> None:
     """A prompt file (kicl.prompts.files) matching a synthetic store row by row: same test_index, split, gold,
     shown demonstration labels and token spans. `demo_similarity` (P, D) adds each record's ``demo_similarity``;
-    `true_label` (P, D) adds each demonstration's ``true_label`` (its shown label stays the store's)."""
+    `true_label` (P, D) adds each demonstration's ``true_label`` (None allowed: an input from another task; its
+    shown label stays the store's)."""
     from kicl.prompts.files import write_prompt_set
     from kicl.store.reader import open_store, string_values
 
@@ -244,7 +245,7 @@ def write_synthetic_prompts(store, meta_path, prompts_path, *, demo_similarity=N
                 "delim_span": [int(v["delim_start"][p, d]), int(v["delim_end"][p, d])],
             }
             if true_label is not None:
-                demo["true_label"] = int(true_label[p][d])
+                demo["true_label"] = None if true_label[p][d] is None else int(true_label[p][d])
             demos.append(demo)
         record = {
             "prompt_id": p,
