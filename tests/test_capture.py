@@ -151,6 +151,10 @@ def test_unsupported_options_are_named():
         CaptureOptions.from_config({"simpred_context": "chat"})
     with pytest.raises(CaptureError, match="capture.padding_side"):
         CaptureOptions.from_config({"padding_side": "middle"})
+    with pytest.raises(CaptureError, match="capture.dtype_check_min_agreement"):
+        CaptureOptions.from_config({"dtype_check_min_agreement": 1.5})
+    with pytest.raises(CaptureError, match="capture.dtype_check_prompts"):
+        CaptureOptions.from_config({"dtype_check_prompts": 0})
     options = CaptureOptions.from_config({"dtype": "auto", "device": "auto"}, {"dtype": "bfloat16", "device": "cpu"})
     assert (options.dtype, options.device) == ("bfloat16", "cpu")
 
@@ -222,7 +226,7 @@ def test_options_defaults_come_from_the_schema():
 
     schema = yaml.safe_load(Path(SCHEMA_PATH).read_text())["properties"]["capture"]["properties"]
     options = CaptureOptions.from_config({}, {"dtype": "float32", "device": "cpu"})
-    for key in ("batch_size", "shard_size", "kv_prompts", "padding_side", "simpred_context"):
+    for key in ("batch_size", "shard_size", "kv_prompts", "padding_side", "simpred_context", "dtype_check_prompts"):
         assert getattr(options, key) == schema[key]["default"] == defaults_for("capture")[key]
     assert options.kv_offsets == tuple(schema["kv_offsets"]["default"])
     assert resolve_device("auto", "cuda:1") == "cuda:1" and resolve_device("cpu", "cuda") == "cpu"
