@@ -330,3 +330,40 @@ def test_stale_prompt_file_is_named(tmp_path, base):
             "t",
             bootstrap=BOOT,
         )
+
+
+# ---------------------------------------------------------------- Table 2: intervals of balanced accuracy and macro-F1
+
+
+def test_resampled_classification_scores_by_hand():
+    from kicl.analysis.baselines import classification_scores, resampled_classification_scores
+
+    pred, ref = np.array([0, 0, 0, 1, 2]), np.array([0, 0, 1, 1, 1])
+    weights = np.array([[1, 1, 1, 1, 1], [2, 0, 1, 0, 2], [0, 0, 3, 1, 1]])
+    got = resampled_classification_scores(pred, ref, 3, weights)
+    for r, w in enumerate(weights):
+        repeat = np.repeat(np.arange(5), w)
+        want = classification_scores(pred[repeat], ref[repeat], 3)
+        for metric, value in want.items():
+            assert got[metric][r] == pytest.approx(value), (r, metric)
+    # resample 1: tp0 = 2, n_ref0 = 2, n_ref1 = 3 (recall 0), class 2 predicted twice but absent from ref
+    assert got["balanced_accuracy"][1] == pytest.approx(0.5)
+    assert got["macro_f1"][1] == pytest.approx((2 * 2 / (2 + 3) + 0 + 0) / 3)
+
+
+def test_table2_metric_intervals(tmp_path, base):
+    from kicl.tables.table2 import table2
+
+    store, _ = _condition(tmp_path, "paper")
+    kr = pd.DataFrame({"prompt_id": np.arange(N_PROMPTS), "split": base["split"], "gold": base["gold"]})
+    kr["pred_cosine"], kr["pred_softmax"] = kr["gold"], 1 - kr["gold"]
+    kr.to_csv(tmp_path / "kr.csv", index=False)
+    out = [tmp_path / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    frame = table2("m", {"t": store}, {("enc", "t"): tmp_path / "kr.csv"}, *out, n_boot=100).set_index("row")
+    for metric in ("balanced_accuracy", "macro_f1"):
+        assert tuple(frame.loc["encoder:enc:cosine", [f"{metric}_low", f"{metric}_high"]]) == (1.0, 1.0)
+        assert tuple(frame.loc["encoder:enc:softmax", [f"{metric}_low", f"{metric}_high"]]) == (0.0, 0.0)
+        low, value, high = frame.loc["icl_accuracy", [f"{metric}_low", metric, f"{metric}_high"]]
+        assert low <= value <= high and low < high
+    ba = frame.loc["icl_accuracy", ["balanced_accuracy", "balanced_accuracy_low", "balanced_accuracy_high"]]
+    assert "{:.3f} [{:.3f}, {:.3f}]".format(*ba) in out[1].read_text()

@@ -13,7 +13,8 @@ only (never from the prompts they are scored on):
   over the select prompts, voted with the prompt's own labels (its content removed, its recency kept).
 
 Metrics beside accuracy: balanced accuracy (mean recall over the reference classes present) and macro-F1
-(mean F1 over the classes present in the reference or the prediction).
+(mean F1 over the classes present in the reference or the prediction); `resampled_classification_scores`
+gives them per bootstrap resample (prompt multiplicities as weights), for intervals.
 """
 
 from __future__ import annotations
@@ -98,6 +99,31 @@ def classification_scores(pred, ref, n_labels: int) -> dict:
         "accuracy": float((pred == ref).mean()),
         "balanced_accuracy": float((tp[in_ref] / n_ref[in_ref]).mean()),
         "macro_f1": float(f1[seen].mean()),
+    }
+
+
+def resampled_classification_scores(pred, ref, n_labels: int, weights) -> dict:
+    """Accuracy, balanced accuracy and macro-F1 per bootstrap resample: `pred` (R, P) or (P,), `ref` (P,) and
+    `weights` (R, P) = how often each prompt is drawn in resample r -> {metric: (R,)}. With all weights 1 this is
+    classification_scores; classes absent from a resample's reference (and prediction) are left out as there."""
+    ref = np.asarray(ref, dtype=int)
+    weights = np.asarray(weights, dtype=np.float64)
+    pred = np.broadcast_to(np.asarray(pred, dtype=int), weights.shape)
+    if weights.ndim != 2 or weights.shape[1] != ref.size or ref.size == 0:
+        raise ValueError(f"need weights (R, P) and a non-empty ref (P,), got {weights.shape} and {ref.shape}")
+    classes = np.arange(n_labels)
+    is_ref = (ref[:, None] == classes).astype(np.float64)  # (P, K)
+    is_pred = pred[..., None] == classes  # (R, P, K)
+    n_ref = weights @ is_ref  # (R, K)
+    n_pred = np.einsum("rp,rpk->rk", weights, is_pred)
+    tp = np.einsum("rp,rpk->rk", weights, is_pred * is_ref[None])
+    in_ref, seen = n_ref > 0, (n_ref > 0) | (n_pred > 0)
+    recall = np.divide(tp, n_ref, out=np.zeros_like(tp), where=in_ref)
+    f1 = np.divide(2 * tp, n_ref + n_pred, out=np.zeros_like(tp), where=seen)
+    return {
+        "accuracy": (weights * (pred == ref)).sum(1) / weights.sum(1),
+        "balanced_accuracy": recall.sum(1) / in_ref.sum(1),
+        "macro_f1": f1.sum(1) / seen.sum(1),
     }
 
 

@@ -193,14 +193,15 @@ def nested_bootstrap(
 
     Returns {"head": (layer, head), "select_agreement", "stability" (share of resamples choosing the same
     head), "scores": {(predictor, ref): (value, low, high)}, "diffs": {(predictor, ref): (Δ, low, high, p)},
-    "preds": predictor -> (P_h,) point predictions}.
+    "preds": predictor -> (P_h,) point predictions, "resampled": {"preds": predictor -> (B, P_h) predictions in
+    each resample, "weights": (B, P_h) multiplicity of each held-out prompt in each resample}}.
     """
     n_sel, n_held = len(d.sel_pred), len(d.held_pred)
     point, pick, preds = _statistics(d, np.ones((1, n_sel)), np.ones((1, n_held)))
     rng = np.random.default_rng(seed)
     count_sel = _counts(rng, n_sel, n_boot) if nested else np.ones((n_boot, n_sel))
     count_held = _counts(rng, n_held, n_boot)
-    boot, boot_pick, _ = _statistics(d, count_sel, count_held)
+    boot, boot_pick, boot_preds = _statistics(d, count_sel, count_held)
     tail = (1 - level) / 2
     scores = {key: (float(point[key][0]), *map(float, np.quantile(boot[key], [tail, 1 - tail]))) for key in point}
     diffs = {}
@@ -222,4 +223,5 @@ def nested_bootstrap(
         "scores": scores,
         "diffs": diffs,
         "preds": {name: p[0] for name, p in preds.items()},
+        "resampled": {"preds": boot_preds, "weights": count_held},
     }

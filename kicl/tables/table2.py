@@ -7,8 +7,8 @@ cosine, as in the paper, and exp(cos/τ)); and paired differences (selected head
 head − encoder KR) with intervals and p-values. The head is the one whose ỹ agrees most with ŷ on the
 `select` prompts (ties: lowest layer, then head), using the kernel-weight pooling `analysis.table_pooling`.
 Intervals are percentile bootstraps (`analysis.bootstrap`); with `analysis.nested_bootstrap` each resample
-repeats the head selection (kicl.analysis.head_selection). Balanced accuracy and macro-F1 (point values) sit
-beside every accuracy in the CSV and in a second Markdown table.
+repeats the head selection (kicl.analysis.head_selection). Balanced accuracy and macro-F1 sit beside every
+accuracy in the CSV and in a second Markdown table, with intervals from the same resamples.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ import re
 import numpy as np
 import pandas as pd
 
-from kicl.analysis.baselines import BASELINE_LABELS, BASELINES, classification_scores
+from kicl.analysis.baselines import (
+    BASELINE_LABELS,
+    BASELINES,
+    classification_scores,
+    resampled_classification_scores,
+)
 from kicl.analysis.head_selection import nested_bootstrap, selection_data
 from kicl.fileio import write_text_atomic
 from kicl.store.reader import open_store
@@ -145,9 +150,14 @@ def lm_rows(
         "pooling": pooling,
     }
     rows = []
+    tail = (1 - level) / 2
     for key, name, ref in _row_keys(encoders):
         value, low, high = res["scores"][(name, ref)]
         extra = classification_scores(res["preds"][name], refs[ref], data.n_labels)
+        boot = resampled_classification_scores(
+            res["resampled"]["preds"][name], refs[ref], data.n_labels, res["resampled"]["weights"]
+        )
+        bounds = {m: np.quantile(boot[m], [tail, 1 - tail]) for m in ("balanced_accuracy", "macro_f1")}
         rows.append(
             {
                 **base,
@@ -157,7 +167,11 @@ def lm_rows(
                 "ci_low": low,
                 "ci_high": high,
                 "balanced_accuracy": extra["balanced_accuracy"],
+                "balanced_accuracy_low": bounds["balanced_accuracy"][0],
+                "balanced_accuracy_high": bounds["balanced_accuracy"][1],
                 "macro_f1": extra["macro_f1"],
+                "macro_f1_low": bounds["macro_f1"][0],
+                "macro_f1_high": bounds["macro_f1"][1],
                 "tau": tau if key.endswith(":softmax") else np.nan,
             }
         )
@@ -287,8 +301,16 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).drop(columns=without_paper)
 
 
+def _metric_cell(row, metric: str) -> str:
+    """'0.612 [0.550, 0.671]' (the interval where the frame has one, else the point value)."""
+    low, high = row.get(f"{metric}_low", np.nan), row.get(f"{metric}_high", np.nan)
+    if pd.notna(low) and pd.notna(high):
+        return f"{row[metric]:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{row[metric]:.3f}"
+
+
 def metrics_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Balanced accuracy / macro-F1 per method row (not the differences) and task."""
+    """Balanced accuracy / macro-F1 (with their intervals where present) per method row and task."""
     if "balanced_accuracy" not in frame:
         return pd.DataFrame()
     frame = frame[~frame["row"].str.startswith("diff:") & frame["balanced_accuracy"].notna()]
@@ -300,7 +322,7 @@ def metrics_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {"method": row_label(key, tau)}
         for task in tasks:
             row[task] = (
-                f"{sub.loc[task, 'balanced_accuracy']:.3f} / {sub.loc[task, 'macro_f1']:.3f}"
+                f"{_metric_cell(sub.loc[task], 'balanced_accuracy')} / {_metric_cell(sub.loc[task], 'macro_f1')}"
                 if task in sub.index
                 else "—"
             )
@@ -346,7 +368,10 @@ def write_table(frame: pd.DataFrame, csv, md, tex, caption: str) -> None:
     text = f"{caption}\n\n{to_markdown(wide)}"
     metrics = metrics_table(with_paper)
     if len(metrics):
-        text += f"\nBalanced accuracy / macro-F1 of the same predictions (point values):\n\n{to_markdown(metrics)}"
+        text += (
+            "\nBalanced accuracy / macro-F1 of the same predictions (intervals from the same resamples):\n\n"
+            + to_markdown(metrics)
+        )
     write_text_atomic(md, text)
     write_text_atomic(tex, to_latex(wide, caption))
 
