@@ -22,7 +22,7 @@ chosen demonstrations by ascending similarity (most similar last, next to the te
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,28 @@ import numpy as np
 import pandas as pd
 
 from kicl.data.tasks import drop_empty, load_split
+from kicl.prompts.bm25 import bm25_similarity
+from kicl.prompts.controls import (
+    INPUT_STREAM,
+    LABEL_STREAM,
+    ORDER_STREAM,
+    RARE_WORD_STREAM,
+    TYPO_STREAM,
+    control_labels,
+    control_rng,
+    order_demos,
+    other_task_rows,
+    permuted_positions,
+)
 from kicl.prompts.files import write_prompt_set
+from kicl.prompts.ood import (
+    RewritesFileError,
+    check_rewrites_file,
+    inject_typos,
+    rewrites_path,
+    substitute_rare_words,
+)
+from kicl.prompts.options import effective_protocol
 from kicl.prompts.pieces import (
     PieceTokenizer,
     PromptError,
@@ -39,7 +60,20 @@ from kicl.prompts.pieces import (
     render_query,
     split_trailing_spaces,
 )
-from kicl.prompts.retrieval import EmbedFunction, cap_pool, embed_once, is_retrieval, ranked_by_similarity
+from kicl.prompts.retrieval import (
+    SIMILARITY_KINDS,
+    SORTED_ORDERS,
+    EmbedFunction,
+    SimilarityProvider,
+    cap_pool,
+    encoder_similarity,
+    needed_similarities,
+    needs_encoder,
+    ranked_by_similarity,
+    selection_similarity,
+    similarity_matrix,
+    similarity_quantiles,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +223,20 @@ def class_balanced_demos(
     return pool.index.to_numpy()[positions[rng.permutation(len(positions))]]
 
 
+def _need_similarities(pool: pd.DataFrame, similarities: np.ndarray | None, name: str) -> np.ndarray:
+    if similarities is None or len(similarities) != len(pool):
+        raise PromptError(
+            f"the {name} strategy needs the test input's similarity to every pool example "
+            "(build_prompt_set computes them with a similarity provider)"
+        )
+    return np.asarray(similarities)
+
+
 def _retrieved(
     pool: pd.DataFrame, k: int, similarities: np.ndarray | None, most_similar: bool, name: str
 ) -> np.ndarray:
     """Pool index labels of the k most/least similar rows, by ascending similarity (prompt order)."""
-    if similarities is None or len(similarities) != len(pool):
-        raise PromptError(
-            f"the {name} strategy needs the test input's similarity to every pool example "
-            "(build_prompt_set computes them when given an embedding function)"
-        )
+    similarities = _need_similarities(pool, similarities, name)
     try:
         positions = ranked_by_similarity(similarities, k, most_similar)
     except ValueError as error:
@@ -232,6 +271,58 @@ def farthest_demos(
     return _retrieved(pool, k, similarities, False, "farthest")
 
 
+@register_strategy("bm25")
+def bm25_demos(
+    test: pd.Series,
+    pool: pd.DataFrame,
+    k: int,
+    rng: np.random.Generator,
+    similarities: np.ndarray | None = None,
+    **options,
+) -> np.ndarray:
+    """The k pool examples with the highest BM25 score of the test input (query) against their text, by
+    ascending score (the best last); see :mod:`kicl.prompts.bm25`."""
+    return _retrieved(pool, k, similarities, True, "bm25")
+
+
+@register_strategy("model_kernel")
+def model_kernel_demos(
+    test: pd.Series,
+    pool: pd.DataFrame,
+    k: int,
+    rng: np.random.Generator,
+    similarities: np.ndarray | None = None,
+    **options,
+) -> np.ndarray:
+    """The k pool examples with the largest prediction similarity P(o|x_test)ᵀP(o|x_i) of the model itself (the
+    paper's Eq. 9 kernel), by ascending similarity (the most similar last)."""
+    return _retrieved(pool, k, similarities, True, "model_kernel")
+
+
+@register_strategy("similarity_band")
+def similarity_band_demos(
+    test: pd.Series,
+    pool: pd.DataFrame,
+    k: int,
+    rng: np.random.Generator,
+    similarities: np.ndarray | None = None,
+    similarity_band: Sequence[float] = (0.0, 1.0),
+    **options,
+) -> np.ndarray:
+    """k pool examples drawn uniformly without replacement (in drawn order) from the rows whose quantile of encoder
+    cosine to the test input (:func:`kicl.prompts.retrieval.similarity_quantiles`) lies in [lo, hi]."""
+    similarities = _need_similarities(pool, similarities, "similarity_band")
+    lo, hi = (float(v) for v in similarity_band)
+    quantiles = similarity_quantiles(similarities)
+    members = np.flatnonzero((quantiles >= lo - 1e-12) & (quantiles <= hi + 1e-12))
+    if k > len(members):
+        raise PromptError(
+            f"protocol.similarity_band [{lo}, {hi}]: {len(members)} of the {len(pool)} pool examples lie in the "
+            f"band, {k} demonstrations requested; widen the band or raise protocol.retrieval_pool_size"
+        )
+    return pool.index.to_numpy()[members[rng.choice(len(members), size=k, replace=False)]]
+
+
 # ---- evaluation points -----------------------------------------------------------------------------
 
 
@@ -260,6 +351,86 @@ def select_eval_points(n_rows: int, n_select: int, n_heldout: int, seed: int) ->
 # ---- the whole prompt set --------------------------------------------------------------------------
 
 
+def _similarity_providers(
+    protocol: dict, embed: EmbedFunction | None, given: Mapping[str, SimilarityProvider] | None, where: str
+) -> dict[str, SimilarityProvider]:
+    """The provider of each similarity kind the protocol needs (:func:`needed_similarities`)."""
+    providers = dict(given or {})
+    unknown = sorted(set(providers) - set(SIMILARITY_KINDS))
+    if unknown:
+        raise PromptError(f"{where}: unknown similarity provider kind(s) {unknown}; known: {list(SIMILARITY_KINDS)}")
+    needed = needed_similarities(protocol)
+    if "encoder" in needed and "encoder" not in providers:
+        if embed is None:
+            culprit = (
+                f"protocol.demo_strategy {protocol['demo_strategy']!r}"
+                if selection_similarity(protocol["demo_strategy"]) == "encoder"
+                else f"protocol.demo_order {protocol['demo_order']!r}"
+            )
+            raise PromptError(
+                f"{where}: {culprit} needs sentence embeddings (protocol.retrieval_encoder) but no embedding "
+                "function was given"
+            )
+        providers["encoder"] = encoder_similarity(embed)
+    if "bm25" in needed and "bm25" not in providers:
+        providers["bm25"] = bm25_similarity
+    if "model_kernel" in needed and "model_kernel" not in providers:
+        raise PromptError(
+            f"{where}: protocol.demo_strategy 'model_kernel' needs the model's prediction similarity "
+            "P(o|x_test)ᵀP(o|x_i) but no model_kernel similarity provider was given"
+        )
+    return providers
+
+
+def _test_inputs(protocol: dict, task: str, originals: list[str], indices: np.ndarray, where: str) -> list[str]:
+    """The test inputs as shown under ``protocol.test_inputs`` (:mod:`kicl.prompts.ood`)."""
+    mode, seed = protocol["test_inputs"], int(protocol["seed"])
+    if mode == "original":
+        return list(originals)
+    if mode == "typos":
+        return [
+            inject_typos(text, float(protocol["typo_rate"]), control_rng(seed, row, TYPO_STREAM))
+            for text, row in zip(originals, indices)
+        ]
+    if mode == "rare_words":
+        return [
+            substitute_rare_words(
+                text,
+                float(protocol["rare_word_rate"]),
+                float(protocol["rare_word_gap"]),
+                control_rng(seed, row, RARE_WORD_STREAM),
+            )[0]
+            for text, row in zip(originals, indices)
+        ]
+    path, kind = rewrites_path(protocol, task), str(protocol["rewrite_type"])
+    rewrites = check_rewrites_file(path, kind)
+    shown = []
+    for text, row in zip(originals, indices):
+        rewrite = rewrites.get((int(row), kind))
+        if rewrite is None:
+            raise RewritesFileError(
+                f"{path}: no rewrite of type {kind!r} for test_index {int(row)} ({where}); every selected test "
+                "point needs one"
+            )
+        if "original" in rewrite and rewrite["original"].strip() != text.strip():
+            raise RewritesFileError(
+                f"{path}:{rewrite['line']}: the original of test_index {int(row)} is {rewrite['original']!r}, but the "
+                f"eval split has {text!r} ({where}); is the file for this task and split?"
+            )
+        shown.append(rewrite["text"].strip())
+    return shown
+
+
+def _similarities(
+    providers: Mapping[str, SimilarityProvider], kind: str, tests: list[str], pool_texts: list[str], where: str
+) -> np.ndarray:
+    """One provider call, its shape and values checked (errors name the task and model)."""
+    try:
+        return similarity_matrix(providers[kind], kind, tests, pool_texts)
+    except ValueError as error:
+        raise PromptError(f"{where}: {error}") from error
+
+
 def build_prompt_set(
     task: str,
     task_spec: dict,
@@ -271,26 +442,46 @@ def build_prompt_set(
     max_length: int | None,
     tokenizer_name: str = "",
     embed: EmbedFunction | None = None,
+    similarity_providers: Mapping[str, SimilarityProvider] | None = None,
+    other_pool: pd.DataFrame | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Meta dict and prompt records of one (model, task), following the prompt-file contract.
+    """Meta dict and prompt records of one (model, task, condition), following the prompt-file contract.
 
-    ``embed`` (texts -> embeddings) is needed by the retrieval strategies only: it is called once, on the
-    selected test inputs and the (possibly capped, ``protocol.retrieval_pool_size``) pool.
+    ``protocol``: the condition's effective protocol (keys it lacks take the schema defaults).
+    ``similarity_providers``: kind (``encoder``, ``bm25``, ``model_kernel``) -> ``(test_texts, pool_texts) ->
+    (n_test, n_pool)`` matrix, for the kinds :func:`~kicl.prompts.retrieval.needed_similarities` names; each is
+    called once. ``embed`` (texts -> embeddings) is the shorthand for the encoder-cosine provider, and BM25 is
+    built in; the ``model_kernel`` provider must be given. ``other_pool``: another task's demonstration pool
+    (normalised table), needed by ``protocol.inputs: other_task``.
     """
     where = f"task {task!r}, model {model!r}"
-    template, verbalizers = task_spec["template"], task_spec["verbalizers"]
-    check_template(template, verbalizers, f"tasks.{task}")
+    template, task_verbalizers = task_spec["template"], task_spec["verbalizers"]
+    check_template(template, task_verbalizers, f"tasks.{task}")
+    n_classes = len(task_spec["label_names"])
+    protocol = effective_protocol(protocol, STRATEGIES, n_classes)
     pieces = PieceTokenizer(tokenizer, where)
-    readout = protocol.get("readout", "single_token")
-    label_token_ids = pieces.label_token_ids(verbalizers, readout)
-    strategy_name = protocol.get("demo_strategy", "random")
-    if strategy_name not in STRATEGIES:
-        raise PromptError(f"protocol.demo_strategy {strategy_name!r} is unknown; available: {sorted(STRATEGIES)}")
+    readout = protocol["readout"]
+    label_mode, input_mode = protocol["labels"], protocol["inputs"]
+    verbalizers = list(task_verbalizers)
+    if label_mode == "abstract":
+        verbalizers = list(protocol["abstract_labels"][:n_classes])
+        check_template(template, verbalizers, "protocol.abstract_labels")
+        try:
+            label_token_ids = pieces.label_token_ids(verbalizers, readout)
+        except VerbalizerError as error:
+            raise VerbalizerError(f"protocol.abstract_labels: {error}") from error
+    else:
+        label_token_ids = pieces.label_token_ids(verbalizers, readout)
+    strategy_name = protocol["demo_strategy"]
     strategy = STRATEGIES[strategy_name]
     k, seed = int(protocol["n_demos"]), int(protocol["seed"])
-    policy = protocol.get("context_policy", "error")
-    max_length = protocol.get("max_length") or max_length
-    n_classes = len(task_spec["label_names"])
+    policy = protocol["context_policy"]
+    max_length = protocol["max_length"] or max_length
+    if input_mode == "other_task" and other_pool is None:
+        raise PromptError(
+            f"{where}: protocol.inputs 'other_task' needs the demonstration pool of protocol.other_task "
+            f"{protocol['other_task']!r}, but none was given"
+        )
 
     indices, splits, report = select_eval_points(len(eval_table), protocol["n_select"], protocol["n_heldout"], seed)
     if len(indices) == 0:
@@ -305,53 +496,101 @@ def build_prompt_set(
             report["n_select"],
             report["n_heldout"],
         )
-    retrieval = is_retrieval(strategy_name)
-    if retrieval:
-        if embed is None:
-            raise PromptError(
-                f"{where}: protocol.demo_strategy {strategy_name!r} needs sentence embeddings "
-                "(protocol.retrieval_encoder) but no embedding function was given"
-            )
-        pool = cap_pool(pool, protocol.get("retrieval_pool_size"), seed)
-        test_vectors, pool_vectors = embed_once(
-            embed, [str(eval_table["text"].iloc[int(i)]) for i in indices], pool["text"].astype(str).tolist()
-        )
-        pool_position = {index: position for position, index in enumerate(pool.index)}
-        if protocol.get("dedup_similarity") is None:
-            raise PromptError(f"{where}: protocol.dedup_similarity is not set (the schema's default fills it in)")
-        dedup_similarity = float(protocol["dedup_similarity"])
-        log.info(
-            "%s: embedded %d test inputs and %d pool examples for %s retrieval",
-            where,
-            len(indices),
-            len(pool),
-            strategy_name,
-        )
+    originals = [str(eval_table["text"].iloc[int(i)]) for i in indices]
+    shown_tests = _test_inputs(protocol, task, originals, indices, where)
+    providers = _similarity_providers(protocol, embed, similarity_providers, where)
+
+    # the demonstrations are chosen on the ORIGINAL test inputs (every test-input control keeps them)
+    select_kind = selection_similarity(strategy_name)
+    near_copies = select_kind == "encoder"  # near-copy removal by encoder cosine: encoder-selected strategies only
+    selection = None
+    if select_kind:
+        pool = cap_pool(pool, protocol["retrieval_pool_size"], seed)
+        selection = _similarities(providers, select_kind, originals, pool["text"].astype(str).tolist(), where)
+        log.info("%s: %s similarity of %d test inputs to %d pool examples", where, select_kind, len(indices), len(pool))
+    pool_position = {index: position for position, index in enumerate(pool.index)}
+    dedup_similarity = float(protocol["dedup_similarity"])
     pool_texts = pool["text"].astype(str).to_numpy()
-    records, n_dropped_prompts, n_dropped_demos, n_removed, n_prompts_removed = [], 0, 0, 0, 0
-    for prompt_id, (row_index, split) in enumerate(zip(indices, splits)):
+    options = {"n_classes": n_classes, "similarity_band": protocol["similarity_band"]}
+
+    # 1. the demonstration set of every test point: Generator([seed, test_index]) and nothing else
+    chosen_sets, n_removed, n_prompts_removed = [], 0, 0
+    for prompt_id, row_index in enumerate(indices):
         test = eval_table.iloc[int(row_index)]
         rng = np.random.default_rng([seed, int(row_index)])
         # the test input itself never serves as its own demonstration: exact copies leave the pool for every
-        # strategy, near-copies (cosine >= protocol.dedup_similarity) for the retrieval strategies
-        remove = pool_texts == str(test["text"])
-        if retrieval:
-            similarities = pool_vectors @ test_vectors[prompt_id]
+        # strategy, near-copies (cosine >= protocol.dedup_similarity) for the encoder-selected strategies
+        remove = pool_texts == originals[prompt_id]
+        similarities = None if selection is None else selection[prompt_id]
+        if near_copies:
             remove |= similarities >= dedup_similarity
         candidates = pool
         if remove.any():  # no copy in the pool: the pool is used as it is (prompts unchanged by this check)
             candidates = pool[~remove]
             n_removed += int(remove.sum())
             n_prompts_removed += 1
-        if retrieval:
-            chosen = strategy(test, candidates, k, rng, n_classes=n_classes, similarities=similarities[~remove])
+        if similarities is not None:
+            options["similarities"] = similarities[~remove]
+        chosen_sets.append([int(i) for i in strategy(test, candidates, k, rng, **options)])
+
+    # 2. encoder similarities of the chosen demonstrations, for the sorted orders (the set is already fixed)
+    order_similarity = None
+    if protocol["demo_order"] in SORTED_ORDERS:
+        if select_kind == "encoder":
+            order_similarity = [
+                {i: float(selection[p, pool_position[i]]) for i in chosen} for p, chosen in enumerate(chosen_sets)
+            ]
         else:
-            chosen = strategy(test, candidates, k, rng, n_classes=n_classes)
-        demos = [Demo(int(i), int(pool.at[i, "label"]), str(pool.at[i, "text"])) for i in chosen]
-        prompt = build_prompt(pieces, template, verbalizers, demos, str(test["text"]))
+            union = sorted({i for chosen in chosen_sets for i in chosen})
+            column = {index: position for position, index in enumerate(union)}
+            matrix = _similarities(providers, "encoder", originals, pool.loc[union, "text"].astype(str).tolist(), where)
+            order_similarity = [
+                {i: float(matrix[p, column[i]]) for i in chosen} for p, chosen in enumerate(chosen_sets)
+            ]
+
+    def make_demos(ordered: list[int], row_index: int) -> tuple[list[Demo], list[dict]]:
+        """The demonstrations shown for an ordered set, with the label and input controls applied."""
+        true_labels = [int(pool.at[i, "label"]) for i in ordered]
+        shown_labels = control_labels(
+            true_labels,
+            label_mode,
+            n_classes,
+            control_rng(seed, row_index, LABEL_STREAM),
+            float(protocol["label_noise"]),
+        )
+        input_rng = control_rng(seed, row_index, INPUT_STREAM)
+        if input_mode == "other_task":
+            positions = other_task_rows(len(ordered), len(other_pool), input_rng, str(protocol["other_task"]))
+            inputs = [(int(other_pool.index[j]), str(other_pool["text"].iloc[j]), None) for j in positions]
+        else:
+            source = permuted_positions(len(ordered), input_rng) if input_mode == "permuted" else range(len(ordered))
+            inputs = [(ordered[j], str(pool.at[ordered[j], "text"]), true_labels[j]) for j in source]
+        demos = [Demo(index, label, text) for (index, text, _), label in zip(inputs, shown_labels)]
+        extras = [
+            {"true_label": true_label, "label_pool_index": int(label_row)}
+            for (_, _, true_label), label_row in zip(inputs, ordered)
+        ]
+        return demos, extras
+
+    # 3. order, controls, tokens
+    records, n_dropped_prompts, n_dropped_demos = [], 0, 0
+    demo_order, order_seed = protocol["demo_order"], protocol["order_seed"]
+    for prompt_id, (row_index, split) in enumerate(zip(indices, splits)):
+        row_index = int(row_index)
+        chosen = chosen_sets[prompt_id]
+        permutation_rng = None if order_seed is None else control_rng(seed, row_index, ORDER_STREAM, order_seed)
+        ordered = order_demos(
+            chosen,
+            demo_order,
+            None if order_similarity is None else [order_similarity[prompt_id][i] for i in chosen],
+            permutation_rng,
+        )
+        test_text = shown_tests[prompt_id]
+        demos, extras = make_demos(ordered, row_index)
+        prompt = build_prompt(pieces, template, verbalizers, demos, test_text)
         while max_length is not None and len(prompt["input_ids"]) > max_length:
             message = (
-                f"{where}: prompt {prompt_id} (test_index {int(row_index)}) has {len(prompt['input_ids'])} tokens "
+                f"{where}: prompt {prompt_id} (test_index {row_index}) has {len(prompt['input_ids'])} tokens "
                 f"with {len(demos)} demonstrations, more than the model's context length {max_length}"
             )
             if policy == "error" or not demos:
@@ -359,22 +598,31 @@ def build_prompt_set(
                     message + ". Reduce protocol.n_demos, or set protocol.context_policy: drop to drop demonstrations "
                     "from the front until the prompt fits."
                 )
-            demos = demos[1:]
+            ordered = ordered[1:]  # the controls are applied anew to the kept demonstrations
+            demos, extras = make_demos(ordered, row_index)
             n_dropped_demos += 1
-            prompt = build_prompt(pieces, template, verbalizers, demos, str(test["text"]))
+            prompt = build_prompt(pieces, template, verbalizers, demos, test_text)
         n_dropped_prompts += len(demos) < k
+        for record, extra in zip(prompt["demos"], extras):
+            record.update(extra)
         records.append(
             {
                 "prompt_id": prompt_id,
                 "split": str(split),
-                "test_index": int(row_index),
-                "gold": int(test["label"]),
+                "test_index": row_index,
+                "gold": int(eval_table["label"].iloc[row_index]),
                 "n_demos": len(demos),
                 **prompt,
+                "original_test_text": originals[prompt_id],
             }
         )
-        if retrieval:  # extra field: each kept demonstration's cosine to the test input, in prompt order
-            records[-1]["demo_similarity"] = [float(similarities[pool_position[d.pool_index]]) for d in demos]
+        # each kept demonstration's similarity to the test input (of the row chosen at its position), prompt order
+        if selection is not None:
+            records[-1]["demo_similarity"] = [float(selection[prompt_id, pool_position[i]]) for i in ordered]
+            if order_similarity is not None and select_kind != "encoder":
+                records[-1]["demo_encoder_similarity"] = [order_similarity[prompt_id][i] for i in ordered]
+        elif order_similarity is not None:
+            records[-1]["demo_similarity"] = [order_similarity[prompt_id][i] for i in ordered]
     if n_dropped_demos:
         log.warning(
             "%s: dropped %d demonstrations from %d prompts to fit %d tokens",
@@ -411,10 +659,27 @@ def build_prompt_set(
         "pool_eval_text_overlap": int(len(set(pool["text"]) & set(eval_table["text"].iloc[indices]))),
         "pool_test_copies_removed": n_removed,
         "n_prompts_with_pool_copies_removed": n_prompts_removed,
+        "demo_order": demo_order,
+        "order_seed": order_seed,
+        "labels": label_mode,
+        "inputs": input_mode,
+        "test_inputs": protocol["test_inputs"],
+        "protocol": {key: protocol[key] for key in sorted(protocol)},
     }
-    if retrieval:
-        meta["retrieval_encoder"] = protocol.get("retrieval_encoder")
-        meta["retrieval_pool_size"] = protocol.get("retrieval_pool_size")
+    if label_mode == "abstract":
+        meta["task_verbalizers"] = list(task_verbalizers)
+        meta["abstract_label_map"] = dict(zip(task_spec["label_names"], verbalizers))
+    if label_mode == "noisy":
+        meta["label_noise"] = float(protocol["label_noise"])
+    if input_mode == "other_task":
+        meta["other_task"] = protocol["other_task"]
+    if selection is not None or order_similarity is not None:
+        meta["demo_similarity_kind"] = select_kind or "encoder"
+    if needs_encoder(protocol):
+        meta["retrieval_encoder"] = protocol["retrieval_encoder"]
+    if select_kind:
+        meta["retrieval_pool_size"] = protocol["retrieval_pool_size"]
+    if near_copies:
         meta["dedup_similarity"] = dedup_similarity
     return meta, records
 
@@ -430,20 +695,36 @@ def build_prompt_files(
     meta_path: str | Path,
     prompts_path: str | Path,
     encoder_manifest: str | Path | None = None,
+    similarity_providers: Mapping[str, SimilarityProvider] | None = None,
+    other_task_spec: dict | None = None,
+    other_demo_path: str | Path | None = None,
 ) -> dict:
     """Rule entry point: load the task splits and the model's tokenizer, build and write the prompt files.
 
-    ``encoder_manifest`` (retrieval strategies only): the sentence encoder that ranks the demonstrations.
+    ``encoder_manifest`` (when :func:`~kicl.prompts.retrieval.needs_encoder`): the sentence encoder that ranks or
+    orders the demonstrations. ``similarity_providers``: e.g. ``{"model_kernel": provider}`` when
+    :func:`~kicl.prompts.retrieval.needs_model_kernel`. ``other_task_spec`` and ``other_demo_path``
+    (``protocol.inputs: other_task``): the other task's catalog entry and its prepared demonstration split.
     """
     from kicl.data.encoders import encoder_embed_function
     from kicl.data.models import load_tokenizer, read_manifest
 
-    strategy = protocol.get("demo_strategy", "random")
-    if is_retrieval(strategy) and encoder_manifest is None:
+    effective = effective_protocol(protocol, STRATEGIES)
+    if needs_encoder(effective) and encoder_manifest is None:
         raise PromptError(
-            f"task {task!r}, model {model!r}: protocol.demo_strategy {strategy!r} needs the manifest "
-            f"of protocol.retrieval_encoder {protocol.get('retrieval_encoder')!r}"
+            f"task {task!r}, model {model!r}: protocol.demo_strategy {effective['demo_strategy']!r} / demo_order "
+            f"{effective['demo_order']!r} needs the manifest of protocol.retrieval_encoder "
+            f"{effective['retrieval_encoder']!r}"
         )
+    other_pool = None
+    if effective["inputs"] == "other_task":
+        if other_task_spec is None or other_demo_path is None:
+            raise PromptError(
+                f"task {task!r}, model {model!r}: protocol.inputs 'other_task' needs the spec and demonstration split "
+                f"of protocol.other_task {effective['other_task']!r}"
+            )
+        other_where = f"task {effective['other_task']!r}, demo split {other_task_spec['demo_split']!r}"
+        other_pool = drop_empty(load_split(other_demo_path, other_task_spec), other_where)
 
     manifest = read_manifest(model_manifest)
     tokenizer = load_tokenizer(manifest)
@@ -460,6 +741,8 @@ def build_prompt_files(
         manifest.get("max_length"),
         tokenizer_name=manifest["path"],
         embed=encoder_embed_function(encoder_manifest) if encoder_manifest is not None else None,
+        similarity_providers=similarity_providers,
+        other_pool=other_pool,
     )
     write_prompt_set(meta, records, meta_path, prompts_path)
     log.info(
