@@ -71,12 +71,13 @@ def figure_frame(results: ConditionResults) -> pd.DataFrame:
     return frame
 
 
-def _bars(ax, part: pd.DataFrame, label: str, zero: float | None) -> None:
+def _bars(ax, part: pd.DataFrame, label: str, zero: float | None, skip: str | None = None) -> None:
     y = np.arange(len(part))[::-1]
+    shown = (part["condition"] != skip).to_numpy()
     ax.errorbar(
-        part["y"],
-        y,
-        xerr=[part["y"] - part["y_low"], part["y_high"] - part["y"]],
+        part["y"][shown],
+        y[shown],
+        xerr=[(part["y"] - part["y_low"])[shown], (part["y_high"] - part["y"])[shown]],
         fmt="o",
         color=MAIN_COLOR,
     )
@@ -122,7 +123,14 @@ def draw_conditions(results: ConditionResults, png, csv, title: str = "") -> pd.
         fig, axes = plt.subplots(1, 4, figsize=(15, max(3.0, 0.3 * n + 1.5)), squeeze=False)
         axes = axes[0]
         _bars(axes[0], frame[frame.panel == "accuracy"], "ICL accuracy", None)
-        _bars(axes[1], frame[frame.panel == "difference"], f"Δ accuracy − {results.reference} (paired)", 0.0)
+        _bars(
+            axes[1],
+            frame[frame.panel == "difference"],
+            f"Δ accuracy − {results.reference} (paired)",
+            0.0,
+            skip=results.reference,
+        )
+        axes[1].set_ylim(axes[0].get_ylim())
         axes[1].set_yticklabels([])
         _curve(
             axes[2],
@@ -138,6 +146,7 @@ def draw_conditions(results: ConditionResults, png, csv, title: str = "") -> pd.
             "no label-noise conditions with measured wrong labels",
         )
         axes[3].set_title("label noise")
+        axes[3].set_xlim(-0.05, 1.05)
         fig.suptitle(
             f"{title or results.task}: conditions against '{results.reference}'; {level}% paired bootstrap intervals "
             f"({results.n_boot} resamples of test points)",
