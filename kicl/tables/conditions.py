@@ -1,5 +1,6 @@
 """The ablation stage's tables: CSV, Markdown and LaTeX of the condition table, the order groups and the Table 1
-analogue (numbers from kicl.analysis.conditions).
+analogue (numbers from kicl.analysis.conditions). conditions.md also has the curves; conditions.tex holds the
+condition and order-group tables.
 
 Each condition gets a one-line reading computed from its paired difference to the reference, e.g.
 "nearest − paper: +0.120 [+0.030, +0.210], p = 0.010; the interval excludes 0".
@@ -174,7 +175,12 @@ def write_condition_tables(results: ConditionResults, paths: dict, model: str = 
         "### Table 1 analogue (accuracy by test-input type)\n\n" + to_markdown(table1_table(results.table1)),
     ]
     write_text_atomic(paths["md"], "\n".join(parts))
-    write_text_atomic(paths["tex"], to_latex(table, text))
+    order_caption = (
+        f"Order permutations ({results.task}): conditions differing only in order_seed / demo_order; share of test "
+        "points whose prediction is not the same under every ordering, and of held-out points whose reconstruction "
+        "by the reference-chosen head is not."
+    )
+    write_text_atomic(paths["tex"], to_latex(table, text) + "\n" + to_latex(order_table(results.order), order_caption))
     t1_caption = (
         f"Table 1 analogue ({model + ', ' if model else ''}{results.task}): ICL accuracy by test-input type, drop = "
         f"paired difference to the original inputs ({int(round(100 * results.level))}% bootstrap interval, p); "
