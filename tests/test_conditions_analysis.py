@@ -367,3 +367,25 @@ def test_table2_metric_intervals(tmp_path, base):
         assert low <= value <= high and low < high
     ba = frame.loc["icl_accuracy", ["balanced_accuracy", "balanced_accuracy_low", "balanced_accuracy_high"]]
     assert "{:.3f} [{:.3f}, {:.3f}]".format(*ba) in out[1].read_text()
+
+
+def test_bandwidth_uses_encoder_cosines_only(tmp_path, base):
+    """BM25 / model-kernel similarities are not cosines: only demo_encoder_similarity puts such a condition on the
+    bandwidth curve."""
+    import json
+
+    sim = np.full((N_PROMPTS, 4), 0.7)
+    stores, prompts = {}, {}
+    for name in ("paper", "bm25", "bm25_enc"):
+        stores[name], prompts[name] = _condition(tmp_path, name, similarity=None if name == "paper" else sim * 9)
+    for name in ("bm25", "bm25_enc"):
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        (tmp_path / name / "meta.json").write_text(json.dumps(meta | {"demo_similarity_kind": "bm25"}))
+    records = [json.loads(line) for line in prompts["bm25_enc"].read_text().splitlines()]
+    for rec in records:
+        rec["demo_encoder_similarity"] = [0.25] * len(rec["demos"])
+    prompts["bm25_enc"].write_text("".join(json.dumps(rec) + "\n" for rec in records))
+    protocols = {"paper": {}, "bm25": {"demo_strategy": "bm25"}, "bm25_enc": {"demo_strategy": "bm25", "x": 1}}
+    result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
+    assert result.bandwidth["condition"].tolist() == ["bm25_enc"]
+    assert result.bandwidth["mean_demo_similarity"].iloc[0] == pytest.approx(0.25)

@@ -13,8 +13,8 @@ the ŷ-change rate (share of test points whose ŷ differs from the reference's);
 of the head chosen on the reference's ``select`` prompts and of the head re-chosen on the condition's own
 ``select`` prompts (both fixed: intervals are conditional on the choice); the attention-free baselines of
 kicl.analysis.baselines fitted on the condition's own ``select`` prompts (the position-only kernel is the
-reference-chosen head's); encoder-KR accuracy and agreement; the mean cosine of the demonstrations to the
-test input (records with ``demo_similarity``); the agreement of ŷ with the majority shown demonstration label;
+reference-chosen head's); encoder-KR accuracy and agreement; the mean encoder cosine of the demonstrations
+to the test input (``encoder_similarity``); the agreement of ŷ with the majority shown demonstration label;
 and the share of demonstrations whose shown label differs from their ``true_label`` (measured from the
 prompt records; a demonstration without ``true_label`` shows its true label, one with ``true_label: null``,
 an input from another task, is not counted).
@@ -31,6 +31,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,7 @@ import pandas as pd
 from kicl.analysis.baselines import demo_label_matrix, fixed_predictions, position_kernel, position_predictions
 from kicl.analysis.head_selection import paired_p_value
 from kicl.analysis.votes import reconstruct
-from kicl.prompts.files import read_prompt_records
+from kicl.prompts.files import read_meta, read_prompt_records
 from kicl.store.reader import label_names, open_store, string_values
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Condition:
     n_layers: int
     n_heads: int
     n_labels: int
-    similarity: np.ndarray  # (N,) mean demo_similarity of the prompt's demonstrations, NaN without
+    similarity: np.ndarray  # (N,) mean encoder cosine of the prompt's demonstrations to the test input, NaN without
     wrong_labels: np.ndarray  # (N,) wrong shown labels per prompt (NaN where not measurable)
     n_known: np.ndarray  # (N,) demonstrations per prompt with a known true label
     demo_sets: list  # per test point: the sorted pool indices of its demonstrations
@@ -126,6 +127,22 @@ def _measured_wrong_labels(records, protocol: dict, where: str) -> tuple[np.ndar
     return wrong, known
 
 
+def encoder_similarity(records, prompts) -> np.ndarray:
+    """Per prompt: the mean encoder cosine of its demonstrations to the test input (NaN without one).
+
+    ``demo_encoder_similarity`` where a record has it; else ``demo_similarity`` when the prompt set's meta.json
+    (next to `prompts`) says ``demo_similarity_kind: encoder`` or names no kind (BM25 scores and the model's own
+    kernel are on other scales and are not mixed into the bandwidth curve)."""
+    meta_path = Path(prompts).with_name("meta.json")
+    kind = read_meta(meta_path).get("demo_similarity_kind", "encoder") if meta_path.exists() else "encoder"
+    out = np.full(len(records), np.nan)
+    for p, rec in enumerate(records):
+        values = rec.get("demo_encoder_similarity") or (rec.get("demo_similarity") if kind == "encoder" else None)
+        if values:
+            out[p] = float(np.mean(values))
+    return out
+
+
 def load_condition(
     name: str,
     store,
@@ -165,9 +182,7 @@ def load_condition(
         )
     kw = ds["kernel_weight"].sel(pooling=pooling).values.astype(np.float32)  # (N, L, H, D)
     wrong, known = _measured_wrong_labels(records, protocol or {}, f"condition {name!r} ({prompts})")
-    similarity = np.array(
-        [np.mean(r["demo_similarity"]) if r.get("demo_similarity") else np.nan for r in records], dtype=float
-    )
+    similarity = encoder_similarity(records, prompts)
     encoder = {}
     if kr_csv is not None:
         frame = pd.read_csv(kr_csv).set_index("test_index")
