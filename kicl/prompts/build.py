@@ -13,10 +13,11 @@ start of the input piece (" " + x), as byte-level BPE tokenisers attach a word's
 verbalizer and ``delim_span`` to the delimiter. Each piece is checked to decode back to itself.
 
 Demonstrations are drawn per test point by a strategy from :data:`STRATEGIES` with a generator seeded by
-(protocol seed, test index), so a prompt does not depend on which other prompts are built. The retrieval
-strategies ``nearest``/``farthest`` rank the pool by sentence-encoder cosine to the test input and place the
-chosen demonstrations by ascending similarity (most similar last, next to the test input); see
-:mod:`kicl.prompts.retrieval`.
+(protocol seed, test index), so a prompt does not depend on which other prompts are built. The strategies that
+select by a similarity (``nearest``/``farthest``/``similarity_band``: encoder cosine; ``bm25``; ``model_kernel``:
+the model's Eq. 9 kernel) get it from a similarity provider (:mod:`kicl.prompts.retrieval`). The condition's
+order, label, input and test-input controls (:mod:`kicl.prompts.controls`, :mod:`kicl.prompts.ood`) are then
+applied with their own seed streams, so they never change the chosen set or the test points.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ __all__ = [
     "query_ids",
     "register_strategy",
     "render_query",
+    "resolve_protocol",
     "select_eval_points",
 ]
 
@@ -321,6 +323,12 @@ def similarity_band_demos(
             f"band, {k} demonstrations requested; widen the band or raise protocol.retrieval_pool_size"
         )
     return pool.index.to_numpy()[members[rng.choice(len(members), size=k, replace=False)]]
+
+
+def resolve_protocol(protocol: Mapping, n_classes: int | None = None) -> dict:
+    """A condition's effective protocol with the schema defaults filled in, checked against the registered
+    strategies (raises PromptError naming ``protocol.<key>``; ``n_classes`` also checks ``abstract_labels``)."""
+    return effective_protocol(protocol, STRATEGIES, n_classes)
 
 
 # ---- evaluation points -----------------------------------------------------------------------------
