@@ -434,7 +434,10 @@ def test_prompt_rule_builds_the_contract_files_in_snakemake(
         "models": {"smollm2-135m": {"source": "local", "local": {"path": str(smollm2_dir)}}},
         "protocol": {"n_select": 6, "n_heldout": 4, "demo_strategy": "class_balanced", "n_demos": 6},
     }
-    targets = ["results/prompts/smollm2-135m/trec/meta.json", "results/prompts/smollm2-135m/trec/prompts.jsonl"]
+    targets = [
+        "results/prompts/smollm2-135m/trec/paper/meta.json",
+        "results/prompts/smollm2-135m/trec/paper/prompts.jsonl",
+    ]
     result = run_workflow(tmp_path, overrides, targets)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     meta = json.loads((result.workdir / targets[0]).read_text())

@@ -194,18 +194,25 @@ def _dry_run_build_prompts(run_workflow, tmp_path, protocol, encoders=()):
         "run": {"tasks": ["trec"], "models": ["smollm2-135m"], "encoders": list(encoders)},
         "protocol": protocol,
     }
-    result = run_workflow(tmp_path, overrides, ["results/prompts/smollm2-135m/trec/prompts.jsonl", "-n"])
+    result = run_workflow(tmp_path, overrides, ["results/prompts/smollm2-135m/trec/paper/prompts.jsonl", "-n"])
     return result, result.stdout + result.stderr
 
 
-def test_encoder_manifest_is_a_prompt_input_only_for_retrieval_strategies(run_workflow, tmp_path):
-    for strategy in ("random", "class_balanced"):
-        result, output = _dry_run_build_prompts(run_workflow, tmp_path / strategy, {"demo_strategy": strategy})
+def test_encoder_manifest_is_a_prompt_input_only_when_the_protocol_needs_it(run_workflow, tmp_path):
+    without = ({"demo_strategy": "random"}, {"demo_strategy": "class_balanced"}, {"demo_strategy": "bm25"})
+    for number, protocol in enumerate(without):
+        result, output = _dry_run_build_prompts(run_workflow, tmp_path / f"without{number}", protocol)
         assert result.returncode == 0, output[-3000:]
         assert "rule build_prompts" in output and "resources/encoders/" not in output
-    for strategy in ("nearest", "farthest"):
+    with_encoder = (
+        {"demo_strategy": "nearest"},
+        {"demo_strategy": "farthest"},
+        {"demo_strategy": "similarity_band"},
+        {"demo_strategy": "random", "demo_order": "descending"},
+    )
+    for number, protocol in enumerate(with_encoder):
         # the retrieval encoder need not be among run.encoders (the Table 2 encoder rows)
-        result, output = _dry_run_build_prompts(run_workflow, tmp_path / strategy, {"demo_strategy": strategy})
+        result, output = _dry_run_build_prompts(run_workflow, tmp_path / f"with{number}", protocol)
         assert result.returncode == 0, output[-3000:]
         assert "rule encoder_manifest" in output and "resources/encoders/all-minilm-l6-v2.json" in output
 
@@ -237,7 +244,10 @@ def test_build_prompts_rule_retrieves_with_the_packaged_minilm(
             "retrieval_pool_size": 40,
         },
     }
-    targets = ["results/prompts/smollm2-135m/trec/meta.json", "results/prompts/smollm2-135m/trec/prompts.jsonl"]
+    targets = [
+        "results/prompts/smollm2-135m/trec/paper/meta.json",
+        "results/prompts/smollm2-135m/trec/paper/prompts.jsonl",
+    ]
     result = run_workflow(tmp_path, overrides, targets)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     meta = json.loads((result.workdir / targets[0]).read_text())
