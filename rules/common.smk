@@ -29,7 +29,6 @@ def theory_outputs():
 
 
 # ---- Tasks, models, encoders and prompts (rules/data.smk, rules/models.smk, rules/prompts.smk)
-from kicl.prompts.retrieval import is_retrieval
 from kicl.data.tasks import TaskError, check_task_spec, local_split_file
 
 SELECTED_TASKS = list(config["run"]["tasks"])
@@ -38,6 +37,9 @@ SELECTED_ENCODERS = list(config["run"]["encoders"])
 
 # ---- Experimental conditions (config conditions:, run.conditions, ablation:): each a set of protocol overrides
 from kicl.conditions import condition_errors, condition_protocol, condition_tasks
+from kicl.prompts.build import PromptError, resolve_protocol
+from kicl.prompts.ood import RewritesFileError, check_rewrites_file, rewrites_path
+from kicl.prompts.retrieval import needs_encoder, needs_model_kernel
 
 SELECTED_CONDITIONS = list(config["run"]["conditions"])
 REFERENCE = config["ablation"]["reference"]
@@ -67,9 +69,41 @@ _condition_problems += condition_errors(
 )
 if _condition_problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_condition_problems))
-#: condition -> its effective protocol; condition -> the tasks it runs on
-PROTOCOLS = {name: condition_protocol(config, name) for name in SELECTED_CONDITIONS}
 CONDITION_TASKS = condition_tasks(config)
+#: condition -> its effective protocol, the schema defaults of every key filled in and what the schema cannot
+#: express checked (kicl.prompts.build.resolve_protocol, per task for the label count)
+PROTOCOLS = {}
+for _name in SELECTED_CONDITIONS:
+    try:
+        PROTOCOLS[_name] = resolve_protocol(condition_protocol(config, _name))
+    except PromptError as error:
+        _condition_problems.append(f"condition {_name!r}: {error}")
+        continue
+    _protocol = PROTOCOLS[_name]
+    for _task in CONDITION_TASKS[_name]:
+        _where = f"condition {_name!r}, task {_task!r}"
+        try:
+            resolve_protocol(
+                _protocol, n_classes=len(config["tasks"][_task]["label_names"])
+            )
+        except PromptError as error:
+            _condition_problems.append(f"{_where}: {error}")
+        if (
+            _protocol["inputs"] == "other_task"
+            and _protocol["other_task"] not in config["tasks"]
+        ):
+            _condition_problems.append(
+                f"{_where}: protocol.other_task {_protocol['other_task']!r} is not in the tasks catalog"
+            )
+        if _protocol["test_inputs"] == "rewrites":
+            try:
+                check_rewrites_file(
+                    rewrites_path(_protocol, _task), _protocol["rewrite_type"]
+                )
+            except (RewritesFileError, OSError) as error:
+                _condition_problems.append(f"{_where}: {error}")
+if _condition_problems:
+    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_condition_problems))
 
 
 def task_conditions():
@@ -87,12 +121,33 @@ def condition_protocol_of(wildcards):
 
 
 def _retrieval_encoder(protocol):
-    """The sentence encoder that ranks demonstrations, for the strategies that need one; else None."""
-    return (
-        protocol["retrieval_encoder"]
-        if is_retrieval(protocol["demo_strategy"])
-        else None
-    )
+    """The sentence encoder that ranks or orders the demonstrations, where the protocol needs one; else None."""
+    return protocol["retrieval_encoder"] if needs_encoder(protocol) else None
+
+
+def prompt_encoder_cache(wildcards):
+    """The shared embedding folder of the encoder that ranks the condition's demonstrations (None if none)."""
+    encoder = _retrieval_encoder(PROTOCOLS[wildcards.condition])
+    return f"results/embeddings/{encoder}" if encoder else None
+
+
+def prompt_threads(wildcards):
+    """Two threads when the prompts need the model's own kernel (forward passes), else one."""
+    return 2 if needs_model_kernel(PROTOCOLS[wildcards.condition]) else 1
+
+
+def model_kernel_capture(wildcards):
+    """The capture: section when the condition's prompts need the model's P(o|x) kernel; else None."""
+    protocol = PROTOCOLS[wildcards.condition]
+    return config["capture"] if needs_model_kernel(protocol) else None
+
+
+def other_task_spec(wildcards):
+    """The catalog entry of protocol.other_task for a condition with inputs: other_task; else None."""
+    protocol = PROTOCOLS[wildcards.condition]
+    if protocol["inputs"] != "other_task":
+        return None
+    return config["tasks"][protocol["other_task"]]
 
 
 ENCODERS_IN_USE = list(
@@ -252,9 +307,17 @@ def prompt_inputs(wildcards):
         "demo": f"resources/tasks/{wildcards.task}/{spec['demo_split']}.parquet",
         "model": f"resources/models/{wildcards.model}.json",
     }
-    encoder = _retrieval_encoder(PROTOCOLS[wildcards.condition])
+    protocol = PROTOCOLS[wildcards.condition]
+    encoder = _retrieval_encoder(protocol)
     if encoder:
         inputs["encoder"] = f"resources/encoders/{encoder}.json"
+    if protocol["inputs"] == "other_task":
+        other = config["tasks"][protocol["other_task"]]
+        inputs["other_demo"] = (
+            f"resources/tasks/{protocol['other_task']}/{other['demo_split']}.parquet"
+        )
+    if protocol["test_inputs"] == "rewrites":
+        inputs["rewrites"] = str(rewrites_path(protocol, wildcards.task))
     return inputs
 
 

@@ -1,7 +1,9 @@
-# Forward pass: one job per (model, task) runs every prompt once through the model and writes the
+# Forward pass: one job per (model, task, condition) runs every prompt once through the model and writes the
 # forward store results/forward/{model}/{task}/{condition}.zarr (layout: docs/store.md). Work lands in resumable
 # shards under results/forward/{model}/{task}/{condition}.parts/ (not a declared output, so a failed or killed job
-# keeps them); rerunning the job continues from the last complete shard.
+# keeps them); rerunning the job continues from the last complete shard. P(o|x) of each input text comes from
+# the shared cache results/simpred/{model}/ (not a declared output): a text is run once per model and settings,
+# whichever condition or task needs it first.
 
 
 rule forward_pass:
@@ -25,5 +27,6 @@ rule forward_pass:
     params:
         capture=lookup(dpath="capture", within=config),
         record=forward_record,
+        simpred_cache=lambda wildcards: f"results/simpred/{wildcards.model}",
     script:
         "../scripts/forward_pass.py"

@@ -12,8 +12,13 @@ rule build_prompts:
         "logs/build_prompts/{model}/{task}/{condition}.log",
     conda:
         "../envs/data.yaml"
+    threads: prompt_threads
     params:
         spec=task_spec,
         protocol=condition_protocol_of,
+        other_spec=other_task_spec,
+        capture=model_kernel_capture,
+        simpred_cache=lambda wildcards: f"results/simpred/{wildcards.model}",
+        encoder_cache=prompt_encoder_cache,
     script:
         "../scripts/build_prompts.py"

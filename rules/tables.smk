@@ -18,6 +18,7 @@ rule embed_prompt_texts:
     threads: 2
     params:
         batch_size=lookup(dpath="analysis/encoder_batch_size", within=config),
+        cache=lambda wildcards: f"results/embeddings/{wildcards.encoder}",
     script:
         "../scripts/embed_prompt_texts.py"
 

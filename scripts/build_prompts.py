@@ -1,10 +1,24 @@
-"""Snakemake adapter: build the ICL prompts of one (model, task) with their segment maps."""
+"""Snakemake adapter: build the ICL prompts of one (model, task, condition) with their segment maps."""
 
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
+from functools import partial
+
 from kicl.prompts.build import build_prompt_files
 
+providers = {}
+if snakemake.params.capture is not None:  # the model_kernel strategy: the model's own P(o|x) kernel (Eq. 9)
+    from kicl.capture.simpred_cache import model_kernel_similarity
+
+    providers["model_kernel"] = partial(
+        model_kernel_similarity,
+        snakemake.input.model,
+        snakemake.params.capture,
+        snakemake.params.simpred_cache,
+        snakemake.params.spec["template"],
+        threads=snakemake.threads,
+    )
 build_prompt_files(
     task=snakemake.wildcards.task,
     task_spec=snakemake.params.spec,
@@ -15,5 +29,9 @@ build_prompt_files(
     protocol=snakemake.params.protocol,
     meta_path=snakemake.output.meta,
     prompts_path=snakemake.output.prompts,
-    encoder_manifest=getattr(snakemake.input, "encoder", None),  # retrieval strategies only
+    encoder_manifest=getattr(snakemake.input, "encoder", None),  # strategies and orders that rank by an encoder
+    similarity_providers=providers,
+    other_task_spec=snakemake.params.other_spec,
+    other_demo_path=getattr(snakemake.input, "other_demo", None),  # inputs: other_task
+    encoder_cache=snakemake.params.encoder_cache,
 )

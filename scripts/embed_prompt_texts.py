@@ -10,4 +10,5 @@ embed_prompt_file(
     snakemake.input.encoder,
     snakemake.output[0],
     batch_size=snakemake.params.batch_size,
+    cache=snakemake.params.cache,
 )

@@ -11,6 +11,7 @@ run_capture(
     manifest=snakemake.input.model,
     store_path=snakemake.output[0],
     capture=snakemake.params.capture,
+    simpred_cache=snakemake.params.simpred_cache,
     config_attrs=snakemake.params.record,
     threads=snakemake.threads,
 )

@@ -29,10 +29,15 @@ def prompt_texts(records) -> list[str]:
     return list(seen)
 
 
-def embed_prompt_file(prompts_jsonl, encoder, out_npz, batch_size: int = 64, device: str | None = None) -> None:
-    """Embed every unique text of a prompt file; write npz with `texts` and `embeddings` atomically."""
+def embed_prompt_file(
+    prompts_jsonl, encoder, out_npz, batch_size: int = 64, device: str | None = None, cache=None
+) -> None:
+    """Embed every unique text of a prompt file; write npz with `texts` and `embeddings` atomically.
+
+    ``cache``: the folder of embeddings shared by every job of this encoder (:func:`kicl.data.encoders.encode_texts`).
+    """
     texts = prompt_texts(read_prompt_records(prompts_jsonl))
     log.info("embedding %d unique texts of %s with %s", len(texts), prompts_jsonl, encoder)
-    emb = encode_texts(encoder, texts, batch_size, device)
+    emb = encode_texts(encoder, texts, batch_size, device, cache=cache)
     with atomic_path(out_npz) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, texts=np.array(texts, dtype=str), embeddings=emb, encoder=str(encoder))

@@ -9,6 +9,7 @@ sentence-transformers folder). Like models, each encoder resolves to a manifest
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -123,19 +124,65 @@ def load_encoder(manifest: str | Path | dict, device: str | None = None):
     )
 
 
-def encode_texts(encoder, texts, batch_size: int = 64, device: str | None = None) -> np.ndarray:
-    """L2-normalised sentence embeddings (n, dim) float32; ``encoder`` as for :func:`load_encoder`."""
-    model = load_encoder(encoder, device=device)
-    emb = model.encode(
-        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-    )
-    return np.asarray(emb, dtype=np.float32)
+def encode_texts(
+    encoder, texts, batch_size: int = 64, device: str | None = None, cache: str | Path | None = None
+) -> np.ndarray:
+    """L2-normalised sentence embeddings (n, dim) float32; ``encoder`` as for :func:`load_encoder`.
+
+    ``cache``: a folder (e.g. ``results/embeddings/{encoder}``) where each text's embedding is kept, keyed by the
+    text, under a subfolder per encoder identity (:func:`embedding_cache_key`); texts found there are not encoded
+    again, and the encoder is not even loaded when all are.
+    """
+    texts = list(texts)
+    model = None
+
+    def compute(chunk: list[str]) -> np.ndarray:
+        nonlocal model
+        model = model or load_encoder(encoder, device=device)
+        emb = model.encode(
+            chunk, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.asarray(emb, dtype=np.float32)
+
+    if cache is None:
+        return compute(texts) if texts else np.empty((0, 0), np.float32)
+    from kicl.row_cache import RowCache
+
+    fields = embedding_cache_fields(encoder)
+    rows = RowCache(Path(cache) / embedding_cache_key(fields), fields, what="sentence-embedding")
+    by_key = {_text_key(text): text for text in texts}
+    return rows.get([_text_key(text) for text in texts], lambda keys: compute([by_key[k] for k in keys]))
 
 
-def encoder_embed_function(encoder_manifest, batch_size: int = 64):
-    """texts -> embeddings backed by the sentence encoder of a manifest (loaded when called); for retrieval."""
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def embedding_cache_fields(encoder) -> dict:
+    """What a cached embedding depends on: the encoder's manifest (its folder's weight files by size and
+    modification time) and the sentence-transformers version."""
+    import sentence_transformers
+
+    manifest = dict(read_encoder_manifest(encoder))
+    manifest.pop("device", None)
+    folder = Path(manifest["path"])
+    manifest["files"] = {
+        path.name: [path.stat().st_size, path.stat().st_mtime_ns]
+        for path in sorted(folder.glob("*.safetensors"))
+        if path.is_file()
+    }
+    return {"encoder": manifest, "sentence_transformers": sentence_transformers.__version__, "normalised": True}
+
+
+def embedding_cache_key(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def encoder_embed_function(encoder_manifest, batch_size: int = 64, cache: str | Path | None = None):
+    """texts -> embeddings backed by the sentence encoder of a manifest (loaded when called; ``cache`` as for
+    :func:`encode_texts`); for retrieval."""
 
     def embed(texts) -> np.ndarray:
-        return encode_texts(encoder_manifest, texts, batch_size=batch_size)
+        return encode_texts(encoder_manifest, texts, batch_size=batch_size, cache=cache)
 
     return embed

@@ -706,6 +706,7 @@ def build_prompt_files(
     similarity_providers: Mapping[str, SimilarityProvider] | None = None,
     other_task_spec: dict | None = None,
     other_demo_path: str | Path | None = None,
+    encoder_cache: str | Path | None = None,
 ) -> dict:
     """Rule entry point: load the task splits and the model's tokenizer, build and write the prompt files.
 
@@ -713,6 +714,7 @@ def build_prompt_files(
     orders the demonstrations. ``similarity_providers``: e.g. ``{"model_kernel": provider}`` when
     :func:`~kicl.prompts.retrieval.needs_model_kernel`. ``other_task_spec`` and ``other_demo_path``
     (``protocol.inputs: other_task``): the other task's catalog entry and its prepared demonstration split.
+    ``encoder_cache``: the folder of sentence embeddings shared by all jobs (kicl.data.encoders.encode_texts).
     """
     from kicl.data.encoders import encoder_embed_function
     from kicl.data.models import load_tokenizer, read_manifest
@@ -748,7 +750,7 @@ def build_prompt_files(
         protocol,
         manifest.get("max_length"),
         tokenizer_name=manifest["path"],
-        embed=encoder_embed_function(encoder_manifest) if encoder_manifest is not None else None,
+        embed=encoder_embed_function(encoder_manifest, cache=encoder_cache) if encoder_manifest is not None else None,
         similarity_providers=similarity_providers,
         other_pool=other_pool,
     )

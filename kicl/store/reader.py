@@ -1,4 +1,4 @@
-"""Read-only access to a forward store (`results/forward/{model}/{task}/{condition}.zarr`) for the figure and table rules."""
+"""Read-only access to a forward store (`results/forward/{model}/{task}/{condition}.zarr`) for figures and tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The forward-store contract: every dimension and variable of `results/forward/{model}/{task}/{condition}.zarr`, declared once.
+"""The forward-store contract: every dimension and variable of `results/forward/{model}/{task}/{condition}.zarr`.
 
 The writer creates exactly the arrays declared here (``forward_variables``), the reader checks a store against
 them (``kicl.store.reader.open_store(path, needs=...)``), the synthetic test stores are written through the
