@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
 from kicl.capture.handlers import AttentionKnockout, HeadAblation, HeadOutputs
-from kicl.capture.options import CaptureError, CaptureOptions
+from kicl.capture.options import AUTO_BF16, CaptureError, CaptureOptions
 from kicl.capture.run import predict, read_prompts
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
 from kicl.config import defaults_for
@@ -140,6 +140,8 @@ def run_ablation(
     select, heldout = np.flatnonzero(split == "select"), np.flatnonzero(split == "heldout")
     if not len(select) or not len(heldout):
         raise CaptureError(f"{where}: the causal test needs select and heldout prompts (protocol.n_select/n_heldout)")
+    if options.dtype == AUTO_BF16:  # dtype auto: the dtype the forward pass settled on (kicl.capture.dtype_check)
+        options = replace(options, dtype=ds.attrs.get("capture", {}).get("dtype", "float32"))
     pooling = settings["pooling"]
     scores = head_reconstruction(ds, select, [pooling])["agree_pred"].sel(pooling=pooling).values
     conds = conditions(scores, settings["k"], modes, settings["random_draws"], settings["seed"])
