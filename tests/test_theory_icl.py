@@ -114,27 +114,109 @@ def test_posterior_concentrates_on_the_true_task(world):
     assert np.argmax(log_lik) == 3
 
 
+def _theory_cfg(**sections) -> dict:
+    """The schema's ``theory_icl`` defaults with the test world and the given sections' keys replaced."""
+    from kicl.config import defaults_for
+
+    cfg = defaults_for("theory_icl")
+    cfg["world"].update(WORLD)
+    for name, values in sections.items():
+        cfg[name].update(values)
+    return cfg
+
+
 def test_tiny_training_run_beats_label_frequency(tmp_path):
-    """A seeded 2-layer GPT-J trained on ~0.3M tokens predicts held-out ICL labels better than the demo majority."""
+    """A seeded 2-layer GPT-J trained on ~0.4M tokens predicts held-out ICL labels better than the demo majority."""
     from transformers import AutoModelForCausalLM
 
     from kicl.theory.icl_compare import compare
     from kicl.theory.pretrain import pretrain
 
-    cfg = {
-        "world": WORLD,
-        "model": {"architecture": "gptj", "n_layer": 2, "n_embd": 64, "n_head": 4, "ctx": 64},
-        "train": {"seed": 0, "tokens": 400_000, "batch_size": 16, "lr": 0.003, "warmup": 30, "weight_decay": 0.01,
-                  "log_every": 50},
-        "eval": {"seed": 0, "n_demos": [0, 4], "n_select": 50, "n_heldout": 300, "n_sigma": 2000, "ridge": 1e-6,
-                 "batch_size": 100},
-    }  # fmt: skip
+    cfg = _theory_cfg(
+        model={"architecture": "gptj", "n_layer": 2, "n_embd": 64, "n_head": 4, "ctx": 64},
+        train={"seed": 0, "tokens": 400_000, "batch_size": 16, "lr": 0.003, "warmup": 30, "log_every": 50},
+        eval={"seed": 0, "n_demos": [0, 4], "n_select": 50, "n_heldout": 300, "n_sigma": 2000, "batch_size": 100},
+    )
     curve = pretrain(cfg, tmp_path / "model", tmp_path / "loss.csv", threads=2)
     assert curve["loss"].iloc[-1] < curve["loss"].iloc[0] - 0.5
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", attn_implementation="eager").eval()
     table, _ = compare(cfg, model)
     at4 = table[table["n"] == 4].set_index("method")["acc_expected"]
     assert at4["transformer"] > at4["label_frequency"] + 0.05
+
+
+def _short_run(tmp_path, name, **train):
+    from kicl.theory.pretrain import pretrain
+
+    cfg = _theory_cfg(model={"n_layer": 1, "n_embd": 32, "n_head": 2, "ctx": 48},
+                      train={"tokens": 12 * 4 * 48, "batch_size": 4, "warmup": 3, "log_every": 1,
+                             "label_loss_weight": 1.0, **train})  # fmt: skip
+    curve = pretrain(cfg, tmp_path / name, tmp_path / f"{name}.csv", threads=1)
+    from safetensors.torch import load_file
+
+    return curve, load_file(tmp_path / name / "model.safetensors")
+
+
+def test_seeded_training_is_deterministic_with_every_option(tmp_path):
+    """Same seed, same options: identical loss curves and weights; bfloat16 autocast is finite but not a no-op."""
+    import torch
+
+    plain, plain_weights = _short_run(tmp_path, "plain", autocast="none")
+    again, again_weights = _short_run(tmp_path, "again", autocast="none")
+    assert plain["loss"].tolist() == again["loss"].tolist()
+    assert all(torch.equal(plain_weights[k], again_weights[k]) for k in plain_weights)
+    bf16, bf16_weights = _short_run(tmp_path, "bf16", autocast="bfloat16")
+    bf16_again, bf16_again_weights = _short_run(tmp_path, "bf16_again", autocast="bfloat16")
+    assert np.isfinite(bf16[["loss", "label_loss", "objective"]].to_numpy()).all()
+    assert bf16["loss"].tolist() == bf16_again["loss"].tolist()
+    assert all(torch.equal(bf16_weights[k], bf16_again_weights[k]) for k in bf16_weights)
+    assert all(v.dtype == torch.float32 for v in bf16_weights.values())  # master weights stay float32
+    assert bf16["loss"].iloc[0] != plain["loss"].iloc[0]  # the forward pass really ran in bfloat16
+    np.testing.assert_allclose(bf16["loss"].iloc[0], plain["loss"].iloc[0], atol=0.05)
+    # eager and fused attention are the same function of the same initial weights
+    eager, _ = _short_run(tmp_path, "eager", attention="eager")
+    np.testing.assert_allclose(eager["loss"].iloc[0], plain["loss"].iloc[0], rtol=1e-5)
+    # the label weight changes the objective, not the logged plain next-token loss of the first step
+    weighted, _ = _short_run(tmp_path, "weighted", label_loss_weight=4.0)
+    first = weighted.iloc[0]
+    assert first["loss"] == pytest.approx(plain["loss"].iloc[0], rel=1e-6)
+    assert first["objective"] != pytest.approx(first["loss"], rel=1e-3)
+    assert first["label_loss"] != pytest.approx(first["loss"], rel=1e-3)
+
+
+def test_weighted_loss_weights_label_targets(world):
+    import torch
+
+    from kicl.theory.pretrain import token_losses, weighted_loss
+
+    ids = torch.from_numpy(sample_documents(world, 3, 40, 2, 8, np.random.default_rng(5))[0])
+    logits = torch.randn(3, 40, world.vocab_size, generator=torch.Generator().manual_seed(0))
+    losses = token_losses(logits, ids)
+    by_hand = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, world.vocab_size), ids[:, 1:].reshape(-1),
+                                                reduction="none").view(3, 39)  # fmt: skip
+    torch.testing.assert_close(losses, by_hand)
+    is_label = ids[:, :-1] == MARKER
+    assert is_label.any() and torch.isin(ids[:, 1:][is_label], torch.as_tensor(world.label_ids())).all()
+    expected = (by_hand[~is_label].sum() + 3.0 * by_hand[is_label].sum()) / ((~is_label).sum() + 3.0 * is_label.sum())
+    torch.testing.assert_close(weighted_loss(losses, ids, 3.0), expected)
+    torch.testing.assert_close(weighted_loss(losses, ids, 1.0), by_hand.mean())
+
+
+def test_learning_rate_warms_up_and_decays_to_the_final_ratio():
+    from kicl.theory.pretrain import learning_rate
+
+    rates = [learning_rate(step, 100, 1e-3, 10, 0.1) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert learning_rate(100, 100, 1e-3, 10, 0.1) == pytest.approx(1e-4)
+    assert learning_rate(100, 100, 1e-3, 10, 0.0) == pytest.approx(0.0)
+
+
+def test_unknown_training_options_name_the_key(tmp_path):
+    from kicl.theory.pretrain import pretrain
+
+    with pytest.raises(ValueError, match="theory_icl.train.autocast"):
+        pretrain(_theory_cfg(train={"autocast": "float8"}, model={"ctx": 48}), tmp_path / "m", tmp_path / "l.csv")
 
 
 def test_config_problems_name_the_keys():
