@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -145,13 +146,13 @@ def test_tiny_training_run_beats_label_frequency(tmp_path):
     assert at4["transformer"] > at4["label_frequency"] + 0.05
 
 
-def _short_run(tmp_path, name, **train):
+def _short_run(tmp_path, name, job_threads=1, **train):
     from kicl.theory.pretrain import pretrain
 
     cfg = _theory_cfg(model={"n_layer": 1, "n_embd": 32, "n_head": 2, "ctx": 48},
                       train={"tokens": 12 * 4 * 48, "batch_size": 4, "warmup": 3, "log_every": 1,
                              "label_loss_weight": 1.0, **train})  # fmt: skip
-    curve = pretrain(cfg, tmp_path / name, tmp_path / f"{name}.csv", threads=1)
+    curve = pretrain(cfg, tmp_path / name, tmp_path / f"{name}.csv", threads=job_threads)
     from safetensors.torch import load_file
 
     return curve, load_file(tmp_path / name / "model.safetensors")
@@ -182,6 +183,11 @@ def test_seeded_training_is_deterministic_with_every_option(tmp_path):
     assert first["loss"] == pytest.approx(plain["loss"].iloc[0], rel=1e-6)
     assert first["objective"] != pytest.approx(first["loss"], rel=1e-3)
     assert first["label_loss"] != pytest.approx(first["loss"], rel=1e-3)
+    # theory_icl.train.threads caps the job's threads
+    _short_run(tmp_path, "capped", job_threads=2, threads=1)
+    assert json.loads((tmp_path / "capped" / "kicl_training.json").read_text())["threads"] == 1
+    _short_run(tmp_path, "two", job_threads=2, threads=2)
+    assert json.loads((tmp_path / "two" / "kicl_training.json").read_text())["threads"] == 2
 
 
 def test_weighted_loss_weights_label_targets(world):

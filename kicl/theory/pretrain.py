@@ -106,14 +106,18 @@ def _autocast(name: str):
 
 
 def pretrain(cfg: dict, out_dir: str | Path, loss_csv: str | Path, threads: int = 1) -> pd.DataFrame:
-    """Train the model of ``cfg`` (the ``theory_icl`` section), save it to out_dir; returns the loss curve."""
+    """Train the model of ``cfg`` (the ``theory_icl`` section), save it to out_dir; returns the loss curve.
+
+    Runs on at most ``theory_icl.train.threads`` of the job's ``threads`` (torch intra-op threads).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(max(1, threads))
+    model_cfg, train = cfg["model"], cfg["train"]
+    threads = max(1, min(threads, train["threads"]))
+    torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     world = world_from_config(cfg["world"])
-    model_cfg, train = cfg["model"], cfg["train"]
     torch.manual_seed(train["seed"])
     rng = np.random.default_rng(train["seed"])
     model = AutoModelForCausalLM.from_config(model_config(world, model_cfg), attn_implementation=train["attention"])
