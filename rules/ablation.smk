@@ -60,7 +60,7 @@ rule ablation_table:
         conditions=ABLATION_CONDITIONS,
         protocols=lambda wildcards: {c: PROTOCOLS[c] for c in ABLATION_CONDITIONS},
         reference=REFERENCE,
-        head_maps=lookup(dpath="ablation/head_maps", within=config),
+        head_maps=ablation_head_maps,
         pooling=lookup(dpath="analysis/table_pooling", within=config),
         bootstrap=lookup(dpath="analysis/bootstrap", within=config),
         vote_ties=lookup(dpath="analysis/vote_ties", within=config),

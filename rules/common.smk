@@ -58,9 +58,9 @@ _condition_problems += [
     if task not in config["tasks"]
 ]
 _condition_problems += [
-    f"ablation.head_maps: {name!r} is not in run.conditions ({', '.join(SELECTED_CONDITIONS)})"
+    f"ablation.head_maps: {name!r} is not in the conditions catalog"
     for name in config["ablation"]["head_maps"]
-    if name not in SELECTED_CONDITIONS
+    if name not in config["conditions"]
 ]
 _condition_problems += condition_errors(
     config,
@@ -318,6 +318,9 @@ def prompt_inputs(wildcards):
         )
     if protocol["test_inputs"] == "rewrites":
         inputs["rewrites"] = str(rewrites_path(protocol, wildcards.task))
+    if needs_model_kernel(protocol) and needs_dtype_check(wildcards.model):
+        # the model's own kernel in the dtype its forward passes use, so their P(o|x) cache entries are shared
+        inputs["dtype"] = f"results/dtype_check/{wildcards.model}.json"
     return inputs
 
 
@@ -353,6 +356,50 @@ def forward_record(wildcards):
         "tasks": {wildcards.task: config["tasks"][wildcards.task]},
         "models": {wildcards.model: config["models"][wildcards.model]},
     }
+
+
+def needs_dtype_check(model):
+    """Whether capture.dtype auto may pick bfloat16 for this model's CPU forward passes (the dtype_check job
+    settles it): auto, on the CPU, a float32 (or unnamed) catalog dtype."""
+    spec = config["models"][model]
+    return (
+        config["capture"]["dtype"] == "auto"
+        and resolve_device(config["capture"]["device"], spec.get("device")) == "cpu"
+        and resolve_dtype("auto", spec.get("dtype")) == "float32"
+    )
+
+
+def dtype_check_tasks(wildcards):
+    """The tasks whose reference prompts the model's dtype check runs: the world's task for the theory_icl
+    model, else every selected task."""
+    if THEORY_ICL_PAIR and wildcards.model == THEORY_ICL_PAIR[0]:
+        return THEORY_ICL_PAIR[1:]
+    return SELECTED_TASKS
+
+
+def dtype_check_inputs(wildcards):
+    prompts = [
+        f"results/prompts/{wildcards.model}/{task}/{REFERENCE}"
+        for task in dtype_check_tasks(wildcards)
+    ]
+    return {
+        "model": f"resources/models/{wildcards.model}.json",
+        "metas": [f"{folder}/meta.json" for folder in prompts],
+        "prompts": [f"{folder}/prompts.jsonl" for folder in prompts],
+    }
+
+
+def forward_inputs(wildcards):
+    """The prompt files and the model manifest; the model's dtype decision where capture.dtype auto needs one."""
+    folder = f"results/prompts/{wildcards.model}/{wildcards.task}/{wildcards.condition}"
+    inputs = {
+        "meta": f"{folder}/meta.json",
+        "prompts": f"{folder}/prompts.jsonl",
+        "model": f"resources/models/{wildcards.model}.json",
+    }
+    if needs_dtype_check(wildcards.model):
+        inputs["dtype"] = f"results/dtype_check/{wildcards.model}.json"
+    return inputs
 
 
 def _forward_device(wildcards):
@@ -526,6 +573,12 @@ ABLATION_FILES = [
     "heads.png",
     "heads.csv",
 ]
+
+
+def ablation_head_maps(wildcards):
+    """The conditions of ablation.head_maps that run, in that order ([] = every condition)."""
+    chosen = [c for c in config["ablation"]["head_maps"] if c in ABLATION_CONDITIONS]
+    return chosen if len(chosen) > 1 else []
 
 
 def ablation_inputs(wildcards):

@@ -3,14 +3,33 @@
 # shards under results/forward/{model}/{task}/{condition}.parts/ (not a declared output, so a failed or killed job
 # keeps them); rerunning the job continues from the last complete shard. P(o|x) of each input text comes from
 # the shared cache results/simpred/{model}/ (not a declared output): a text is run once per model and settings,
-# whichever condition or task needs it first.
+# whichever condition or task needs it first. With capture.dtype auto on a CPU with native bfloat16, one
+# dtype_check job per model runs the first prompts of every task in float32 and bfloat16 and decides for all
+# of that model's forward passes.
+
+
+rule dtype_check:
+    input:
+        unpack(dtype_check_inputs),
+    output:
+        "results/dtype_check/{model}.json",
+    log:
+        "logs/dtype_check/{model}.log",
+    benchmark:
+        "benchmarks/out/dtype_check/{model}.tsv"
+    conda:
+        "../envs/forward.yaml"
+    threads: 2
+    params:
+        capture=lookup(dpath="capture", within=config),
+        tasks=dtype_check_tasks,
+    script:
+        "../scripts/dtype_check.py"
 
 
 rule forward_pass:
     input:
-        meta="results/prompts/{model}/{task}/{condition}/meta.json",
-        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
-        model="resources/models/{model}.json",
+        unpack(forward_inputs),
     output:
         directory("results/forward/{model}/{task}/{condition}.zarr"),
     log:
@@ -28,5 +47,6 @@ rule forward_pass:
         capture=lookup(dpath="capture", within=config),
         record=forward_record,
         simpred_cache=lambda wildcards: f"results/simpred/{wildcards.model}",
+        dtype_decision=lambda wildcards, input: getattr(input, "dtype", None),
     script:
         "../scripts/forward_pass.py"

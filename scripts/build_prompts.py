@@ -9,12 +9,18 @@ from kicl.prompts.build import build_prompt_files
 
 providers = {}
 if snakemake.params.capture is not None:  # the model_kernel strategy: the model's own P(o|x) kernel (Eq. 9)
+    import json
+
     from kicl.capture.simpred_cache import model_kernel_similarity
 
+    capture = dict(snakemake.params.capture)
+    if hasattr(snakemake.input, "dtype"):  # capture.dtype auto: the dtype settled by the model's dtype check
+        with open(snakemake.input.dtype) as handle:
+            capture["dtype"] = json.load(handle)["chosen"]
     providers["model_kernel"] = partial(
         model_kernel_similarity,
         snakemake.input.model,
-        snakemake.params.capture,
+        capture,
         snakemake.params.simpred_cache,
         snakemake.params.spec["template"],
         threads=snakemake.threads,

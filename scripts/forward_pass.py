@@ -12,6 +12,7 @@ run_capture(
     store_path=snakemake.output[0],
     capture=snakemake.params.capture,
     simpred_cache=snakemake.params.simpred_cache,
+    dtype_decision=snakemake.params.dtype_decision,
     config_attrs=snakemake.params.record,
     threads=snakemake.threads,
 )

@@ -49,7 +49,8 @@ def tiny_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
     manifest = make_model_folder(root / "model", "llama", seed=5)
     meta, prompts = make_prompts(root / "prompts", root / "model", n_prompts=12, demos=(2, 4))
-    store = run_capture(meta, prompts, manifest, root / "store.zarr", {"shard_size": 4, "kv_prompts": 0})
+    capture = {"dtype": "float32", "shard_size": 4, "kv_prompts": 0}  # compared with float32 references
+    store = run_capture(meta, prompts, manifest, root / "store.zarr", capture)
     return root, manifest, meta, prompts, store
 
 

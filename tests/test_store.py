@@ -24,7 +24,8 @@ from kicl.store.reader import StoreError, open_store  # noqa: E402
 from kicl.store.synthetic import make_synthetic_store  # noqa: E402
 from kicl.store.writer import ForwardStoreWriter, ShardDir  # noqa: E402
 
-CAPTURE = {"batch_size": 3, "shard_size": 4, "kv_prompts": 5, "kv_offsets": [-1, 0, 1, 2, 3]}
+# float32: the stores are compared with float32 eager attention (auto may pick bfloat16 on a bfloat16 CPU)
+CAPTURE = {"dtype": "float32", "batch_size": 3, "shard_size": 4, "kv_prompts": 5, "kv_offsets": [-1, 0, 1, 2, 3]}
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +254,7 @@ def test_forward_pass_rule_writes_the_store(toy, run_workflow, tmp_path):
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps(toy["manifest"]))
     target = f"results/forward/{model}/{task}/paper.zarr"
-    overrides = {"capture": {"shard_size": 3, "kv_prompts": 2, "simpred_context": "template"}}
+    overrides = {"capture": {"dtype": "float32", "shard_size": 3, "kv_prompts": 2, "simpred_context": "template"}}
     result = run_workflow(tmp_path, overrides, [target, "--allowed-rules", "forward_pass"])
     assert result.returncode == 0, result.stdout + result.stderr
     ds = open_store(workdir / target)

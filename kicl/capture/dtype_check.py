@@ -56,43 +56,93 @@ def compare_outputs(reference: dict, candidate: dict) -> dict:
     }
 
 
-def settle_dtype(manifest: dict, options: CaptureOptions, prompts: list[dict], meta: dict):
-    """Decide an ``AUTO_BF16`` dtype by the agreement check; return (model, shape, options, record).
-
-    The model is the one the capture goes on with (bfloat16 or float32); ``options.dtype`` is the dtype chosen;
-    ``record`` the check's numbers, thresholds and decision (store attrs ``dtype_check``; deterministic).
-    """
+def measure_dtypes(manifest: dict, options: CaptureOptions, prompt_sets: dict) -> dict:
+    """The agreement check of an ``AUTO_BF16`` dtype on the first ``capture.dtype_check_prompts`` prompts of each
+    prompt set (``prompt_sets``: name, e.g. the task -> (prompts, meta)); return its record: the numbers of each
+    set and of all together, the thresholds and the dtype chosen (deterministic)."""
     if options.dtype != AUTO_BF16:
-        raise ValueError(f"settle_dtype decides {AUTO_BF16!r} only, got {options.dtype!r}")
-    sample = prompts[: options.dtype_check_prompts]
-    model, shape = load_capture_model(manifest, "float32", options.device)
-    reference, seconds_f32 = check_outputs(model, shape, sample, meta, options)
-    del model
-    gc.collect()
-    model, shape = load_capture_model(manifest, "bfloat16", options.device)
-    candidate, seconds_bf16 = check_outputs(model, shape, sample, meta, options)
-    numbers = compare_outputs(reference, candidate)
+        raise ValueError(f"the dtype check decides {AUTO_BF16!r} only, got {options.dtype!r}")
+    samples = {name: (prompts[: options.dtype_check_prompts], meta) for name, (prompts, meta) in prompt_sets.items()}
+    runs, seconds = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        model, shape = load_capture_model(manifest, dtype, options.device)
+        runs[dtype], seconds[dtype] = {}, []
+        for name, (sample, meta) in samples.items():
+            runs[dtype][name], per_prompt = check_outputs(model, shape, sample, meta, options)
+            seconds[dtype].append(per_prompt)
+        del model
+        gc.collect()
+    per_set = {name: compare_outputs(runs["float32"][name], runs["bfloat16"][name]) for name in samples}
+    total = sum(numbers["prompts"] for numbers in per_set.values())
+    numbers = {
+        "prompts": total,
+        "prediction_agreement": sum(n["prediction_agreement"] * n["prompts"] for n in per_set.values()) / total,
+        "max_kernel_diff": max(n["max_kernel_diff"] for n in per_set.values()),
+        "mean_kernel_diff": sum(n["mean_kernel_diff"] * n["prompts"] for n in per_set.values()) / total,
+        "max_label_logit_diff": max(n["max_label_logit_diff"] for n in per_set.values()),
+    }
     accept = (
         numbers["prediction_agreement"] >= options.dtype_check_min_agreement
         and numbers["max_kernel_diff"] <= options.dtype_check_max_kernel_diff
     )
     chosen = "bfloat16" if accept else "float32"
-    record = {
+    log.info(
+        "capture.dtype auto: bfloat16 against float32 on %d prompts (%s): ŷ agreement %.3f (need >= %.3f), max "
+        "|Δ kernel weight| %.4f (allowed %.4f), %.3f s vs %.3f s per prompt: %s",
+        total, ", ".join(samples), numbers["prediction_agreement"], options.dtype_check_min_agreement,
+        numbers["max_kernel_diff"], options.dtype_check_max_kernel_diff, float(np.mean(seconds["bfloat16"])),
+        float(np.mean(seconds["float32"])), chosen,
+    )  # fmt: skip
+    return {
         "requested": "auto",
         "candidate": "bfloat16",
         **numbers,
+        "per_set": per_set,
         "min_agreement": options.dtype_check_min_agreement,
         "max_kernel_diff_allowed": options.dtype_check_max_kernel_diff,
         "chosen": chosen,
     }
-    log.info(
-        "capture.dtype auto: bfloat16 against float32 on %d prompts: ŷ agreement %.3f (need >= %.3f), max |Δ kernel "
-        "weight| %.4f (allowed %.4f), %.3f s vs %.3f s per prompt: %s",
-        numbers["prompts"], numbers["prediction_agreement"], options.dtype_check_min_agreement,
-        numbers["max_kernel_diff"], options.dtype_check_max_kernel_diff, seconds_bf16, seconds_f32, chosen,
-    )  # fmt: skip
-    if not accept:
-        del model
-        gc.collect()
-        model, shape = load_capture_model(manifest, "float32", options.device)
+
+
+def settle_dtype(
+    manifest: dict, options: CaptureOptions, prompts: list[dict], meta: dict, decision: dict | None = None
+):
+    """Decide an ``AUTO_BF16`` dtype, by ``decision`` (a record of :func:`measure_dtypes`, e.g. the workflow's
+    per-model check) or else by checking ``prompts``; return (model, shape, options, record): the model the capture
+    goes on with, ``options.dtype`` the dtype chosen, ``record`` the check (store attrs ``dtype_check``)."""
+    if options.dtype != AUTO_BF16:
+        raise ValueError(f"settle_dtype decides {AUTO_BF16!r} only, got {options.dtype!r}")
+    record = decision or measure_dtypes(manifest, options, {meta.get("task") or "prompts": (prompts, meta)})
+    chosen = record["chosen"]
+    model, shape = load_capture_model(manifest, chosen, options.device)
     return model, shape, replace(options, dtype=chosen), record
+
+
+def write_dtype_decision(manifest, capture: dict, prompt_files: dict, out_json, threads: int | None = None) -> dict:
+    """The workflow's per-model dtype check: ``capture`` (the config section) resolved for the model; with
+    ``auto`` on a CPU with native bfloat16 the check runs on every prompt set of ``prompt_files`` (name ->
+    (meta.json, prompts.jsonl)), else the record just names the dtype ``auto`` resolves to. Written to ``out_json``.
+    """
+    import json
+
+    import torch
+
+    from kicl.data.models import read_manifest
+    from kicl.fileio import write_text_atomic
+    from kicl.prompts.files import read_prompt_set
+
+    if threads:
+        torch.set_num_threads(threads)
+    manifest = read_manifest(manifest)
+    options = CaptureOptions.from_config(capture, manifest)
+    if options.dtype == AUTO_BF16:
+        sets = {}
+        for name, (meta_path, prompts_path) in prompt_files.items():
+            meta, prompts = read_prompt_set(meta_path, prompts_path)
+            sets[name] = (prompts, meta)
+        record = measure_dtypes(manifest, options, sets)
+    else:
+        record = {"requested": capture.get("dtype", "auto"), "chosen": options.dtype, "checked": False}
+        log.info("capture.dtype %s resolves to %s here: no check", record["requested"], options.dtype)
+    write_text_atomic(out_json, json.dumps(record, indent=1) + "\n")
+    return record

@@ -161,6 +161,7 @@ def run_capture(
     *,
     parts_path: str | Path | None = None,
     simpred_cache: str | Path | None = None,
+    dtype_decision: str | Path | None = None,
     config_attrs: dict | None = None,
     threads: int | None = None,
     on_shard_done: Callable[[str], None] | None = None,
@@ -170,6 +171,9 @@ def run_capture(
     ``manifest`` is the model manifest (kicl.data.models) or a dict with at least ``path`` (a HF folder);
     ``capture`` the ``capture:`` config section; ``config_attrs`` the resolved config recorded in the store.
     Work lands in ``parts_path`` (default: ``<store>.parts`` next to the store), removed after success.
+    ``dtype_decision``: the JSON record of the workflow's per-model dtype check
+    (:func:`kicl.capture.dtype_check.write_dtype_decision`), which settles a ``capture.dtype: auto`` instead of a
+    check of this job's own prompts.
     ``simpred_cache``: root of the shared P(o|x) cache (e.g. ``results/simpred/{model}``; kicl.capture.simpred_cache),
     kept after the run; None keeps P(o|x) in the parts folder, for this job alone.
     """
@@ -189,7 +193,8 @@ def run_capture(
     if options.dtype == AUTO_BF16:
         from kicl.capture.dtype_check import settle_dtype
 
-        model, shape, options, dtype_check = settle_dtype(manifest, options, prompts, meta)
+        decision = json.loads(Path(dtype_decision).read_text()) if dtype_decision else None
+        model, shape, options, dtype_check = settle_dtype(manifest, options, prompts, meta, decision)
     else:
         model, shape = load_capture_model(manifest, options.dtype, options.device)
 
