@@ -595,6 +595,9 @@ def ablation_inputs(wildcards):
             inputs[f"kr_{condition}"] = (
                 f"results/encoder_kr/{encoder}/{wildcards.model}/{wildcards.task}/{condition}.csv"
             )
+            inputs[f"emb_{condition}"] = (
+                f"results/encoders/{encoder}/{wildcards.model}/{wildcards.task}/{condition}.npz"
+            )
     return inputs
 
 

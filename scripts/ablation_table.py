@@ -16,6 +16,7 @@ written = write_condition_outputs(
     task=snakemake.wildcards.task,
     out_dir=Path(snakemake.output.csv).parent,
     kr_csvs={c: getattr(snakemake.input, f"kr_{c}") for c in conditions if hasattr(snakemake.input, f"kr_{c}")},
+    embeddings={c: getattr(snakemake.input, f"emb_{c}") for c in conditions if hasattr(snakemake.input, f"emb_{c}")},
     bootstrap=snakemake.params.bootstrap,
     model=snakemake.wildcards.model,
     pooling=snakemake.params.pooling,

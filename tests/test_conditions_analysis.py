@@ -389,3 +389,33 @@ def test_bandwidth_uses_encoder_cosines_only(tmp_path, base):
     result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
     assert result.bandwidth["condition"].tolist() == ["bm25_enc"]
     assert result.bandwidth["mean_demo_similarity"].iloc[0] == pytest.approx(0.25)
+
+
+def test_mean_demo_similarity_from_the_prompt_file_embeddings(tmp_path):
+    from kicl.prompts.files import read_prompt_records
+
+    store, prompts = _condition(tmp_path, "paper")
+    records = read_prompt_records(prompts)
+    texts = sorted({r["test_text"] for r in records} | {d["text"] for r in records for d in r["demos"]})
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(texts), 5))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.savez(tmp_path / "emb.npz", texts=np.array(texts), embeddings=vectors.astype(np.float32))
+    row = {t: i for i, t in enumerate(texts)}
+    expected = np.mean(
+        [np.mean([vectors[row[d["text"]]] @ vectors[row[r["test_text"]]] for d in r["demos"]]) for r in records]
+    )
+    result = compare_conditions(
+        {"paper": store}, {"paper": prompts}, {"paper": {}}, "paper", "t", embeddings={"paper": tmp_path / "emb.npz"}
+    )
+    assert result.metrics.iloc[0]["mean_demo_similarity"] == pytest.approx(expected, abs=1e-5)
+    np.savez(tmp_path / "stale.npz", texts=np.array(texts[:3]), embeddings=vectors[:3].astype(np.float32))
+    with pytest.raises(ConditionError, match="stale.npz has no embedding of the text"):
+        compare_conditions(
+            {"paper": store},
+            {"paper": prompts},
+            {"paper": {}},
+            "paper",
+            "t",
+            embeddings={"paper": tmp_path / "stale.npz"},
+        )

@@ -127,12 +127,29 @@ def _measured_wrong_labels(records, protocol: dict, where: str) -> tuple[np.ndar
     return wrong, known
 
 
-def encoder_similarity(records, prompts) -> np.ndarray:
+def encoder_similarity(records, prompts, embeddings=None) -> np.ndarray:
     """Per prompt: the mean encoder cosine of its demonstrations to the test input (NaN without one).
 
-    ``demo_encoder_similarity`` where a record has it; else ``demo_similarity`` when the prompt set's meta.json
-    (next to `prompts`) says ``demo_similarity_kind: encoder`` or names no kind (BM25 scores and the model's own
-    kernel are on other scales and are not mixed into the bandwidth curve)."""
+    From ``embeddings`` (the prompt file's sentence embeddings, kicl.analysis.encoder_embed: the same encoder for
+    every condition, so random demonstrations get a point too) when given; else ``demo_encoder_similarity`` where
+    a record has it, or ``demo_similarity`` when the prompt set's meta.json (next to `prompts`) says
+    ``demo_similarity_kind: encoder`` or names no kind (BM25 scores and the model's own kernel are on other scales
+    and are not mixed into the bandwidth curve)."""
+    if embeddings is not None:
+        with np.load(embeddings) as data:
+            row = {str(text): i for i, text in enumerate(data["texts"])}
+            vectors = data["embeddings"].astype(np.float64)
+        try:
+            return np.array(
+                [
+                    np.mean([vectors[row[d["text"]]] @ vectors[row[rec["test_text"]]] for d in rec["demos"]])
+                    if rec["demos"]
+                    else np.nan
+                    for rec in records
+                ]
+            )
+        except KeyError as error:
+            raise ConditionError(f"{embeddings} has no embedding of the text {error} of {prompts} (stale?)") from None
     meta_path = Path(prompts).with_name("meta.json")
     kind = read_meta(meta_path).get("demo_similarity_kind", "encoder") if meta_path.exists() else "encoder"
     out = np.full(len(records), np.nan)
@@ -149,6 +166,7 @@ def load_condition(
     prompts,
     protocol: dict,
     kr_csv=None,
+    embeddings=None,
     *,
     pooling: str = "max",
     ties: str = "lowest",
@@ -182,7 +200,7 @@ def load_condition(
         )
     kw = ds["kernel_weight"].sel(pooling=pooling).values.astype(np.float32)  # (N, L, H, D)
     wrong, known = _measured_wrong_labels(records, protocol or {}, f"condition {name!r} ({prompts})")
-    similarity = encoder_similarity(records, prompts)
+    similarity = encoder_similarity(records, prompts, embeddings)
     encoder = {}
     if kr_csv is not None:
         frame = pd.read_csv(kr_csv).set_index("test_index")
@@ -588,6 +606,7 @@ def compare_conditions(
     task: str,
     *,
     kr_csvs: dict | None = None,
+    embeddings: dict | None = None,
     bootstrap: dict | None = None,
     pooling: str = "max",
     ties: str = "lowest",
@@ -595,15 +614,16 @@ def compare_conditions(
     heatmap_splits=("select", "heldout"),
     aliases: dict | None = None,
 ) -> ConditionResults:
-    """All numbers of the ablation stage. `stores`, `prompts`, `protocols`, `kr_csvs`: condition -> forward store,
-    prompts.jsonl, effective protocol dict, encoder-KR CSV (optional per condition); `bootstrap`: config
-    analysis.bootstrap; `points`: the test points of accuracy-type numbers ('all' or 'heldout')."""
+    """All numbers of the ablation stage. `stores`, `prompts`, `protocols`, `kr_csvs`, `embeddings`: condition ->
+    forward store, prompts.jsonl, effective protocol dict, encoder-KR CSV and sentence embeddings of the prompt
+    file (both optional per condition); `bootstrap`: config analysis.bootstrap; `points`: the test points of
+    accuracy-type numbers ('all' or 'heldout')."""
     names = list(stores)
     for what, mapping in (("prompts", prompts), ("protocols", protocols)):
         missing = [n for n in names if n not in mapping]
         if missing:
             raise ConditionError(f"no {what} for condition(s) {missing}")
-    kr_csvs = kr_csvs or {}
+    kr_csvs, embeddings = kr_csvs or {}, embeddings or {}
     loaded = {
         name: load_condition(
             name,
@@ -611,6 +631,7 @@ def compare_conditions(
             prompts[name],
             protocols[name],
             kr_csvs.get(name),
+            embeddings.get(name),
             pooling=pooling,
             ties=ties,
         )
