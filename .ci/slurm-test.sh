@@ -291,6 +291,74 @@ for name in names:
 PY
 say "OK: Table 3 through Slurm ($n_sbatch sbatch submissions) equals the local run"
 
+# ---------------------------------------------------------------- 3b. forward passes and an ablation table
+# Two conditions of a tiny random Llama on a tiny local task, through Slurm: the forward pass's resource
+# functions (memory and time from the model and the prompt file), the dtype check and the condition paths are
+# exercised by real submissions. The profile's GPU partition placeholder is replaced for forward_pass here.
+WORK=$STATE/work-conditions
+mkdir -p "$WORK"
+"$ROOT/.venv/bin/python" - "$STATE" <<'PY'
+"""A tiny random Llama with its tokenizer, and a two-class local task, for the Slurm conditions run."""
+import json, pathlib, sys
+
+sys.path.insert(0, "tests")
+import numpy as np
+from forward_fixtures import CONTENT, make_model_folder
+
+state = pathlib.Path(sys.argv[1])
+make_model_folder(state / "tiny-model", "llama")
+data = state / "toy-task"
+data.mkdir()
+rng = np.random.default_rng(0)
+for split, n in [("train", 40), ("validation", 24)]:
+    rows = [{"text": " ".join(rng.choice(CONTENT, 3)), "label": int(rng.integers(0, 2))} for _ in range(n)]
+    (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+PY
+cat >"$STATE/conditions-ci.yaml" <<YAML
+run: {models: [tiny], tasks: [toy], encoders: [], conditions: [paper, flipped_labels]}
+models: {tiny: {source: local, local: {path: "$STATE/tiny-model"}, dtype: float32, device: cpu}}
+tasks:
+  toy:
+    source: local
+    local: {dir: "$STATE/toy-task"}
+    eval_split: validation
+    demo_split: train
+    label_names: [negative, positive]
+    verbalizers: [" negative", " positive"]
+    template: {input_prefix: "Input: ", output_prefix: " Output:", delimiter: "\n"}
+protocol: {n_demos: 3, n_select: 12, n_heldout: 12}
+capture: {kv_prompts: 0, batch_size: 4, shard_size: 8}
+ablation: {tasks: [toy], head_maps: []}
+causal: {tasks: []}
+theory_icl: {enabled: false}
+analysis: {bootstrap: {n_boot: 50}}
+YAML
+say "forward passes and an ablation table of two conditions (tiny model) through Slurm"
+t=$(date +%s)
+bounded 900 "$STATE/log/snakemake-conditions.log" "${SNAKEMAKE[@]}" -s "$ROOT/Snakefile" -d "$WORK" \
+    --configfile "$ROOT/config.yaml" "$STATE/conditions-ci.yaml" "${SLURM_CI_ARGS[@]}" \
+    --set-resources forward_pass:slurm_partition=debug results/ablation/tiny/toy/conditions.csv
+say "conditions run: snakemake exited $RC after $(($(date +%s) - t)) s"
+[ $RC -eq 0 ] || die "the conditions run through Slurm failed (log: snakemake-conditions.log)"
+for rule in dtype_check forward_pass ablation_table; do
+    grep -q "slurm_logs/rule_$rule" "$STATE/log/snakemake-conditions.log" || die "no Slurm job of rule $rule"
+done
+n_forward=$(grep -c "^rule forward_pass:" "$STATE/log/snakemake-conditions.log" || true)
+[ "$n_forward" -eq 2 ] || die "expected 2 forward_pass jobs (one per condition), saw $n_forward"
+for condition in paper flipped_labels; do
+    [ -d "$WORK/results/forward/tiny/toy/$condition.zarr" ] || die "no forward store for condition $condition"
+done
+"$ROOT/.venv/bin/python" - "$WORK/results/ablation/tiny/toy/conditions.csv" <<'PY'
+import sys
+import pandas as pd
+
+table = pd.read_csv(sys.argv[1])
+assert list(table["condition"]) == ["paper", "flipped_labels"], table["condition"].tolist()
+assert table["n"].eq(24).all(), table["n"].tolist()
+print(table[["condition", "accuracy", "accuracy_diff", "yhat_change"]].to_string(index=False))
+PY
+say "OK: two conditions' forward passes and their ablation table through Slurm"
+
 # ---------------------------------------------------------------- 4. a failing job is reported, no hang
 WORK=$STATE/work-fail
 mkdir -p "$WORK"
