@@ -30,7 +30,7 @@ rule theory_icl_pretrain:
         "benchmarks/out/theory_icl_pretrain.tsv"
     conda:
         "../envs/theory_icl.yaml"
-    threads: 2
+    threads: 1  # training uses one thread (theory_icl.train.threads): 2 threads were slower under load
     resources:
         mem_mb=2000,
         runtime=lambda wildcards, attempt: 30 * attempt,

@@ -191,7 +191,7 @@ def test_real_minilm_ranks_paraphrases_nearest_and_unrelated_farthest(minilm_dir
 
 def _dry_run_build_prompts(run_workflow, tmp_path, protocol, encoders=()):
     overrides = {
-        "run": {"tasks": ["trec"], "models": ["smollm2-135m"], "encoders": list(encoders)},
+        "run": {"tasks": ["trec"], "models": ["smollm2-135m"], "encoders": list(encoders), "conditions": ["paper"]},
         "protocol": protocol,
     }
     result = run_workflow(tmp_path, overrides, ["results/prompts/smollm2-135m/trec/paper/prompts.jsonl", "-n"])

@@ -9,12 +9,8 @@ size and modification time of its weight and config files), the dtype, the devic
 token ids (int64).
 
 The folder is not a Snakemake output: a new condition or task that shares inputs with earlier jobs reads their
-entries and computes only its new inputs, and no job depends on another through it. Entries are appended in
-shards with unique names (``part-<pid>-<random>.npy`` with the P(o|x) rows, float32, then
-``part-....json`` with their keys, byte size and SHA-256), each written to a temporary name, flushed and
-renamed, the index last. A shard counts only when its index exists and its array matches the recorded size and
-hash, so a half-written or truncated shard is ignored (its inputs are recomputed). Two jobs that compute the
-same input at the same time both write it (duplicate work, no corruption); a reader takes the first valid copy.
+entries and computes only its new inputs, and no job depends on another through it. Entries are appended,
+verified and shared between concurrent jobs by :class:`kicl.row_cache.RowCache`.
 """
 
 from __future__ import annotations
@@ -22,9 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import secrets
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,14 +25,13 @@ import numpy as np
 
 from kicl.capture.options import CaptureError, CaptureOptions
 from kicl.capture.simpred import SIMPRED_SHARD_FACTOR, context_ids, next_token_probs
-from kicl.fileio import TEMP_TAG, fsync_dir, sha256_file
+from kicl.row_cache import RowCache
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the content or layout of a cache shard changes
 MODEL_FILES = (".safetensors", ".bin")  # weight files whose size and mtime identify the weights
 MODEL_META_FILES = ("config.json", "kicl_source.json", "model.safetensors.index.json")
-STALE_TEMP_SECONDS = 24 * 3600  # temporaries older than this were left by a killed job
 
 
 def model_identity(manifest: dict) -> dict:
@@ -88,7 +80,8 @@ def entry_key(ids: Sequence[int]) -> str:
 
 
 class SimpredCache:
-    """P(o|x) rows of input texts for one (model, settings), read from and appended to ``root/<key>/``.
+    """P(o|x) rows of input texts for one (model, settings), read from and appended to ``root/<key>/`` (a
+    :class:`kicl.row_cache.RowCache`: shards with unique names, verified on read, shared by concurrent jobs).
 
     ``options`` are the resolved capture options (dtype must be a concrete dtype); ``meta`` needs ``template``
     when ``options.simpred_context`` is ``template``. ``model`` (optional) is a loaded model in those options'
@@ -103,85 +96,9 @@ class SimpredCache:
         self.model = model
         self.key = cache_key(manifest, options, meta.get("template"))
         self.path = Path(root) / self.key
-        self.path.mkdir(parents=True, exist_ok=True)
-        key_file = self.path / "key.json"
-        if not key_file.exists():
-            fields = cache_key_fields(manifest, options, meta.get("template"))
-            self._durable_write(key_file, json.dumps(fields, indent=1, sort_keys=True, default=str).encode())
-        self._remove_stale_temporaries()
-        self._candidates: dict[str, list[tuple[str, int]]] = {}
-        self._shards: dict[str, np.ndarray | None] = {}  # shard name -> memory map (None: invalid)
-        self._seen: set[str] = set()
+        fields = cache_key_fields(manifest, options, meta.get("template"))
+        self.rows = RowCache(self.path, fields, what="P(o|x)")
         self._ids: dict[str, list[int]] = {}
-        self.refresh()
-
-    # ---- files
-
-    def _durable_write(self, target: Path, data: bytes | np.ndarray) -> None:
-        tmp = target.with_name(f"{target.name}{TEMP_TAG}{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            with open(tmp, "wb") as handle:
-                if isinstance(data, np.ndarray):
-                    np.save(handle, data)
-                else:
-                    handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(self.path)
-
-    def _remove_stale_temporaries(self) -> None:
-        now = time.time()
-        for stale in self.path.glob(f"*{TEMP_TAG}*"):
-            try:
-                if now - stale.stat().st_mtime > STALE_TEMP_SECONDS:
-                    stale.unlink()
-            except FileNotFoundError:
-                pass  # another job removed it
-
-    def refresh(self) -> None:
-        """Read the indexes of shards written since the last look (by this or any other job)."""
-        for index in sorted(self.path.glob("part-*.json")):
-            if TEMP_TAG in index.name or index.name in self._seen:
-                continue
-            self._seen.add(index.name)
-            try:
-                record = json.loads(index.read_text())
-                keys = list(record["keys"])
-            except (OSError, ValueError, KeyError, TypeError):
-                log.warning("P(o|x) cache: ignoring the unreadable index %s", index)
-                continue
-            name = index.with_suffix(".npy").name
-            for row, key in enumerate(keys):
-                self._candidates.setdefault(key, []).append((name, row))
-
-    def _shard(self, name: str) -> np.ndarray | None:
-        """The memory-mapped rows of a shard, or None when it does not match its index (then it is ignored)."""
-        if name not in self._shards:
-            array_path = self.path / name
-            try:
-                record = json.loads(array_path.with_suffix(".json").read_text())
-                valid = array_path.stat().st_size == record["bytes"] and sha256_file(array_path) == record["sha256"]
-                rows = np.load(array_path, mmap_mode="r") if valid else None
-                if rows is not None and (rows.ndim != 2 or len(rows) != len(record["keys"])):
-                    rows = None
-            except (OSError, ValueError, KeyError, TypeError):
-                rows = None
-            if rows is None:
-                log.warning("P(o|x) cache: %s does not match its index; ignoring it", array_path)
-            self._shards[name] = rows
-        return self._shards[name]
-
-    def _lookup(self, key: str) -> np.ndarray | None:
-        for name, row in self._candidates.get(key, ()):
-            rows = self._shard(name)
-            if rows is not None:
-                return rows[row]
-        return None
-
-    # ---- entries
 
     def ids(self, text: str) -> list[int]:
         """The context token ids of ``text`` (:func:`kicl.capture.simpred.context_ids`)."""
@@ -194,7 +111,7 @@ class SimpredCache:
 
     def missing(self, texts: Sequence[str]) -> list[str]:
         """The unique texts among ``texts`` that have no valid entry, in first-seen order."""
-        return [text for text in dict.fromkeys(texts) if self._lookup(entry_key(self.ids(text))) is None]
+        return [text for text in dict.fromkeys(texts) if self.rows.lookup(entry_key(self.ids(text))) is None]
 
     def fill(self, texts: Sequence[str], *, budget: int | None = None, shard_inputs: int | None = None, bar=None):
         """Compute and store the entries of ``texts`` that are missing; return (reused, computed) unique counts.
@@ -204,7 +121,7 @@ class SimpredCache:
         batch (default ``batch_size × 512``). ``bar`` is advanced by every unique input, reused or computed.
         """
         unique = list(dict.fromkeys(texts))
-        self.refresh()
+        self.rows.refresh()
         todo = self.missing(unique)
         if bar is not None:
             bar.update(len(unique) - len(todo))
@@ -214,16 +131,8 @@ class SimpredCache:
             chunk = todo[start : start + shard_inputs]
             encoded = [self.ids(text) for text in chunk]
             probs = next_token_probs(self._model(), encoded, self.options.padding_side, budget, bar)
-            self._write_shard([entry_key(ids) for ids in encoded], probs)
+            self.rows.add([entry_key(ids) for ids in encoded], probs)
         return len(unique) - len(todo), len(todo)
-
-    def _write_shard(self, keys: list[str], probs: np.ndarray) -> None:
-        name = f"part-{os.getpid()}-{secrets.token_hex(8)}"
-        array_path = self.path / f"{name}.npy"
-        self._durable_write(array_path, np.ascontiguousarray(probs, dtype=np.float32))
-        record = {"keys": keys, "bytes": array_path.stat().st_size, "sha256": sha256_file(array_path)}
-        self._durable_write(self.path / f"{name}.json", json.dumps(record).encode())
-        self.refresh()
 
     def _model(self):
         if self.model is None:
@@ -234,7 +143,7 @@ class SimpredCache:
 
     def row(self, text: str) -> np.ndarray:
         """P(o|x) of ``text`` (vocab,) float32, memory-mapped; :meth:`fill` it first (KeyError otherwise)."""
-        found = self._lookup(entry_key(self.ids(text)))
+        found = self.rows.lookup(entry_key(self.ids(text)))
         if found is None:
             raise KeyError(f"P(o|x) of {text!r} is not in the cache {self.path}; fill() it first")
         return np.asarray(found)
@@ -246,7 +155,7 @@ class SimpredCache:
 
     def close(self) -> None:
         """Drop the memory maps (e.g. before the folder is removed)."""
-        self._shards.clear()
+        self.rows.close()
 
 
 def model_kernel_similarity(
