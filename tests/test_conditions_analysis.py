@@ -314,6 +314,12 @@ def test_write_condition_outputs(tmp_path, base):
     assert t1.loc["typos", "paper_accuracy"] == 0.534
     assert "0.534" in paths["table1_md"].read_text() and r"\begin{tabular}" in paths["table1_tex"].read_text()
 
+    from kicl.workflow.summary import headline  # the summary page's headline numbers of the ablation table
+
+    lines = headline(paths["csv"])
+    assert len(lines) == len(specs) and lines[0] == f"ablation / paper: accuracy {table.loc['paper', 'accuracy']:.3f}"
+    assert f"flipped: accuracy {table.loc['flipped', 'accuracy']:.3f}, Δ {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in lines[3]
+
 
 def test_stale_prompt_file_is_named(tmp_path, base):
     """A prompt file whose shown labels are not the store's (one of them stale) stops the stage."""

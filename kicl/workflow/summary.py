@@ -61,7 +61,7 @@ def _task_of(path: Path) -> str:
 
 
 def headline(path) -> list[str]:
-    """Short headline numbers of a CSV the summary knows (verdict, Table 2, Fig 3); [] for any other file."""
+    """Short headline numbers of a CSV the summary knows (verdict, Table 2, Fig 3, conditions); [] for others."""
     path = Path(path)
     if path.suffix != ".csv" or not path.is_file():
         return []
@@ -72,6 +72,17 @@ def headline(path) -> list[str]:
             f"{r.best_baseline_agreement:.3f}, Δ {r.difference:+.3f} "
             f"[{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
             f" — {r.verdict}"
+            for r in frame.itertuples(index=False)
+        ]
+    if path.name == "conditions.csv" and "accuracy_diff" in frame:
+        return [
+            f"{path.parts[-2]} / {r.condition}: accuracy {r.accuracy:.3f}"
+            + (
+                ""
+                if r.is_reference
+                else f", Δ {r.accuracy_diff:+.3f} [{r.accuracy_diff_low:+.3f}, {r.accuracy_diff_high:+.3f}], "
+                f"ŷ changed on {r.yhat_change:.3f}"
+            )
             for r in frame.itertuples(index=False)
         ]
     if path.name == "table2.csv" and "row" in frame:
