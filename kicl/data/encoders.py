@@ -161,7 +161,7 @@ def _text_key(text: str) -> str:
 def embedding_cache_fields(encoder) -> dict:
     """What a cached embedding depends on: the encoder's manifest (its folder's weight files by size and
     modification time) and the sentence-transformers version."""
-    import sentence_transformers
+    from importlib.metadata import version  # not the package itself: a job whose texts are all cached skips it
 
     manifest = dict(read_encoder_manifest(encoder))
     manifest.pop("device", None)
@@ -171,7 +171,7 @@ def embedding_cache_fields(encoder) -> dict:
         for path in sorted(folder.glob("*.safetensors"))
         if path.is_file()
     }
-    return {"encoder": manifest, "sentence_transformers": sentence_transformers.__version__, "normalised": True}
+    return {"encoder": manifest, "sentence_transformers": version("sentence-transformers"), "normalised": True}
 
 
 def embedding_cache_key(fields: dict) -> str:
