@@ -241,3 +241,39 @@ def test_prediction_ties_go_to_the_lowest_label():
 
     logits = np.array([[1.0, 1.0, 0.5], [0.0, 2.0, 2.0], [3.0, 1.0, 3.0]], np.float16)
     assert predict(logits).tolist() == [0, 1, 0]
+
+
+def test_contextual_calibration_logits_are_the_content_free_prompt(tmp_path):
+    """capture.calibration: label_logits_cf equal the logits of the prompt rebuilt with the content-free text as its
+    test input (same demonstrations), and the calibrated ŷ follows log p − log p_cf."""
+    from forward_fixtures import CONTENT, TEMPLATE, VERBALIZERS
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kicl.analysis.conditions import calibrated_prediction
+    from kicl.capture.run import run_capture
+    from kicl.prompts.build import Demo, PieceTokenizer, build_prompt
+    from kicl.store.reader import open_store
+
+    manifest = make_model_folder(tmp_path / "model", "llama", seed=3)
+    meta, prompts = make_prompts(tmp_path / "prompts", tmp_path / "model", n_prompts=5)
+    capture = {"dtype": "float32", "kv_prompts": 0, "calibration": True, "content_free": CONTENT[0]}
+    ds = open_store(run_capture(meta, prompts, manifest, tmp_path / "store.zarr", capture), needs="all")
+    assert "label_logits_cf" in ds and ds.attrs["capture"]["calibration"] is True
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
+    pieces = PieceTokenizer(tokenizer, "test")
+    label_ids = json.loads(meta.read_text())["label_token_ids"]
+    for row, record in enumerate(json.loads(line) for line in prompts.read_text().splitlines()):
+        demos = [Demo(d["pool_index"], d["label"], d["text"]) for d in record["demos"]]
+        content_free = build_prompt(pieces, TEMPLATE, VERBALIZERS, demos, CONTENT[0])["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([content_free])).logits[0, -1, label_ids].numpy()
+        np.testing.assert_allclose(ds["label_logits_cf"].values[row], logits, atol=1e-4)
+    # without calibration the store has no content-free logits
+    plain = open_store(run_capture(meta, prompts, manifest, tmp_path / "plain.zarr", {"dtype": "float32"}), needs="all")
+    assert "label_logits_cf" not in plain
+
+    logits = np.log(np.array([[0.6, 0.4], [0.6, 0.4], [0.2, 0.8]]))
+    content_free = np.log(np.array([[0.7, 0.3], [0.5, 0.5], [0.1, 0.9]]))
+    np.testing.assert_array_equal(calibrated_prediction(logits, content_free), [1, 0, 0])

@@ -86,6 +86,7 @@ class Condition:
     n_known: np.ndarray  # (N,) demonstrations per prompt with a known true label
     demo_sets: list  # per test point: the sorted pool indices of its demonstrations
     encoder: dict = field(default_factory=dict)  # kernel -> (N,) encoder-KR prediction
+    calibrated: np.ndarray | None = None  # (N,) ŷ after contextual calibration (stores with label_logits_cf)
 
     def take(self, order: np.ndarray) -> Condition:
         """The same condition with its test points in `order` (row positions)."""
@@ -100,6 +101,7 @@ class Condition:
             n_labels=self.n_labels,
             demo_sets=[self.demo_sets[i] for i in order],
             encoder={k: v[order] for k, v in self.encoder.items()},
+            calibrated=None if self.calibrated is None else self.calibrated[order],
             **arrays,
         )
 
@@ -229,7 +231,22 @@ def load_condition(
         n_known=known,
         demo_sets=[tuple(sorted(int(d["pool_index"]) for d in r["demos"])) for r in records],
         encoder=encoder,
+        calibrated=calibrated_prediction(ds["label_logits"].values, ds["label_logits_cf"].values)
+        if "label_logits_cf" in ds
+        else None,
     )
+
+
+def calibrated_prediction(logits: np.ndarray, content_free: np.ndarray) -> np.ndarray:
+    """Contextual calibration (Zhao et al. 2021): argmax over labels of log p(y | prompt) − log p(y | the prompt
+    with a content-free test input), both normalised over the label set (ties: lowest label)."""
+
+    def log_softmax(values):
+        values = np.asarray(values, dtype=np.float64)
+        shifted = values - values.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    return (log_softmax(logits) - log_softmax(content_free)).argmax(axis=1).astype(np.int64)
 
 
 def align_conditions(conditions: dict, reference: str) -> dict:
@@ -395,6 +412,10 @@ def condition_metrics(conditions: dict, reference: str, res: Resamples, ties: st
         for kernel, pred in cond.encoder.items():
             _put(row, f"encoder_{kernel}_accuracy", res.interval(pred == cond.gold, held=True))
             _put(row, f"encoder_{kernel}_agreement", res.interval(pred == cond.prediction, held=True))
+        if cond.calibrated is not None:
+            _put(row, "calibrated_accuracy", res.interval(cond.calibrated == cond.gold))
+            _put(row, "calibrated_accuracy_gain", res.paired(cond.calibrated == cond.gold, correct))
+            _put(row, "calibrated_yhat_change", res.interval(cond.calibrated != cond.prediction))
         _put(row, "mean_demo_similarity", res.interval(cond.similarity))
         vote = reconstruct(np.where(cond.demo_label >= 0, 1.0, np.nan), cond.demo_label, cond.n_labels, ties)
         _put(row, "majority_shown_agreement", res.interval(vote == cond.prediction))

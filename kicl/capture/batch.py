@@ -142,3 +142,28 @@ def forward_shard(
                     block = values[k].reshape(shape.n_layers, shape.n_kv_heads, n_demos, len(offsets), shape.head_dim)
                     out[name][slot] = np.where(mask[None, None, :, :, None], block, np.nan)
     return out
+
+
+def content_free_piece(tokenizer, meta: dict, text: str) -> list[int]:
+    """Token ids of the content-free test input ``text`` (e.g. "N/A") as the prompt builder tokenises a test input:
+    the whitespace that ends the template's input prefix goes in front of it (kicl.prompts.pieces)."""
+    from kicl.prompts.pieces import PieceTokenizer, split_trailing_spaces
+
+    _, space = split_trailing_spaces(meta["template"]["input_prefix"])
+    return list(PieceTokenizer(tokenizer).encode(space + text))
+
+
+def content_free_logits(model, prompts: list[dict], meta: dict, options, piece: Sequence[int]) -> np.ndarray:
+    """Label logits (len(prompts), labels) of each prompt with its test input replaced by ``piece`` (the same
+    demonstrations, labels and template): the content-free readout of contextual calibration."""
+    label_ids = torch.as_tensor(meta["label_token_ids"], dtype=torch.long)
+    sequences = [
+        list(p["input_ids"][: p["test_span"][0]]) + list(piece) + list(p["input_ids"][p["test_span"][1] :])
+        for p in prompts
+    ]
+    out = np.empty((len(prompts), len(label_ids)), np.float32)
+    for start in range(0, len(prompts), options.batch_size):
+        rows = list(range(start, min(start + options.batch_size, len(prompts))))
+        result = forward_batch(model, [sequences[r] for r in rows], padding_side=options.padding_side, capture=False)
+        out[rows] = result.logits.float().cpu()[:, label_ids].numpy()
+    return out

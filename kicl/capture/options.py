@@ -36,6 +36,8 @@ class CaptureOptions:
     dtype_check_prompts: int
     dtype_check_min_agreement: float
     dtype_check_max_kernel_diff: float
+    calibration: bool
+    content_free: str
 
     @classmethod
     def from_config(cls, capture: dict | None = None, manifest: dict | None = None) -> CaptureOptions:

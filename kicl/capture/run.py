@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from kicl.capture.adapters import ModelShape, attention_modules, prerope_key_module
-from kicl.capture.batch import BatchResult, forward_batch, prompt_shard
+from kicl.capture.batch import BatchResult, content_free_logits, content_free_piece, forward_batch, prompt_shard
 from kicl.capture.model import load_capture_model, prepare_model
 from kicl.capture.options import AUTO_BF16, PADDING_SIDES, SIMPRED_CONTEXTS, CaptureError, CaptureOptions
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
@@ -217,10 +217,14 @@ def run_capture(
     simpred_record = {"cache": str(cache.path) if simpred_cache else None, "key": cache.key}
 
     n_demos = max(len(p["demos"]) for p in prompts)
+    content_free_ids = content_free_piece(tokenizer, meta, options.content_free) if options.calibration else None
     for index, name in enumerate(shard_names):
         members = prompts[index * options.shard_size : (index + 1) * options.shard_size]
         if name not in done:
-            parts.write_arrays(name, prompt_shard(model, shape, members, meta, options, n_demos, cache.row))
+            arrays = prompt_shard(model, shape, members, meta, options, n_demos, cache.row)
+            if options.calibration:
+                arrays["label_logits_cf"] = content_free_logits(model, members, meta, options, content_free_ids)
+            parts.write_arrays(name, arrays)
             if on_shard_done is not None:
                 on_shard_done(name)
         bar.update(len(members))
@@ -240,7 +244,7 @@ def _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, 
     """Write the finished store from the shards (under a temporary name, renamed at the end)."""
     n, width = len(prompts), max(len(p["input_ids"]) for p in prompts)
     n_kv = min(options.kv_prompts, n)
-    variables = forward_variables(shape.rotary, with_kv=n_kv > 0)
+    variables = forward_variables(shape.rotary, with_kv=n_kv > 0, calibrated=options.calibration)
     sizes = {
         "prompt": n, "layer": shape.n_layers, "head": shape.n_heads, "kv_head": shape.n_kv_heads,
         "position": width, "label": len(meta["label_names"]), "demo": n_demos, "pooling": len(POOLINGS),
@@ -317,6 +321,8 @@ def _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, 
             writer.write("attention", start, shard["attention"])
             for key in ("label_logits", "kernel_weight", "sim_pred", "demo_top_token", "test_top_token"):
                 writer.write(key, start, shard[key])
+            if options.calibration:
+                writer.write("label_logits_cf", start, shard["label_logits_cf"])
             writer.write("prediction", start, predict(shard["label_logits"]))
             n_shard_kv = len(shard["keys"])
             for key in ("keys", "values", "keys_prerope"):

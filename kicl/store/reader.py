@@ -47,7 +47,8 @@ def open_store(path, needs=()) -> xr.Dataset:
         if needs != "all":
             raise ValueError(f"open_store: needs is a list of variable names or 'all', not {needs!r}")
         with_kv = ds.sizes.get("kv_prompt", 0) > 0
-        needs = forward_variables(rotary=bool(ds.attrs.get("rotary", False)), with_kv=with_kv)
+        calibrated = "label_logits_cf" in ds
+        needs = forward_variables(rotary=bool(ds.attrs.get("rotary", False)), with_kv=with_kv, calibrated=calibrated)
     check_variables(ds, needs, where=f"forward store {path}")
     return ds
 

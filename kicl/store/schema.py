@@ -17,10 +17,10 @@ import numpy as np
 
 from kicl.store.pooling import POOLINGS
 
-# when a variable is present: in every store, only when keys/values are kept (capture.kv_prompts > 0), or
-# only then and for a model with rotary position embeddings
-ALWAYS, WITH_KV, ROTARY_KV = "always", "with kv", "with kv, rotary models"
-PRESENCE = (ALWAYS, WITH_KV, ROTARY_KV)
+# when a variable is present: in every store, only when keys/values are kept (capture.kv_prompts > 0), only
+# then and for a model with rotary position embeddings, or only with capture.calibration
+ALWAYS, WITH_KV, ROTARY_KV, CALIBRATED = "always", "with kv", "with kv, rotary models", "with calibration"
+PRESENCE = (ALWAYS, WITH_KV, ROTARY_KV, CALIBRATED)
 #: dtype strings a variable may have; "str" is a variable-length UTF-8 string
 DTYPES = ("float32", "int64", "str")
 FILLS = {"float32": float("nan"), "int64": -1, "str": ""}
@@ -86,6 +86,9 @@ VARIABLES: tuple[Variable, ...] = (
        "next-token logits at the last position for each label's token (`meta.label_token_ids`; first token under "
        "`readout: first_token`)"),
     _v("prediction", "prompt", "int64", "ŷ = argmax of `label_logits` (first label on ties)"),
+    _v("label_logits_cf", "prompt label", "float32",
+       "contextual calibration (Zhao et al. 2021): `label_logits` of the same prompt with the test input replaced "
+       "by the content-free text `capture.content_free`", CALIBRATED),
     _v("demo_label", _PD, "int64", "label of each demonstration"),
     _v("demo_pool_index", _PD, "int64", "row of the demonstration in the demonstration pool"),
     _v("kernel_weight", "prompt pooling layer head demo", "float32",
@@ -135,9 +138,10 @@ def _check_declarations() -> None:
 _check_declarations()
 
 
-def forward_variables(rotary: bool, with_kv: bool) -> dict[str, Variable]:
+def forward_variables(rotary: bool, with_kv: bool, calibrated: bool = False) -> dict[str, Variable]:
     """The data variables a forward store has (coordinates excluded), by name, in declaration order."""
     keep = {ALWAYS} | ({WITH_KV} if with_kv else set()) | ({ROTARY_KV} if with_kv and rotary else set())
+    keep |= {CALIBRATED} if calibrated else set()
     return {v.name: v for v in VARIABLES if v.present in keep}
 
 

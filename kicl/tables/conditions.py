@@ -86,6 +86,10 @@ def condition_table(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
                 "reading": reading(row, reference),
             }
         )
+        if "calibrated_accuracy" in row.index and pd.notna(row["calibrated_accuracy"]):
+            rows[-1]["calibrated accuracy (gain)"] = (
+                f"{_get(row, 'calibrated_accuracy')} ({_get(row, 'calibrated_accuracy_gain', signed=True)})"
+            )
     return pd.DataFrame(rows)
 
 
