@@ -391,10 +391,17 @@ def test_bandwidth_uses_encoder_cosines_only(tmp_path, base):
     for rec in records:
         rec["demo_encoder_similarity"] = [0.25] * len(rec["demos"])
     prompts["bm25_enc"].write_text("".join(json.dumps(rec) + "\n" for rec in records))
-    protocols = {"paper": {}, "bm25": {"demo_strategy": "bm25"}, "bm25_enc": {"demo_strategy": "bm25", "x": 1}}
+    protocols = {
+        "paper": {},
+        "bm25": {"demo_strategy": "bm25"},
+        "bm25_enc": {"demo_strategy": "bm25", "retrieval_pool_size": 9},
+    }
     result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
     assert result.bandwidth["condition"].tolist() == ["bm25_enc"]
     assert result.bandwidth["mean_demo_similarity"].iloc[0] == pytest.approx(0.25)
+    # a condition that also changes anything but the selection (here the labels) is not a bandwidth point
+    protocols["bm25_enc"] = {"demo_strategy": "bm25", "labels": "flipped"}
+    assert compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT).bandwidth.empty
 
 
 def test_mean_demo_similarity_from_the_prompt_file_embeddings(tmp_path):

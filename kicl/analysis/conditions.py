@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: protocol keys whose change only reorders the same demonstrations (an order group)
 ORDER_KEYS = ("order_seed", "demo_order")
+#: protocol keys of demonstration selection: the conditions of the bandwidth curve differ from the reference in
+#: these only
+SELECTION_KEYS = ("demo_strategy", "similarity_band", "retrieval_pool_size", "retrieval_encoder", "dedup_similarity")
 #: protocol keys of the label-noise curve
 LABEL_KEYS = ("labels", "label_noise")
 #: ``labels`` values on the label-noise curve: gold labels (p = 0), a fraction wrong, every label wrong (p = 1)
@@ -489,9 +492,19 @@ def _with_intervals(names) -> list[str]:
     return [f"{n}{s}" for n in names for s in ("", "_low", "_high")]
 
 
-def bandwidth_curve(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy and reconstruction against the mean demonstration similarity, one row per condition that has it."""
+def bandwidth_members(protocols: dict, reference: str) -> list[str]:
+    """The reference and the conditions that differ from it only in how demonstrations are selected
+    (SELECTION_KEYS): the points of the bandwidth curve (label, input and order controls are left out)."""
+    base = _without(protocols[reference], SELECTION_KEYS)
+    return [name for name, protocol in protocols.items() if _without(protocol, SELECTION_KEYS) == base]
+
+
+def bandwidth_curve(metrics: pd.DataFrame, members: list[str] | None = None) -> pd.DataFrame:
+    """Accuracy and reconstruction against the mean demonstration similarity, one row per condition of
+    ``members`` (default: all) that has it."""
     frame = metrics[np.isfinite(metrics["mean_demo_similarity"].astype(float))]
+    if members is not None:
+        frame = frame[frame["condition"].isin(members)]
     cols = ["condition", "differs_from_reference", "n", "n_heldout", "head_ref"]
     cols += _with_intervals(["mean_demo_similarity", "accuracy", "head_ref_agreement"])
     return frame[cols].sort_values("mean_demo_similarity").reset_index(drop=True)
@@ -667,7 +680,7 @@ def compare_conditions(
         task=task,
         metrics=metrics,
         order=order_groups(conditions, reference, res),
-        bandwidth=bandwidth_curve(metrics),
+        bandwidth=bandwidth_curve(metrics, bandwidth_members(protocols, reference)),
         label_noise=label_noise_curve(metrics, protocols, reference),
         table1=table1_analogue(metrics, protocols, reference, task, aliases),
         heads=head_grids(conditions, heatmap_splits),
