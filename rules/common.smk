@@ -616,6 +616,7 @@ def summary_inputs():
         theory_outputs()
         + figure_outputs()
         + table_outputs()
+        + [path for name in FIGURE_RULES + TABLE_RULES for path in pair_outputs(name)]
         + causal_outputs()
         + ablation_outputs()
     )
@@ -640,7 +641,7 @@ def summary_entries(wildcards):
             continue
         proxy = getattr(rules, name)
         benchmark = str(proxy.benchmark) if proxy.rule.benchmark else None
-        outputs, tasks = special.get(name, (lambda: _rule_outputs(name), None))
+        outputs, tasks = special.get(name, (lambda: _entry_files(name), None))
         entries.append(
             {
                 "what": what,
@@ -651,6 +652,12 @@ def summary_entries(wildcards):
             }
         )
     return entries
+
+
+def _entry_files(name):
+    """A figure or table rule's files on the summary page: the run's grid and the theory_icl pair."""
+    pair = pair_outputs(name) if name in FIGURE_RULES + TABLE_RULES else []
+    return list(dict.fromkeys(_rule_outputs(name) + pair))
 
 
 def _benchmark_files(pattern, tasks=None):
@@ -690,19 +697,24 @@ def theory_icl_outputs():
         "results/theory_icl/comparison.png",
         "results/theory_icl/comparison_figure.csv",
     ]
-    chain = [
-        path
-        for name in FIGURE_RULES + TABLE_RULES
-        for path in expand(
-            [str(p) for p in getattr(rules, name).output],
-            model=model,
-            task=task,
-            condition=REFERENCE,
-            encoder=SELECTED_ENCODERS,
-            allow_missing=True,
-        )
-    ]
+    chain = [path for name in FIGURE_RULES + TABLE_RULES for path in pair_outputs(name)]
     return own + list(dict.fromkeys(chain))
+
+
+def pair_outputs(name):
+    """The outputs of a figure or table rule on the theory_icl model and task (reference condition)."""
+    if not THEORY_ICL_PAIR:
+        return []
+    model, task = THEORY_ICL_PAIR
+    files = expand(
+        [str(p) for p in getattr(rules, name).output],
+        model=model,
+        task=task,
+        condition=REFERENCE,
+        encoder=SELECTED_ENCODERS,
+        allow_missing=True,
+    )
+    return list(dict.fromkeys(files))
 
 
 def final_outputs():
