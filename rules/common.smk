@@ -80,7 +80,7 @@ for _name in SELECTED_CONDITIONS:
         _condition_problems.append(f"condition {_name!r}: {error}")
         continue
     _protocol = PROTOCOLS[_name]
-    for _task in CONDITION_TASKS[_name]:
+    for _task in [task for task in CONDITION_TASKS[_name] if task in config["tasks"]]:
         _where = f"condition {_name!r}, task {_task!r}"
         try:
             resolve_protocol(
