@@ -246,59 +246,44 @@ def _retrieved(
     return pool.index.to_numpy()[positions]
 
 
-@register_strategy("nearest")
-def nearest_demos(
-    test: pd.Series,
-    pool: pd.DataFrame,
-    k: int,
-    rng: np.random.Generator,
-    similarities: np.ndarray | None = None,
-    **options,
-) -> np.ndarray:
-    """The k pool examples most similar to the test input (cosine of sentence embeddings, one value per pool
-    row in ``similarities``), by ascending similarity: the most similar is last, next to the test input."""
-    return _retrieved(pool, k, similarities, True, "nearest")
+def _register_ranked(name: str, most_similar: bool, doc: str) -> None:
+    """Register a strategy that takes the k pool rows ranked highest (or lowest) by the injected similarity."""
+
+    def strategy(
+        test: pd.Series,
+        pool: pd.DataFrame,
+        k: int,
+        rng: np.random.Generator,
+        similarities: np.ndarray | None = None,
+        **options,
+    ) -> np.ndarray:
+        return _retrieved(pool, k, similarities, most_similar, name)
+
+    strategy.__name__, strategy.__doc__ = f"{name}_demos", doc
+    register_strategy(name)(strategy)
 
 
-@register_strategy("farthest")
-def farthest_demos(
-    test: pd.Series,
-    pool: pd.DataFrame,
-    k: int,
-    rng: np.random.Generator,
-    similarities: np.ndarray | None = None,
-    **options,
-) -> np.ndarray:
-    """The k pool examples least similar to the test input, by ascending similarity (least similar first)."""
-    return _retrieved(pool, k, similarities, False, "farthest")
-
-
-@register_strategy("bm25")
-def bm25_demos(
-    test: pd.Series,
-    pool: pd.DataFrame,
-    k: int,
-    rng: np.random.Generator,
-    similarities: np.ndarray | None = None,
-    **options,
-) -> np.ndarray:
-    """The k pool examples with the highest BM25 score of the test input (query) against their text, by
-    ascending score (the best last); see :mod:`kicl.prompts.bm25`."""
-    return _retrieved(pool, k, similarities, True, "bm25")
-
-
-@register_strategy("model_kernel")
-def model_kernel_demos(
-    test: pd.Series,
-    pool: pd.DataFrame,
-    k: int,
-    rng: np.random.Generator,
-    similarities: np.ndarray | None = None,
-    **options,
-) -> np.ndarray:
-    """The k pool examples with the largest prediction similarity P(o|x_test)ᵀP(o|x_i) of the model itself (the
-    paper's Eq. 9 kernel), by ascending similarity (the most similar last)."""
-    return _retrieved(pool, k, similarities, True, "model_kernel")
+_register_ranked(
+    "nearest",
+    True,
+    "The k pool examples most similar to the test input (cosine of sentence embeddings, one value per pool row in "
+    "``similarities``), by ascending similarity: the most similar is last, next to the test input.",
+)
+_register_ranked(
+    "farthest", False, "The k pool examples least similar to the test input, by ascending similarity (least first)."
+)
+_register_ranked(
+    "bm25",
+    True,
+    "The k pool examples with the highest BM25 score of the test input (query) against their text, by ascending "
+    "score (the best last); see :mod:`kicl.prompts.bm25`.",
+)
+_register_ranked(
+    "model_kernel",
+    True,
+    "The k pool examples with the largest prediction similarity P(o|x_test)ᵀP(o|x_i) of the model itself (the "
+    "paper's Eq. 9 kernel), by ascending similarity (the most similar last).",
+)
 
 
 @register_strategy("similarity_band")
