@@ -294,7 +294,8 @@ say "OK: Table 3 through Slurm ($n_sbatch sbatch submissions) equals the local r
 # ---------------------------------------------------------------- 3b. forward passes and an ablation table
 # Two conditions of a tiny random Llama on a tiny local task, through Slurm: the forward pass's resource
 # functions (memory and time from the model and the prompt file), the dtype check and the condition paths are
-# exercised by real submissions. The profile's GPU partition placeholder is replaced for forward_pass here.
+# exercised by real submissions. The profile's GPU partition placeholder and its 4 threads (more than this
+# 2-CPU node has: the job would pend forever) are replaced for forward_pass here.
 WORK=$STATE/work-conditions
 mkdir -p "$WORK"
 "$ROOT/.venv/bin/python" - "$STATE" <<'PY'
@@ -335,15 +336,17 @@ analysis: {bootstrap: {n_boot: 50}}
 YAML
 say "forward passes and an ablation table of two conditions (tiny model) through Slurm"
 t=$(date +%s)
-bounded 900 "$STATE/log/snakemake-conditions.log" "${SNAKEMAKE[@]}" -s "$ROOT/Snakefile" -d "$WORK" \
-    --configfile "$ROOT/config.yaml" "$STATE/conditions-ci.yaml" "${SLURM_CI_ARGS[@]}" \
-    --set-resources forward_pass:slurm_partition=debug results/ablation/tiny/toy/conditions.csv
+# the target comes first: --configfile and --set-resources take every value that follows them
+bounded 900 "$STATE/log/snakemake-conditions.log" "${SNAKEMAKE[@]}" results/ablation/tiny/toy/conditions.csv \
+    -s "$ROOT/Snakefile" -d "$WORK" "${SLURM_CI_ARGS[@]}" --set-resources forward_pass:slurm_partition=debug \
+    --set-threads forward_pass=1 \
+    --configfile "$ROOT/config.yaml" "$STATE/conditions-ci.yaml"
 say "conditions run: snakemake exited $RC after $(($(date +%s) - t)) s"
-[ $RC -eq 0 ] || die "the conditions run through Slurm failed (log: snakemake-conditions.log)"
+[ $RC -eq 0 ] || { tail -40 "$STATE/log/snakemake-conditions.log"; die "the conditions run through Slurm failed"; }
 for rule in dtype_check forward_pass ablation_table; do
     grep -q "slurm_logs/rule_$rule" "$STATE/log/snakemake-conditions.log" || die "no Slurm job of rule $rule"
 done
-n_forward=$(grep -c "^rule forward_pass:" "$STATE/log/snakemake-conditions.log" || true)
+n_forward=$(grep -cE "^(local)?rule forward_pass:" "$STATE/log/snakemake-conditions.log" || true)
 [ "$n_forward" -eq 2 ] || die "expected 2 forward_pass jobs (one per condition), saw $n_forward"
 for condition in paper flipped_labels; do
     [ -d "$WORK/results/forward/tiny/toy/$condition.zarr" ] || die "no forward store for condition $condition"
