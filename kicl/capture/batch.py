@@ -25,6 +25,11 @@ class BatchResult:
     keys_prerope: np.ndarray | None = None
 
 
+def predict(label_logits: np.ndarray) -> np.ndarray:
+    """ŷ of each prompt: argmax over the label logits taken in float32; a tie goes to the lowest label index."""
+    return np.asarray(label_logits, dtype=np.float32).argmax(axis=-1).astype(np.int64)
+
+
 def forward_batch(
     model,
     sequences: Sequence[Sequence[int]],

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from kicl.capture.batch import forward_shard
+from kicl.capture.batch import forward_shard, predict
 from kicl.capture.model import load_capture_model
 from kicl.capture.options import AUTO_BF16, CaptureOptions
 from kicl.store.pooling import POOLINGS
@@ -41,8 +41,6 @@ def compare_outputs(reference: dict, candidate: dict) -> dict:
     largest and mean |Δ| of the max-pooled kernel weights (layers × heads × demonstrations present);
     ``max_label_logit_diff``: largest |Δ| of a label logit.
     """
-    from kicl.capture.run import predict
-
     agree = predict(reference["label_logits"]) == predict(candidate["label_logits"])
     pooling = POOLINGS.index("max")
     diff = np.abs(reference["kernel_weight"][:, pooling].astype(np.float64) - candidate["kernel_weight"][:, pooling])

@@ -35,7 +35,14 @@ import numpy as np
 import torch
 
 from kicl.capture.adapters import ModelShape, attention_modules, prerope_key_module
-from kicl.capture.batch import BatchResult, content_free_logits, content_free_piece, forward_batch, prompt_shard
+from kicl.capture.batch import (
+    BatchResult,
+    content_free_logits,
+    content_free_piece,
+    forward_batch,
+    predict,
+    prompt_shard,
+)
 from kicl.capture.model import load_capture_model, prepare_model
 from kicl.capture.options import AUTO_BF16, PADDING_SIDES, SIMPRED_CONTEXTS, CaptureError, CaptureOptions
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
@@ -75,11 +82,6 @@ __all__ = [
     "register_capture_attention",
     "run_capture",
 ]
-
-
-def predict(label_logits: np.ndarray) -> np.ndarray:
-    """ŷ of each prompt: argmax over the label logits taken in float32; a tie goes to the lowest label index."""
-    return np.asarray(label_logits, dtype=np.float32).argmax(axis=-1).astype(np.int64)
 
 
 def read_prompts(meta_path: str | Path, prompts_path: str | Path) -> tuple[dict, list[dict]]:
