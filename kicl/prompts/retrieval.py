@@ -46,8 +46,6 @@ STRATEGY_SIMILARITY = {
 RANKING_STRATEGIES = ("nearest", "farthest", "bm25", "model_kernel")
 #: demonstration orders that sort the chosen set by encoder similarity to the test input
 SORTED_ORDERS = ("ascending", "descending")
-#: kept for the strategies that select by encoder cosine (near-copy removal with protocol.dedup_similarity)
-RETRIEVAL_STRATEGIES = tuple(name for name, kind in STRATEGY_SIMILARITY.items() if kind == "encoder")
 
 
 def selection_similarity(strategy: str) -> str | None:
@@ -83,12 +81,6 @@ def needs_model_kernel(protocol: Mapping) -> bool:
 def needs_bm25(protocol: Mapping) -> bool:
     """Whether building the prompts computes BM25 scores (the bm25s library)."""
     return "bm25" in needed_similarities(protocol)
-
-
-def is_retrieval(strategy: str) -> bool:
-    """Whether a demonstration strategy on its own needs sentence embeddings (:func:`needs_encoder` of a protocol
-    with only this strategy set; use :func:`needs_encoder` on the whole protocol, which also sees demo_order)."""
-    return needs_encoder({"demo_strategy": strategy})
 
 
 def cap_pool(pool: pd.DataFrame, size: int | None, seed: int) -> pd.DataFrame:
