@@ -7,7 +7,8 @@ only (never from the prompts they are scored on):
 * ``constant``: the majority ŷ on select, predicted for every prompt (ties: lowest label id);
 * ``gold_majority``: the majority gold label on select;
 * ``vote``: the unweighted vote of the prompt's demonstration labels (a constant kernel a_i ≡ 1); ties by
-  `analysis.vote_ties` (``lowest`` label id, or the tied label that occurs latest in the prompt: ``recent``);
+  `analysis.vote_ties` (default ``fitted``: the tied label the model predicts most often on select; see
+  kicl.analysis.votes; ``lowest`` credits whichever class has id 0);
 * ``recency``: the label of the prompt's last demonstration;
 * ``position``: a position-only kernel per head, a_i = the head's mean kernel weight at demonstration slot i
   over the select prompts, voted with the prompt's own labels (its content removed, its recency kept).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kicl.analysis.votes import reconstruct
+from kicl.analysis.votes import reconstruct, resolve_ties
 
 BASELINES = ("constant", "gold_majority", "vote", "recency", "position")
 #: fixed-rule baselines (one prediction per prompt, no head involved)
@@ -56,6 +57,7 @@ def fixed_predictions(demo_label, n_labels: int, *, select_prediction, select_go
     """Per-prompt predictions {name: (P,)} of the four fixed-rule baselines for prompts with `demo_label`."""
     demo_label = np.asarray(demo_label)
     n = len(demo_label)
+    ties = resolve_ties(ties, select_prediction, n_labels)
     return {
         "constant": np.full(n, majority(select_prediction, n_labels)),
         "gold_majority": np.full(n, majority(select_gold, n_labels)),

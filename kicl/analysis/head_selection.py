@@ -21,7 +21,7 @@ import pandas as pd
 
 from kicl.analysis.baselines import FIXED_BASELINES, fixed_predictions
 from kicl.analysis.reconstruction import head_predictions
-from kicl.analysis.votes import argmax_votes
+from kicl.analysis.votes import argmax_votes, resolve_ties
 from kicl.store.reader import label_names, open_store, split_mask
 
 REFERENCES = ("prediction", "gold")
@@ -130,7 +130,7 @@ def selection_data(
         held_gold=ds["gold"].values[held],
         held_demo_label=ds["demo_label"].values[held],
         held_prompts=held,
-        ties=ties,
+        ties=resolve_ties(ties, ds["prediction"].values[sel], len(label_names(ds))),
     )
 
 

@@ -18,8 +18,8 @@ import pandas as pd
 import xarray as xr
 
 from kicl.analysis.baselines import FIXED_BASELINES, fixed_predictions, position_kernel, position_predictions
-from kicl.analysis.votes import argmax_votes, label_votes, permute_within_prompts, reconstruct
-from kicl.store.reader import label_names, prompt_batches
+from kicl.analysis.votes import argmax_votes, label_votes, permute_within_prompts, reconstruct, resolve_ties
+from kicl.store.reader import label_names, prompt_batches, split_mask
 
 __all__ = [
     "head_predictions",
@@ -36,6 +36,7 @@ def head_predictions(ds: xr.Dataset, prompts, pools, batch_size: int = 256, ties
     """ỹ (P, pooling, layer, head) of the sorted `prompts` (row indices)."""
     prompts = np.asarray(prompts, dtype=int)
     n_labels = len(label_names(ds))
+    ties = resolve_ties(ties, ds["prediction"].values[split_mask(ds, ["select"])], n_labels)
     out = np.empty((len(prompts), len(pools), ds.sizes["layer"], ds.sizes["head"]), dtype=np.int64)
     start = 0
     for batch in prompt_batches(prompts, batch_size):

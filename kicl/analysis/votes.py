@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-TIES = ("lowest", "recent")
+TIES = ("fitted", "lowest", "recent")
 
 
 def label_votes(kernel_weight: np.ndarray, demo_label: np.ndarray, n_labels: int) -> np.ndarray:
@@ -28,20 +28,49 @@ def last_occurrence(demo_label: np.ndarray, n_labels: int) -> np.ndarray:
     return np.where(hit, slots[None, :, None], -1).max(1)
 
 
-def argmax_votes(votes: np.ndarray, demo_label: np.ndarray, ties: str = "lowest") -> np.ndarray:
-    """argmax over the last axis of `votes` (P, ..., K) with the tie rule `ties` (see the module docstring)."""
-    if ties == "lowest":
+def tie_priority(predictions, n_labels: int) -> np.ndarray:
+    """The fitted tie rule: (K,) priority of each label = how often the model predicts it on the fitting prompts
+    (`predictions`, −1 ignored), with a small bonus for lower ids so that the order is total."""
+    predictions = np.asarray(predictions, dtype=int)
+    counts = np.bincount(predictions[predictions >= 0], minlength=n_labels)[:n_labels].astype(np.float64)
+    return counts - np.arange(n_labels) / (n_labels + 1.0)
+
+
+def resolve_ties(ties, select_predictions, n_labels: int):
+    """The tie rule to hand to `argmax_votes`: "fitted" becomes the priority fitted on `select_predictions`."""
+    if isinstance(ties, str) and ties == "fitted":
+        return tie_priority(select_predictions, n_labels)
+    return ties
+
+
+def is_tie(votes: np.ndarray) -> np.ndarray:
+    """Whether the largest vote of each row (last axis) is shared by two or more labels."""
+    best = votes.max(-1, keepdims=True)
+    return np.isclose(votes, best, rtol=1e-12, atol=1e-12).sum(-1) > 1
+
+
+def argmax_votes(votes: np.ndarray, demo_label: np.ndarray, ties="lowest") -> np.ndarray:
+    """argmax over the last axis of `votes` (P, ..., K) with the tie rule `ties`: "lowest", "recent", or a
+    (K,) priority array (see the module docstring; "fitted" must be turned into one by `tie_priority`)."""
+    if isinstance(ties, str) and ties == "lowest":
         return votes.argmax(-1)
+    best = votes.max(-1, keepdims=True)
+    tied = np.isclose(votes, best, rtol=1e-12, atol=1e-12)
+    if not isinstance(ties, str):
+        priority = np.asarray(ties, dtype=np.float64)
+        if priority.shape != votes.shape[-1:]:
+            raise ValueError(f"a tie priority needs one value per label ({votes.shape[-1]}), got {priority.shape}")
+        return np.where(tied, priority, -np.inf).argmax(-1)
+    if ties == "fitted":
+        raise ValueError("vote ties 'fitted' need the fitting prompts' predictions: pass tie_priority(...) instead")
     if ties != "recent":
         raise ValueError(f"analysis.vote_ties must be one of {TIES}, got {ties!r}")
     last = last_occurrence(demo_label, votes.shape[-1]).astype(np.float64)
     last = last.reshape(last.shape[:1] + (1,) * (votes.ndim - 2) + last.shape[1:])
-    best = votes.max(-1, keepdims=True)
-    tied = np.isclose(votes, best, rtol=1e-12, atol=1e-12)
     return np.where(tied, last, -np.inf).argmax(-1)
 
 
-def reconstruct(kernel_weight: np.ndarray, demo_label: np.ndarray, n_labels: int, ties: str = "lowest") -> np.ndarray:
+def reconstruct(kernel_weight: np.ndarray, demo_label: np.ndarray, n_labels: int, ties="lowest") -> np.ndarray:
     """ỹ per prompt (and per pooling/layer/head when those axes are present)."""
     return argmax_votes(label_votes(kernel_weight, demo_label, n_labels), demo_label, ties)
 
