@@ -65,12 +65,38 @@ def condition_errors(config: Mapping, schema=None, names: list[str] | None = Non
     return problems
 
 
+def decision_partner(config: Mapping) -> str | None:
+    """The label-flip condition of the decision rule (`analysis.decision.partner`), or None."""
+    return config.get("analysis", {}).get("decision", {}).get("partner")
+
+
+def selected_conditions(config: Mapping) -> list[str]:
+    """``run.conditions``, plus the decision rule's label-flip partner where it is not selected."""
+    selected = list(config["run"]["conditions"])
+    partner = decision_partner(config)
+    return selected + ([partner] if partner and partner not in selected else [])
+
+
 def condition_tasks(config: Mapping) -> dict[str, list[str]]:
-    """Selected condition -> the tasks it runs on: the reference on every ``run.tasks``, the others on
-    ``ablation.tasks`` (those that are in ``run.tasks``), in selection order."""
+    """Selected condition -> the tasks it runs on: the reference and the decision rule's label-flip partner on
+    every ``run.tasks``, the others on ``ablation.tasks`` (those that are in ``run.tasks``), in selection order."""
     tasks = list(config["run"]["tasks"])
-    reference = config["ablation"]["reference"]
+    everywhere = {config["ablation"]["reference"], decision_partner(config)}
     ablation_tasks = [task for task in config["ablation"]["tasks"] if task in tasks]
     return {
-        condition: (tasks if condition == reference else ablation_tasks) for condition in config["run"]["conditions"]
+        condition: (tasks if condition in everywhere else ablation_tasks) for condition in selected_conditions(config)
     }
+
+
+def partner_problems(protocols: Mapping[str, Mapping], reference: str, partner: str | None) -> list[str]:
+    """The label-flip partner must be the reference's protocol with `labels: flipped` and nothing else changed."""
+    if not partner or partner not in protocols or reference not in protocols:
+        return []
+    expected = {**protocols[reference], "labels": "flipped"}
+    differing = sorted(k for k in set(expected) | set(protocols[partner]) if expected.get(k) != protocols[partner].get(k))
+    if not differing:
+        return []
+    return [
+        f"analysis.decision.partner: condition {partner!r} must be the reference {reference!r} with every shown "
+        f"label flipped (labels: flipped) and nothing else changed; it differs in {', '.join(differing)}"
+    ]

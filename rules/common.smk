@@ -36,15 +36,26 @@ SELECTED_MODELS = list(config["run"]["models"])
 SELECTED_ENCODERS = list(config["run"]["encoders"])
 
 # ---- Experimental conditions (config conditions:, run.conditions, ablation:): each a set of protocol overrides
-from kicl.conditions import condition_errors, condition_protocol, condition_tasks
+from kicl.conditions import (
+    condition_errors,
+    condition_protocol,
+    condition_tasks,
+    decision_partner,
+    partner_problems,
+    selected_conditions,
+)
 from kicl.prompts.build import PromptError, resolve_protocol
 from kicl.prompts.ood import RewritesFileError, check_rewrites_file, rewrites_path
 from kicl.prompts.retrieval import needs_encoder, needs_model_kernel
 
-SELECTED_CONDITIONS = list(config["run"]["conditions"])
+SELECTED_CONDITIONS = selected_conditions(
+    config
+)  # run.conditions + the decision rule's label-flip partner
 REFERENCE = config["ablation"]["reference"]
+PARTNER = decision_partner(config)
 _condition_problems = [
-    f"run.conditions: {name!r} is not in the conditions catalog (known: {', '.join(sorted(config['conditions']))})"
+    f"{'run.conditions' if name in config['run']['conditions'] else 'analysis.decision.partner'}: {name!r} is not "
+    f"in the conditions catalog (known: {', '.join(sorted(config['conditions']))})"
     for name in SELECTED_CONDITIONS
     if name not in config["conditions"]
 ]
@@ -102,6 +113,7 @@ for _name in SELECTED_CONDITIONS:
                 )
             except (RewritesFileError, OSError) as error:
                 _condition_problems.append(f"{_where}: {error}")
+_condition_problems += partner_problems(PROTOCOLS, REFERENCE, PARTNER)
 if _condition_problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_condition_problems))
 
@@ -533,6 +545,22 @@ def encoder_kr_csvs(wildcards):
         f"results/encoder_kr/{encoder}/{wildcards.model}/{task}/{wildcards.condition}.csv"
         for encoder, task in encoder_task_pairs(wildcards)
     ]
+
+
+def verdict_inputs(wildcards):
+    """Named stores of the condition's tasks (store_<task>) and, for the reference, of its label-flip partner
+    (partner_<task>)."""
+    path = "results/forward/{model}/{task}/{condition}.zarr"
+    inputs = {}
+    for task in condition_task_list(wildcards):
+        inputs[f"store_{task}"] = path.format(
+            model=wildcards.model, task=task, condition=wildcards.condition
+        )
+        if PARTNER and wildcards.condition == REFERENCE:
+            inputs[f"partner_{task}"] = path.format(
+                model=wildcards.model, task=task, condition=PARTNER
+            )
+    return inputs
 
 
 def table2_inputs(wildcards):

@@ -112,7 +112,7 @@ rule table_encoder_kr:
 
 rule verdict:
     input:
-        table2="results/tables/{model}/{condition}/table2.csv",
+        unpack(verdict_inputs),
     output:
         csv=report(
             "results/tables/{model}/{condition}/verdict.csv",
@@ -128,13 +128,18 @@ rule verdict:
             subcategory="{model} / {condition}",
             labels={"table": "verdict", "output": "Markdown"},
         ),
+        heads="results/tables/{model}/{condition}/verdict_heads.csv",
     log:
         "logs/verdict/{model}/{condition}.log",
-    localrule: True
+    benchmark:
+        "benchmarks/out/verdict/{model}/{condition}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
-        level=lookup(dpath="analysis/bootstrap/level", within=config),
+        tasks=condition_task_list,
+        decision=lookup(dpath="analysis/decision", within=config),
+        pooling=lookup(dpath="analysis/table_pooling", within=config),
+        vote_ties=lookup(dpath="analysis/vote_ties", within=config),
     script:
         "../scripts/verdict.py"
 

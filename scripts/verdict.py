@@ -1,8 +1,19 @@
-"""Snakemake adapter: the verdict table (selected head vs the attention-free baselines) from Table 2's CSV."""
+"""Snakemake adapter: the decision rule's verdict per task (kicl.tables.verdict) from the forward stores."""
 
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
+from kicl.analysis.decision import DecisionRule
 from kicl.tables.verdict import write_verdict
 
-write_verdict([snakemake.input.table2], snakemake.output.csv, snakemake.output.md, level=snakemake.params.level)
+tasks = snakemake.params.tasks
+write_verdict(
+    snakemake.wildcards.model,
+    snakemake.wildcards.condition,
+    stores={task: snakemake.input[f"store_{task}"] for task in tasks},
+    partners={task: snakemake.input[f"partner_{task}"] for task in tasks if f"partner_{task}" in snakemake.input.keys()},
+    rule=DecisionRule.from_config(snakemake.params.decision),
+    pooling=snakemake.params.pooling,
+    ties=snakemake.params.vote_ties,
+    out={"csv": snakemake.output.csv, "md": snakemake.output.md, "heads": snakemake.output.heads},
+)

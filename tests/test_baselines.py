@@ -23,7 +23,6 @@ from kicl.analysis.reconstruction import permutation_null, reconstruction_scores
 from kicl.analysis.votes import permute_within_prompts
 from kicl.store.reader import open_store
 from kicl.store.synthetic import Planted, make_synthetic_store
-from kicl.tables.verdict import verdict_line, verdict_table
 
 # ---------------------------------------------------------------- analysis stays plot-free
 
@@ -211,66 +210,10 @@ def test_paired_p_value():
     assert paired_p_value(np.r_[np.full(50, -0.1), np.full(50, 0.1)]) == 1.0
 
 
-# ---------------------------------------------------------------- verdicts from constructed numbers
-
-
-def test_verdict_lines():
-    scores = {"vote": 0.6, "recency": 0.8, "constant": 0.5}
-    assert verdict_line({"vote": (0.2, 0.1, 0.3), "recency": (0.1, 0.02, 0.2)}, scores) == (
-        "beats every attention-free baseline"
-    )
-    assert verdict_line({"vote": (0.2, 0.1, 0.3), "recency": (0.02, -0.05, 0.1)}, scores) == (
-        "not distinguishable from the last demonstration's label (beats the other 1)"
-    )
-    assert verdict_line(
-        {"vote": (-0.2, -0.3, -0.1), "recency": (0.0, -0.1, 0.1), "constant": (0.3, 0.2, 0.4)}, scores
-    ) == (
-        "below the unweighted vote of the demonstration labels; not distinguishable from the last demonstration's label"
-    )
-
-
-def test_verdict_table_picks_best_baseline():
-    rows = [
-        {
-            "model": "m",
-            "task": "t",
-            "row": "recon_agreement",
-            "value": 0.9,
-            "ci_low": 0.8,
-            "ci_high": 0.95,
-            "n": 50,
-            "head": "L1 H2",
-            "p_value": np.nan,
-        }
-    ]
-    for name, value, diff in [
-        ("constant", 0.5, (0.4, 0.3, 0.5)),
-        ("recency", 0.88, (0.02, -0.05, 0.09)),
-        ("vote", 0.6, (0.3, 0.2, 0.4)),
-        ("gold_majority", 0.5, (0.4, 0.3, 0.5)),
-        ("position", 0.7, (0.2, 0.1, 0.3)),
-    ]:
-        rows.append({"model": "m", "task": "t", "row": f"baseline:{name}:agreement", "value": value})
-        rows.append(
-            {
-                "model": "m",
-                "task": "t",
-                "row": f"diff:agreement:{name}",
-                "value": diff[0],
-                "ci_low": diff[1],
-                "ci_high": diff[2],
-                "p_value": 0.4,
-            }
-        )
-    table = verdict_table(pd.DataFrame(rows))
-    row = table.iloc[0]
-    assert row["best_baseline"] == "recency" and row["difference"] == 0.02
-    assert row["verdict"] == "not distinguishable from the last demonstration's label (beats the other 4)"
-
-
 def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     from kicl.figures.fig3_reconstruction import reconstruction_figure
     from kicl.tables.table2 import table2
+    from kicl.analysis.decision import DecisionRule
     from kicl.tables.verdict import write_verdict
     from kicl.workflow.summary import write_summary
 
@@ -281,7 +224,9 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     figs = [fig / "fig3a.png", fig / "fig3b.png", fig / "fig3_reconstruction.csv"]
     reconstruction_figure(planted_store, *figs, pools=["max"], n_permutations=20, title="t")
     table2("m", {"t": planted_store}, {}, tab / "table2.csv", tab / "table2.md", tab / "table2.tex", n_boot=50)
-    write_verdict([tab / "table2.csv"], tab / "verdict.csv", tab / "verdict.md")
+    out = {"csv": tab / "verdict.csv", "md": tab / "verdict.md", "heads": tab / "verdict_heads.csv"}
+    rule = DecisionRule.from_config({"n_boot": 50, "inner_folds": 2})
+    write_verdict("m", "paper", {"t": planted_store}, {}, rule, "max", "fitted", out)
     entries = [
         {"what": "Fig 3", "rule": "fig3_reconstruction", "files": [str(f) for f in figs]},
         {"what": "Verdict", "rule": "verdict", "files": [str(tab / "verdict.csv"), str(tab / "verdict.md")]},
@@ -290,8 +235,9 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     page = (tmp_path / "s.html").read_text()
     assert page.count("data:image/png;base64,") == 2
     assert "best L1 H2 1.000" in page and "null q" in page
-    assert "beats every attention-free baseline" in page  # planted head vs every baseline
-    assert "beats every attention-free baseline" in (tmp_path / "s.md").read_text()
+    line = pd.read_csv(tab / "verdict.csv")["verdict"].iloc[0]
+    assert line.startswith("undecided — open: label invariance (no label-flip partner)")  # the planted head wins
+    assert line in page and line in (tmp_path / "s.md").read_text()
 
 
 def test_prompt_file_baselines_by_hand():

@@ -10,7 +10,7 @@ from kicl.analysis.invariance import cross_products, residual_weights
 from kicl.analysis.votes import reconstruct, tie_priority
 
 N_DEMOS, N_NOISE_HEADS = 8, 5
-RULE = dec.DecisionRule(n_boot=200, inner_folds=3)
+RULE = dec.DecisionRule.from_config({"n_boot": 200, "inner_folds": 3})
 
 
 def _world(rng, n):
@@ -118,3 +118,11 @@ def test_statuses_read_the_interval():
     assert dec.invariance_status(0.2, 0.45, 0.5) == dec.MISSED
     assert dec.decision_of([dec.MET, dec.OPEN]) == "undecided"
     assert dec.prompts_to_decide(0.0, 0.2, RULE) < np.inf
+
+
+def test_the_rule_reads_every_key_of_its_schema_section():
+    from dataclasses import fields
+
+    from kicl.config import defaults_for
+
+    assert {f.name for f in fields(dec.DecisionRule)} | {"partner"} == set(defaults_for("analysis")["decision"])

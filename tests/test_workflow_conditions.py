@@ -11,7 +11,7 @@ from conftest import REPO
 from test_encoder_embed import tiny_encoder  # noqa: F401 (fixture)
 from test_workflow_figures import planned_jobs, tiny_setup  # noqa: F401 (fixture)
 
-from kicl.conditions import PAIRING_KEYS, condition_errors, condition_protocol, condition_tasks
+from kicl.conditions import PAIRING_KEYS, condition_errors, condition_protocol, condition_tasks, partner_problems
 
 
 def _config(**extra) -> dict:
@@ -58,6 +58,18 @@ def test_condition_tasks_reference_everywhere_others_on_ablation_tasks():
     assert condition_tasks(config) == {"paper": ["a", "b"], "near": ["b"]}
 
 
+def test_the_decision_partner_runs_on_every_task_and_must_only_flip_labels():
+    config = _config()
+    config["run"] = {**config["run"], "tasks": ["a", "b"], "conditions": ["paper", "near"]}
+    config["ablation"] = {"reference": "paper", "tasks": ["b"]}
+    config["analysis"] = {"decision": {"partner": "flipped_labels"}}
+    assert condition_tasks(config) == {"paper": ["a", "b"], "near": ["b"], "flipped_labels": ["a", "b"]}
+    paper = {"labels": "gold", "n_demos": 8}
+    assert partner_problems({"paper": paper, "f": {"labels": "flipped", "n_demos": 8}}, "paper", "f") == []
+    [problem] = partner_problems({"paper": paper, "f": {"labels": "flipped", "n_demos": 4}}, "paper", "f")
+    assert problem.startswith("analysis.decision.partner: condition 'f' must be the reference") and "n_demos" in problem
+
+
 def test_bad_conditions_stop_the_dry_run_naming_the_key(run_workflow, tmp_path):
     overrides = {
         "run": {"conditions": ["paper", "missing", "x"]},
@@ -75,6 +87,13 @@ def test_bad_conditions_stop_the_dry_run_naming_the_key(run_workflow, tmp_path):
     ]:
         assert line in text, text[-3000:]
     assert not (result.workdir / "results").exists()
+
+
+def test_a_partner_that_is_not_a_label_flip_stops_the_dry_run(run_workflow, tmp_path):
+    result = run_workflow(tmp_path, {"analysis": {"decision": {"partner": "half_wrong_labels"}}}, ["-n"])
+    assert result.returncode != 0
+    expected = "analysis.decision.partner: condition 'half_wrong_labels' must be the reference 'paper' with every"
+    assert expected in result.stdout + result.stderr
 
 
 def _tree_digest(folder: Path) -> str:

@@ -32,6 +32,7 @@ from kicl.analysis.competitors import (
 )
 from kicl.analysis.invariance import align_partner, correlation, cross_products, residual_weights
 from kicl.analysis.reconstruction import head_predictions
+from kicl.config import defaults_for
 from kicl.store.reader import label_names, open_store, string_values
 
 MET, MISSED, OPEN = "met", "missed", "open"
@@ -39,21 +40,22 @@ MET, MISSED, OPEN = "met", "missed", "open"
 
 @dataclass(frozen=True)
 class DecisionRule:
-    """`analysis.decision` (defaults and meaning in schemas/config.schema.yaml)."""
+    """`analysis.decision` less `partner` (meaning and defaults: schemas/config.schema.yaml, the one source)."""
 
-    margin: float = 0.03
-    alpha: float = 0.05
-    power: float = 0.8
-    invariance_threshold: float = 0.5
-    n_boot: int = 500
-    seed: int = 0
-    inner_folds: int = 3
-    l2: float = 1.0
+    margin: float
+    alpha: float
+    power: float
+    invariance_threshold: float
+    n_boot: int
+    seed: int
+    inner_folds: int
+    l2: float
 
     @classmethod
-    def from_config(cls, section: dict) -> DecisionRule:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in names})
+    def from_config(cls, section: dict | None = None) -> DecisionRule:
+        """The rule from a (partial) `analysis.decision` section, the schema's defaults filling the rest."""
+        values = {**defaults_for("analysis")["decision"], **(section or {})}
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 @dataclass

@@ -1,15 +1,9 @@
-"""The verdict table: per task, does the selected head's reconstruction beat the attention-free baselines?
+"""The verdict table: the decision rule (kicl.analysis.decision, docs/decision-rule.md) per (model, task, condition).
 
-Read from Table 2's long CSV (kicl.tables.table2): the selected head's held-out agreement with ŷ, the best
-attention-free baseline (highest held-out agreement with ŷ), their paired difference with its interval and
-p-value, and a one-line verdict computed from the paired differences against every baseline:
-
-* every interval above 0 -> "beats every attention-free baseline";
-* some interval below 0 -> "below the <baselines>";
-* otherwise -> "not distinguishable from the <baselines whose interval contains 0>" (best first), with the
-  number of baselines it does beat.
-
-The same rule is applied to accuracy against gold (baselines and sentence-encoder KR), in its own column.
+One row per task: the decision (*supports*, *contradicts*, *undecided*), a short line naming the criteria met,
+missed and open, the cross-fitted agreement of the selected head and of the best attention-free competitor,
+their difference with its 1 − 2α interval, the minimum detectable difference and the prompts that would decide,
+and the selected head's label invariance. A second CSV holds every head's numbers behind it.
 """
 
 from __future__ import annotations
@@ -17,129 +11,139 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kicl.analysis.baselines import BASELINES
+from kicl.analysis.decision import MET, MISSED, OPEN, DecisionRule, decide, head_invariance, load_decision_data
 from kicl.fileio import write_text_atomic
-from kicl.tables.table2 import SHORT_LABELS, _encoder_label, to_markdown
+from kicl.tables.table2 import to_markdown
 
-THE = {
-    "constant": "the constant ŷ",
-    "gold_majority": "the gold-majority class",
-    "vote": "the unweighted vote of the demonstration labels",
-    "recency": "the last demonstration's label",
-    "position": "the position-only kernel",
+CRITERIA = {"advantage": "advantage", "label_invariance": "label invariance"}
+COMPETITOR_NAMES = {
+    "constant": "constant ŷ",
+    "vote": "vote (fitted ties)",
+    "recency": "last label",
+    "position": "position-only kernel",
+    "label_sequence": "label-sequence model",
 }
 
 
-def _name(key: str) -> str:
-    return _encoder_label(key) if key.startswith("encoder:") else THE.get(key, SHORT_LABELS.get(key, key))
+def head_label(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
 
 
-def _join(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+def _count(n: float) -> str:
+    return "∞" if not np.isfinite(n) else f"{int(n):,}"
 
 
-def verdict_line(diffs: dict, scores: dict | None = None, what: str = "attention-free baseline") -> str:
-    """One line from paired differences {name: (delta, low, high)} (ordered by `scores` {name: value}, best first)."""
-    if not diffs:
-        raise ValueError("no paired differences to judge")
-    order = sorted(diffs, key=lambda n: -(scores or {}).get(n, 0.0))
-    below = [n for n in order if diffs[n][2] < 0]
-    tied = [n for n in order if diffs[n][1] <= 0 <= diffs[n][2]]
-    beaten = [n for n in order if diffs[n][1] > 0]
-    if len(beaten) == len(order):
-        return f"beats every {what}"
-    if below:
-        line = f"below {_join([_name(n) for n in below])}"
-        return line + (f"; not distinguishable from {_join([_name(n) for n in tied])}" if tied else "")
-    line = f"not distinguishable from {_join([_name(n) for n in tied])}"
-    return line + (f" (beats the other {len(beaten)})" if beaten else "")
+def verdict_line(result: dict) -> str:
+    """'<decision> — met: …; missed: …; open: …' with the MDD and prompts to decide for an open advantage."""
+    parts = []
+    for status in (MISSED, OPEN, MET):
+        names = []
+        for key, name in CRITERIA.items():
+            if result[key] != status:
+                continue
+            if key == "advantage" and status == OPEN:
+                name += f" (MDD {result['mdd']:.3f}, n≈{_count(result['n_to_decide'])})"
+            if key == "label_invariance" and status == OPEN and not np.isfinite(result["invariance"]):
+                name += " (no label-flip partner)"
+            names.append(name)
+        if names:
+            parts.append(f"{status}: {', '.join(names)}")
+    return f"{result['decision']} — {'; '.join(parts)}"
 
 
-def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, task) of a Table 2 long frame."""
-    rows = []
-    for (model, task), sub in frame.groupby(["model", "task"], sort=False):
-        sub = sub.set_index("row")
-        if "recon_agreement" not in sub.index:
-            continue
-        head = sub.loc["recon_agreement"]
-        agree = {
-            b: float(sub.loc[f"baseline:{b}:agreement", "value"])
-            for b in BASELINES
-            if f"baseline:{b}:agreement" in sub.index
+def verdict_row(model: str, task: str, condition: str, result: dict, rule: DecisionRule) -> dict:
+    heads = " / ".join(head_label(*h) for h in result["heads"])
+    return {
+        "model": model,
+        "task": task,
+        "condition": condition,
+        "decision": result["decision"],
+        "verdict": verdict_line(result),
+        "n": result["n"],
+        "heads": heads,
+        "head_stability": result["head_stability"],
+        "competitors": " / ".join(result["competitors"]),
+        **{key: result[key] for key in ("head_agreement", "competitor_agreement", "difference")},
+        **{key: result[key] for key in ("difference_low", "difference_high", "p_value", "discordance", "mdd")},
+        "n_to_decide": result["n_to_decide"],
+        "tie_rate": result["tie_rate"],
+        "advantage": result["advantage"],
+        **{key: result[key] for key in ("invariance", "invariance_low", "invariance_high", "label_invariance")},
+        "margin": rule.margin,
+        "alpha": rule.alpha,
+        "invariance_threshold": rule.invariance_threshold,
+    }
+
+
+def heads_frame(model: str, task: str, condition: str, data) -> pd.DataFrame:
+    """Every head: its agreement with ŷ on each fold and its label invariance."""
+    layer, head = np.divmod(np.arange(data.yt.shape[1]), data.n_heads)
+    agree = data.yt == data.pred[:, None]
+    return pd.DataFrame(
+        {
+            "model": model,
+            "task": task,
+            "condition": condition,
+            "head_id": [head_label(a, b) for a, b in zip(layer, head)],
+            "layer": layer,
+            "head": head,
+            "select_agreement": agree[data.fold == 0].mean(0),
+            "heldout_agreement": agree[data.fold == 1].mean(0),
+            "label_invariance": head_invariance(data),
         }
-        diffs = {b: tuple(sub.loc[f"diff:agreement:{b}", ["value", "ci_low", "ci_high", "p_value"]]) for b in agree}
-        best = max(agree, key=agree.get)
-        acc_keys = [k for k in sub.index if k.startswith("diff:accuracy:")]
-        acc_diffs = {k.split(":", 2)[2]: tuple(sub.loc[k, ["value", "ci_low", "ci_high", "p_value"]]) for k in acc_keys}
-        acc_scores = {}
-        for name in acc_diffs:
-            key = f"baseline:{name}:accuracy" if name in BASELINES else name
-            acc_scores[name] = float(sub.loc[key, "value"]) if key in sub.index else 0.0
-        d, lo, hi, p = diffs[best]
-        rows.append(
-            {
-                "model": model,
-                "task": task,
-                "n_heldout": int(head["n"]),
-                "head": head["head"],
-                "selection_stability": head.get("selection_stability", np.nan),
-                "head_agreement": head["value"],
-                "head_agreement_low": head["ci_low"],
-                "head_agreement_high": head["ci_high"],
-                "best_baseline": best,
-                "best_baseline_agreement": agree[best],
-                "difference": d,
-                "difference_low": lo,
-                "difference_high": hi,
-                "p_value": p,
-                "verdict": verdict_line(diffs, agree),
-                "verdict_vs_gold": verdict_line(acc_diffs, acc_scores, "attention-free baseline or encoder KR")
-                if acc_diffs
-                else "—",
-            }
-        )
-    if not rows:
-        raise ValueError("the Table 2 CSV has no selected-head rows (recon_agreement) to judge")
-    return pd.DataFrame(rows)
+    )
+
+
+def _interval(v, lo, hi, signed=False) -> str:
+    if not np.isfinite(v):
+        return "—"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
 
 
 def verdict_markdown(table: pd.DataFrame) -> str:
     view = pd.DataFrame(
         {
             "task": table["task"],
-            "selected head": table["head"],
-            "head: agreement with ŷ [CI]": [
-                f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-                for v, lo, hi in zip(table["head_agreement"], table["head_agreement_low"], table["head_agreement_high"])
+            "decision": table["decision"],
+            "criteria": [line.split(" — ", 1)[1] for line in table["verdict"]],
+            "head (select / heldout fit)": table["heads"],
+            "best competitor": [" / ".join(COMPETITOR_NAMES[c] for c in s.split(" / ")) for s in table["competitors"]],
+            "Δ agreement [CI]": [
+                _interval(*r, signed=True)
+                for r in zip(table["difference"], table["difference_low"], table["difference_high"])
             ],
-            "best attention-free baseline": [
-                f"{SHORT_LABELS[b]} ({v:.3f})" for b, v in zip(table["best_baseline"], table["best_baseline_agreement"])
+            "MDD": [f"{v:.3f}" for v in table["mdd"]],
+            "label invariance r [CI]": [
+                _interval(*r) for r in zip(table["invariance"], table["invariance_low"], table["invariance_high"])
             ],
-            "Δ [CI], p": [
-                f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], p={p:.3f}"
-                for d, lo, hi, p in zip(
-                    table["difference"], table["difference_low"], table["difference_high"], table["p_value"]
-                )
-            ],
-            "n": table["n_heldout"],
-            "verdict (agreement with ŷ)": table["verdict"],
-            "verdict (accuracy vs gold)": table["verdict_vs_gold"],
+            "vote ties": [f"{v:.2f}" for v in table["tie_rate"]],
+            "n": table["n"],
         }
     )
     return to_markdown(view)
 
 
-def write_verdict(table2_csvs, csv, md, level: float = 0.95) -> pd.DataFrame:
-    """Verdict CSV + Markdown from one or more Table 2 long CSVs."""
-    frame = pd.concat([pd.read_csv(path) for path in table2_csvs], ignore_index=True)
-    table = verdict_table(frame)
-    table.to_csv(csv, index=False, float_format="%.6g")
+def write_verdict(model, condition, stores: dict, partners: dict, rule: DecisionRule, pooling, ties, out) -> None:
+    """verdict.csv, verdict.md and verdict_heads.csv (paths in `out`) for the stores {task: path}; a task with a
+    store in `partners` (its label-flip condition) gets the label-invariance criterion."""
+    rows, heads = [], []
+    for task, store in stores.items():
+        data = load_decision_data(store, pooling, partners.get(task), ties)
+        rows.append(verdict_row(model, task, condition, decide(data, rule), rule))
+        heads.append(heads_frame(model, task, condition, data))
+    table = pd.DataFrame(rows)
+    table.to_csv(out["csv"], index=False, float_format="%.6g")
+    pd.concat(heads).to_csv(out["heads"], index=False, float_format="%.6g")
+    level = int(round((1 - 2 * rule.alpha) * 100))
     caption = (
-        f"Verdict per task: the selected head's held-out agreement with ŷ against the attention-free baselines; "
-        f"Δ = selected head − best baseline, paired {int(level * 100)}% bootstrap interval and p-value (Table 2). "
-        "A verdict says 'beats' only where the paired interval lies above 0."
+        f"Decision rule (docs/decision-rule.md), {model} / {condition}. Cross-fitted: the head and the best "
+        "attention-free competitor are chosen on one split and scored on the other, both ways, so n counts every "
+        f"prompt. Δ = head − best competitor in agreement with ŷ, {level}% nested-bootstrap interval; advantage met "
+        f"if it lies above 0 and not inside ±{rule.margin}, missed if below 0 or inside ±{rule.margin}. Label "
+        f"invariance: the head's residual weight correlation between gold and flipped labels, met if its {level}% "
+        f"interval lies at or above {rule.invariance_threshold}, missed if below. MDD: minimum detectable Δ at "
+        f"{rule.power:.0%} power; n≈: prompts that would decide an open advantage. Vote ties: share of prompts "
+        "whose unweighted label vote ties (broken by the rule fitted on the other split)."
     )
-    parts = [f"## {model}\n\n{verdict_markdown(sub)}" for model, sub in table.groupby("model", sort=False)]
-    write_text_atomic(md, caption + "\n\n" + "\n".join(parts))
-    return table
+    write_text_atomic(out["md"], caption + "\n\n" + verdict_markdown(table))

@@ -68,10 +68,8 @@ def headline(path) -> list[str]:
     frame = pd.read_csv(path)
     if path.name == "verdict.csv":
         return [
-            f"{r.model} / {r.task} / {_task_of(path)}: head {r.head} {r.head_agreement:.3f} vs {r.best_baseline} "
-            f"{r.best_baseline_agreement:.3f}, Δ {r.difference:+.3f} "
-            f"[{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
-            f" — {r.verdict}"
+            f"{r.model} / {r.task} / {r.condition}: {r.verdict}; head {r.heads}, Δ vs best competitor "
+            f"{r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}], MDD {r.mdd:.3f}, n {r.n}"
             for r in frame.itertuples(index=False)
         ]
     if path.name == "conditions.csv" and "accuracy_diff" in frame:
@@ -166,16 +164,19 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
         if table.is_file():
             cols = [
                 "task",
-                "head",
-                "head_agreement",
-                "best_baseline",
-                "best_baseline_agreement",
+                "decision",
+                "verdict",
+                "heads",
+                "competitors",
                 "difference",
                 "difference_low",
                 "difference_high",
-                "p_value",
-                "verdict",
-                "verdict_vs_gold",
+                "mdd",
+                "n_to_decide",
+                "invariance",
+                "invariance_low",
+                "invariance_high",
+                "n",
             ]
             frame = pd.read_csv(table)
             html_table = frame[[c for c in cols if c in frame]].to_html(index=False, float_format="%.3f", border=1)
