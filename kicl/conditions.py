@@ -93,7 +93,8 @@ def partner_problems(protocols: Mapping[str, Mapping], reference: str, partner: 
     if not partner or partner not in protocols or reference not in protocols:
         return []
     expected = {**protocols[reference], "labels": "flipped"}
-    differing = sorted(k for k in set(expected) | set(protocols[partner]) if expected.get(k) != protocols[partner].get(k))
+    actual = protocols[partner]
+    differing = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
     if not differing:
         return []
     return [

@@ -11,7 +11,7 @@ write_verdict(
     snakemake.wildcards.model,
     snakemake.wildcards.condition,
     stores={task: snakemake.input[f"store_{task}"] for task in tasks},
-    partners={task: snakemake.input[f"partner_{task}"] for task in tasks if f"partner_{task}" in snakemake.input.keys()},
+    partners={task: snakemake.input[f"partner_{task}"] for task in tasks if f"partner_{task}" in snakemake.input},
     rule=DecisionRule.from_config(snakemake.params.decision),
     pooling=snakemake.params.pooling,
     ties=snakemake.params.vote_ties,

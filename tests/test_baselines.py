@@ -211,9 +211,9 @@ def test_paired_p_value():
 
 
 def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
+    from kicl.analysis.decision import DecisionRule
     from kicl.figures.fig3_reconstruction import reconstruction_figure
     from kicl.tables.table2 import table2
-    from kicl.analysis.decision import DecisionRule
     from kicl.tables.verdict import write_verdict
     from kicl.workflow.summary import write_summary
 
