@@ -7,11 +7,12 @@ from kicl.analysis.decision import DecisionRule
 from kicl.tables.verdict import write_verdict
 
 tasks = snakemake.params.tasks
+named = dict(snakemake.input.items())  # store_<task>, and partner_<task> for the reference condition
 write_verdict(
     snakemake.wildcards.model,
     snakemake.wildcards.condition,
-    stores={task: snakemake.input[f"store_{task}"] for task in tasks},
-    partners={task: snakemake.input[f"partner_{task}"] for task in tasks if f"partner_{task}" in snakemake.input},
+    stores={task: named[f"store_{task}"] for task in tasks},
+    partners={task: named[f"partner_{task}"] for task in tasks if f"partner_{task}" in named},
     rule=DecisionRule.from_config(snakemake.params.decision),
     pooling=snakemake.params.pooling,
     ties=snakemake.params.vote_ties,
