@@ -32,6 +32,7 @@ from kicl.analysis.competitors import (
 )
 from kicl.analysis.invariance import align_partner, correlation, cross_products, residual_weights
 from kicl.analysis.reconstruction import head_predictions
+from kicl.analysis.votes import reconstruct, resolve_ties
 from kicl.config import defaults_for
 from kicl.store.reader import label_names, open_store, string_values
 
@@ -222,6 +223,35 @@ def decide(d: DecisionData, rule: DecisionRule) -> dict:
     statuses.append(result["label_invariance"])
     result["decision"] = decision_of(statuses)
     return result
+
+
+def span_weights(attention, start, end) -> np.ndarray:
+    """(P, D) max of attention rows (P, T) over each demonstration's positions start..end-1; NaN if absent."""
+    positions = np.arange(attention.shape[1])
+    inside = (positions >= start[..., None]) & (positions < end[..., None])  # (P, D, T)
+    values = np.where(inside, np.nan_to_num(attention)[:, None, :], -np.inf).max(2)
+    return np.where(start >= 0, values, np.nan)
+
+
+def where_it_looks(store, heads, ties="fitted") -> dict:
+    """Diagnostic: cross-fitted agreement with ŷ of the selected heads (one per fold, as chosen by the rule) when
+    their weight is read from the input span alone (max over x_i) or from the label token alone."""
+    needs = ["attention", "input_start", "input_end", "label_pos", "demo_label", "prediction", "split"]
+    ds = open_store(store, needs=needs)
+    labels, pred = ds["demo_label"].values, ds["prediction"].values
+    scored_by = (string_values(ds["split"]) != "heldout").astype(int)  # select prompts are scored by fold 1's head
+    n_labels = len(label_names(ds))
+    ties = resolve_ties(ties, pred[scored_by == 1], n_labels)
+    label_pos = ds["label_pos"].values
+    out = {"input_span": np.zeros(len(pred), bool), "label_token": np.zeros(len(pred), bool)}
+    for fold, (layer, head) in enumerate(heads):
+        rows = np.flatnonzero(scored_by == fold)
+        att = ds["attention"].isel(prompt=rows, layer=layer, head=head).values.astype(np.float64)
+        start, end = ds["input_start"].values[rows], ds["input_end"].values[rows]
+        for name, (a, b) in {"input_span": (start, end), "label_token": (label_pos[rows], label_pos[rows] + 1)}.items():
+            vote = reconstruct(span_weights(att, np.where(start >= 0, a, -1), b), labels[rows], n_labels, ties)
+            out[name][rows] = vote == pred[rows]
+    return {f"agreement_{name}": float(ok.mean()) for name, ok in out.items()}
 
 
 def head_invariance(d: DecisionData) -> np.ndarray:

@@ -11,7 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kicl.analysis.decision import MET, MISSED, OPEN, DecisionRule, decide, head_invariance, load_decision_data
+from kicl.analysis.decision import (
+    MET,
+    MISSED,
+    OPEN,
+    DecisionRule,
+    decide,
+    head_invariance,
+    load_decision_data,
+    where_it_looks,
+)
 from kicl.fileio import write_text_atomic
 from kicl.tables.table2 import to_markdown
 
@@ -117,6 +126,10 @@ def verdict_markdown(table: pd.DataFrame) -> str:
             "label invariance r [CI]": [
                 _interval(*r) for r in zip(table["invariance"], table["invariance_low"], table["invariance_high"])
             ],
+            "head agreement: weights / input span / label token": [
+                " / ".join(f"{v:.3f}" for v in values)
+                for values in table[["head_agreement", "agreement_input_span", "agreement_label_token"]].to_numpy()
+            ],
             "vote ties": [f"{v:.2f}" for v in table["tie_rate"]],
             "n": table["n"],
         }
@@ -130,7 +143,9 @@ def write_verdict(model, condition, stores: dict, partners: dict, rule: Decision
     rows, heads = [], []
     for task, store in stores.items():
         data = load_decision_data(store, pooling, partners.get(task), ties)
-        rows.append(verdict_row(model, task, condition, decide(data, rule), rule))
+        result = decide(data, rule)
+        looks = where_it_looks(store, result["heads"], ties)
+        rows.append({**verdict_row(model, task, condition, result, rule), **looks})
         heads.append(heads_frame(model, task, condition, data))
     table = pd.DataFrame(rows)
     table.to_csv(out["csv"], index=False, float_format="%.6g")
@@ -144,6 +159,8 @@ def write_verdict(model, condition, stores: dict, partners: dict, rule: Decision
         f"invariance: the head's residual weight correlation between gold and flipped labels, met if its {level}% "
         f"interval lies at or above {rule.invariance_threshold}, missed if below. MDD: minimum detectable Δ at "
         f"{rule.power:.0%} power; n≈: prompts that would decide an open advantage. Vote ties: share of prompts "
-        "whose unweighted label vote ties (broken by the rule fitted on the other split)."
+        "whose unweighted label vote ties (broken by the rule fitted on the other split). verdict.csv also gives, "
+        "as a diagnostic of where the selected heads look, their agreement when the weight is read from the input "
+        "span alone or from the label token alone."
     )
     write_text_atomic(out["md"], caption + "\n\n" + verdict_markdown(table))
