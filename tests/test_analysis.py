@@ -10,11 +10,12 @@ import xarray as xr
 from kicl.analysis.attention_map import aligned_attention_map, interpolation_matrix, prompt_segments, resize
 from kicl.analysis.encoder_kr import kernel_regression
 from kicl.analysis.reconstruction import head_reconstruction, label_votes
+from kicl.analysis.stats import bootstrap_mean
 from kicl.figures.fig2_attention_map import attention_map_figure
 from kicl.figures.fig3_reconstruction import reconstruction_figure
 from kicl.store.reader import StoreError, open_store, string_values
 from kicl.store.synthetic import Planted, make_synthetic_store
-from kicl.tables.table2 import bootstrap_ci, paper_value, table2, wide_table
+from kicl.tables.table2 import paper_value, table2, wide_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -155,7 +156,7 @@ def test_bootstrap_interval_covers():
     hits = 0
     for rep in range(200):
         sample = rng.random(150) < 0.7
-        _, low, high = bootstrap_ci(sample, n_boot=400, seed=rep)
+        _, low, high = bootstrap_mean(sample, n_boot=400, seed=rep, level=0.95)
         hits += low <= 0.7 <= high
     assert 0.89 <= hits / 200 <= 0.99
 

@@ -183,7 +183,7 @@ def test_selection_uses_select_and_scores_heldout(tmp_path):
     assert top["select_agreement"] == 1.0 and top["heldout_agreement"] == 0.0
     other = ranking.query("layer == 1 and head == 1").iloc[0]
     assert other["heldout_agreement"] == 1.0 and other["rank"] == len(ranking)
-    res = nested_bootstrap(selection_data(open_store(store), "max"), n_boot=200, seed=0)
+    res = nested_bootstrap(selection_data(open_store(store), "max"), n_boot=200, seed=0, level=0.95)
     assert res["head"] == (0, 0)
     assert res["scores"][("head", "prediction")][0] == 0.0  # scored on heldout, where it always disagrees
     assert res["stability"] == 1.0
@@ -191,7 +191,7 @@ def test_selection_uses_select_and_scores_heldout(tmp_path):
 
 def test_nested_bootstrap_on_planted_store(planted_store):
     data = selection_data(open_store(planted_store), "max")
-    res = nested_bootstrap(data, n_boot=300, seed=0)
+    res = nested_bootstrap(data, n_boot=300, seed=0, level=0.95)
     assert res["head"] == Planted().label_head
     value, low, high = res["scores"][("head", "prediction")]
     assert value == 1.0

@@ -70,6 +70,6 @@ def test_paired_tests_hold_their_size_under_the_null(discordance):
 
 def test_bootstrap_mean_interval_covers_and_shrinks():
     values = np.random.default_rng(0).normal(1.0, 1.0, 400)
-    mean, low, high = stats.bootstrap_mean(values, n_boot=500)
+    mean, low, high = stats.bootstrap_mean(values, n_boot=500, seed=0, level=0.95)
     assert low < 1.0 < high and high - low < 0.3
     assert stats.bootstrap_p(np.r_[np.ones(99), -np.ones(1)]) == pytest.approx(4 / 101)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from kicl.analysis import stats
 from kicl.analysis.baselines import FIXED_BASELINES, fixed_predictions
 from kicl.analysis.reconstruction import head_predictions
 from kicl.analysis.votes import argmax_votes, resolve_ties
@@ -172,23 +173,12 @@ def _statistics(d: SelectionData, count_sel, count_held) -> tuple[dict, np.ndarr
     return scores, pick, preds
 
 
-def _counts(rng, n, n_boot):
-    idx = rng.integers(0, n, (n_boot, n))
-    counts = np.zeros((n_boot, n))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
-    return counts
-
-
 def paired_p_value(diffs) -> float:
-    """Two-sided bootstrap p-value of a difference being 0 (see the module docstring)."""
-    diffs = np.asarray(diffs)
-    b = len(diffs)
-    return float(min(1.0, 2 * min((diffs <= 0).sum() + 1, (diffs >= 0).sum() + 1) / (b + 1)))
+    """Two-sided bootstrap p-value of a difference being 0 (kicl.analysis.stats.bootstrap_p)."""
+    return stats.bootstrap_p(diffs)
 
 
-def nested_bootstrap(
-    d: SelectionData, n_boot: int = 1000, seed: int = 0, level: float = 0.95, nested: bool = True
-) -> dict:
+def nested_bootstrap(d: SelectionData, n_boot: int, seed: int, level: float, nested: bool = True) -> dict:
     """Point estimates, intervals and paired differences for Table 2.
 
     Returns {"head": (layer, head), "select_agreement", "stability" (share of resamples choosing the same
@@ -199,11 +189,10 @@ def nested_bootstrap(
     n_sel, n_held = len(d.sel_pred), len(d.held_pred)
     point, pick, preds = _statistics(d, np.ones((1, n_sel)), np.ones((1, n_held)))
     rng = np.random.default_rng(seed)
-    count_sel = _counts(rng, n_sel, n_boot) if nested else np.ones((n_boot, n_sel))
-    count_held = _counts(rng, n_held, n_boot)
+    count_sel = stats.bootstrap_counts(rng, n_sel, n_boot) if nested else np.ones((n_boot, n_sel))
+    count_held = stats.bootstrap_counts(rng, n_held, n_boot)
     boot, boot_pick, boot_preds = _statistics(d, count_sel, count_held)
-    tail = (1 - level) / 2
-    scores = {key: (float(point[key][0]), *map(float, np.quantile(boot[key], [tail, 1 - tail]))) for key in point}
+    scores = {key: (float(point[key][0]), *stats.percentile_interval(boot[key], level)) for key in point}
     diffs = {}
     for (name, ref), values in boot.items():
         if name in ("head", "icl"):
@@ -211,8 +200,8 @@ def nested_bootstrap(
         delta = boot[("head", ref)] - values
         diffs[(name, ref)] = (
             float(point[("head", ref)][0] - point[(name, ref)][0]),
-            *map(float, np.quantile(delta, [tail, 1 - tail])),
-            paired_p_value(delta),
+            *stats.percentile_interval(delta, level),
+            stats.bootstrap_p(delta),
         )
     flat = int(pick[0])
     select_agreement = float((d.sel_yt[:, flat] == d.sel_pred).mean())

@@ -29,14 +29,14 @@ def bootstrap_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarra
     return counts
 
 
-def percentile_interval(samples, level: float = 0.95, axis: int = 0) -> tuple:
+def percentile_interval(samples, level: float, axis: int = 0) -> tuple:
     """The central `level` percentile interval of bootstrap `samples` along `axis` -> (low, high)."""
     tail = (1 - level) / 2
     low, high = np.quantile(np.asarray(samples, dtype=np.float64), [tail, 1 - tail], axis=axis)
     return (float(low), float(high)) if np.ndim(low) == 0 else (low, high)
 
 
-def bootstrap_mean(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95, axis: int = 0) -> tuple:
+def bootstrap_mean(values, *, n_boot: int, seed: int, level: float, axis: int = 0) -> tuple:
     """Mean of `values` along `axis` with its percentile-bootstrap interval over that axis -> (mean, low, high)."""
     values = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
     if len(values) == 0:

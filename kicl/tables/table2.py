@@ -19,6 +19,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from kicl.analysis import stats
 from kicl.analysis.baselines import (
     BASELINE_LABELS,
     BASELINES,
@@ -74,18 +75,6 @@ def paper_value(row: str, task: str, aliases: dict | None = None):
             return None
     values = PAPER_TABLE2.get(row)
     return None if values is None else values[columns.index(task_key)]
-
-
-def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of `values` with a percentile-bootstrap interval at `level`."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
-        return (np.nan, np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, (n_boot, values.size))].mean(1)
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(values.mean()), float(low), float(high)
 
 
 def encoder_predictions(csv, held_prompts, held_gold, split: str = "heldout") -> dict:
@@ -150,14 +139,13 @@ def lm_rows(
         "pooling": pooling,
     }
     rows = []
-    tail = (1 - level) / 2
     for key, name, ref in _row_keys(encoders):
         value, low, high = res["scores"][(name, ref)]
         extra = classification_scores(res["preds"][name], refs[ref], data.n_labels)
         boot = resampled_classification_scores(
             res["resampled"]["preds"][name], refs[ref], data.n_labels, res["resampled"]["weights"]
         )
-        bounds = {m: np.quantile(boot[m], [tail, 1 - tail]) for m in ("balanced_accuracy", "macro_f1")}
+        bounds = {m: stats.percentile_interval(boot[m], level) for m in ("balanced_accuracy", "macro_f1")}
         rows.append(
             {
                 **base,
@@ -205,8 +193,8 @@ def encoder_rows(
         raise ValueError(f"{csv} has no '{split}' prompts")
     rows = []
     for kernel in ("cosine", "softmax"):
-        value, low, high = bootstrap_ci(
-            frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(), n_boot, seed, level
+        value, low, high = stats.bootstrap_mean(
+            frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(), n_boot=n_boot, seed=seed, level=level
         )
         rows.append(
             {
