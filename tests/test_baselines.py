@@ -259,3 +259,27 @@ def test_prompt_file_baselines_by_hand():
     assert got["vote"]["accuracy"] == pytest.approx(2 / 3)  # votes 1, 0, 1
     assert got["recency"]["accuracy"] == pytest.approx(1 / 3)  # last labels 1, 1, 1
     assert got["vote"]["n"] == 3
+
+
+def test_a_content_free_head_no_longer_beats_the_vote_on_ties():
+    """science-audit-2 H1: ŷ follows the shown majority and says label 1 on 75% of 4-4 ties. With ties going to
+    label id 0 a head with no content and no position signal beat the vote; with the fitted tie rule it does not."""
+    from kicl.analysis.head_selection import SelectionData
+    from kicl.analysis.votes import reconstruct, resolve_ties
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = rng.integers(0, 2, (n, 8))
+        ones = labels.sum(1)
+        pred = np.where(ones == 4, (rng.random(n) < 0.75).astype(int), (ones > 4).astype(int))
+        kw = rng.uniform(0.5, 1.5, (n, 1, 8))
+        return labels, pred, kw, reconstruct(kw, labels, 2, "lowest")
+
+    (sl, sp, skw, syt), (hl, hp, _, hyt) = split(1500), split(1500)
+    for ties, beats in (("lowest", True), ("fitted", False)):
+        data = SelectionData(2, 1, syt, sp, sp, skw, hyt, hp, hp, hl, np.arange(1500), resolve_ties(ties, sp, 2))
+        delta, low, high, _ = nested_bootstrap(data, n_boot=300, seed=0, level=0.95, nested=False)["diffs"][
+            ("vote", "prediction")
+        ]
+        assert (low > 0) is beats, (ties, delta, low, high)

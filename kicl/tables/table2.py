@@ -180,6 +180,10 @@ def lm_rows(
                     "tau": tau if name.endswith(":softmax") else np.nan,
                 }
             )
+    for ref in ("prediction", "gold"):  # one family per reference: the head against every competitor
+        family = [r for r in rows if r["row"].startswith("diff:") and r["reference"] == ref]
+        for row, adjusted in zip(family, stats.holm([r["p_value"] for r in family])):
+            row["p_holm"] = adjusted
     return rows
 
 
@@ -239,11 +243,12 @@ def row_label(key: str, tau=None) -> str:
     return _encoder_label(key, tau)
 
 
-def _cell(value, low, high, p=np.nan) -> str:
+def _cell(value, low, high, p=np.nan, p_holm=np.nan) -> str:
     if not np.isfinite(value):
         return "—"
     if np.isfinite(p):
-        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}] p={p:.3f}"
+        holm = f" (Holm {p_holm:.3f})" if np.isfinite(p_holm) else ""
+        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}] p={p:.3f}{holm}"
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
@@ -274,7 +279,7 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
         for task in tasks:
             if task in sub.index:
                 r = sub.loc[task]
-                row[task] = _cell(r["value"], r["ci_low"], r["ci_high"], r.get("p_value", np.nan))
+                row[task] = _cell(*r[["value", "ci_low", "ci_high"]], r.get("p_value", np.nan), r.get("p_holm", np.nan))
                 paper = r["paper"]
                 row[f"{task} (paper)"] = "—" if pd.isna(paper) else f"{paper:.3f}"
             else:
@@ -386,7 +391,7 @@ def table2(
     level=0.95,
     aliases=None,
     split="heldout",
-    ties="lowest",
+    ties="fitted",
     nested=True,
 ) -> pd.DataFrame:
     """Table 2 for one model: `stores` task -> store path; `encoder_csvs` (encoder, task) -> KR predictions CSV."""
@@ -402,7 +407,8 @@ def table2(
     caption = (
         f"Table 2 ({model}): head chosen on 'select' by agreement with the ICL prediction (pooling '{pooling}'), "
         f"scored on '{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples, {how}); "
-        "Δ rows: paired differences on the same resamples with two-sided bootstrap p-values; "
+        "Δ rows: paired differences on the same resamples with two-sided bootstrap p-values, Holm-adjusted over "
+        "the Δ rows of one task and reference; vote ties broken by the rule fitted on 'select'; "
         "paper = Han et al. Table 2 (GPT-J-6B) where the task matches."
     )
     write_table(frame, csv, md, tex, caption)
