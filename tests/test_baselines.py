@@ -276,7 +276,7 @@ def test_a_content_free_head_no_longer_beats_the_vote_on_ties():
         kw = rng.uniform(0.5, 1.5, (n, 1, 8))
         return labels, pred, kw, reconstruct(kw, labels, 2, "lowest")
 
-    (sl, sp, skw, syt), (hl, hp, _, hyt) = split(1500), split(1500)
+    (_, sp, skw, syt), (hl, hp, _, hyt) = split(1500), split(1500)
     for ties, beats in (("lowest", True), ("fitted", False)):
         data = SelectionData(2, 1, syt, sp, sp, skw, hyt, hp, hp, hl, np.arange(1500), resolve_ties(ties, sp, 2))
         delta, low, high, _ = nested_bootstrap(data, n_boot=300, seed=0, level=0.95, nested=False)["diffs"][
