@@ -243,6 +243,12 @@ if THEORY_ICL["enabled"] and _theory_icl_problems(THEORY_ICL):
     raise WorkflowError(
         "invalid configuration:\n  " + "\n  ".join(_theory_icl_problems(THEORY_ICL))
     )
+_chain_points = config["protocol"]["n_select"] + config["protocol"]["n_heldout"]
+if THEORY_ICL["enabled"] and THEORY_ICL["chain"]["n_eval"] < _chain_points:
+    raise WorkflowError(
+        f"invalid configuration:\n  theory_icl.chain.n_eval: {THEORY_ICL['chain']['n_eval']} test rows cannot give "
+        f"protocol.n_select + protocol.n_heldout = {_chain_points} test points to the chain's task"
+    )
 for _kind, _name in zip(("models", "tasks"), THEORY_ICL_PAIR):
     if _name not in config[_kind]:
         raise WorkflowError(
