@@ -7,6 +7,7 @@ and a hub head; Fig 5: the family-wise probe line.
 import numpy as np
 import pytest
 
+from kicl.analysis.correlation import correlation_stats, demo_hubness, simpred_correlation
 from kicl.analysis.reconstruction import position_null_agreement, reconstruction_frame, reconstruction_scores
 from kicl.analysis.stats import max_t
 from kicl.store.pooling import POOLINGS
@@ -109,3 +110,112 @@ def test_fig3_position_null_size():
         null = position_null_agreement(kw, labels, {"y": yhat}, 2, n_perm, seed=int(rng.integers(1 << 30)))["y"]
         rejections += np.nanmin(max_t(observed, null)["p_max"]) <= 0.05
     assert 0.03 <= rejections / reps <= 0.07
+
+
+# ---------------------------------------------------------------- Fig 4: centred `pairs` null, label and hub heads
+
+
+def test_fig4_pairs_p_is_centred_on_an_off_centre_null():
+    """A prompt-level offset shared by a_i and sim_pred puts the `pairs` null far from 0; a strong NEGATIVE
+    within-prompt link sits below that null (r still > 0) and must get a small p, the no-link head must not."""
+    rng = np.random.default_rng(0)
+    n_prompts, n_demos = 200, 8
+    valid = np.ones((n_prompts, n_demos), bool)
+    length = rng.integers(3, 12, (n_prompts, n_demos)).astype(float)
+    scale = rng.normal(size=(n_prompts, 1))
+    y = scale + 0.5 * rng.normal(size=(n_prompts, n_demos))
+    negative = scale - 0.6 * (y - y.mean(1, keepdims=True)) + 0.3 * rng.normal(size=(n_prompts, n_demos))
+    no_link = scale + 0.5 * rng.normal(size=(n_prompts, n_demos))
+    x = np.stack([negative, no_link], -1)
+    out = correlation_stats(x, y, length, valid, unit="pairs", n_permutations=199, n_boot=20, seed=1)
+    assert out["r"][0] > 0.5 and out["r_null_low"][0] > out["r"][0]  # positive r, yet below its null
+    assert out["r_p"][0] < 0.01 and out["r_p_max"][0] < 0.01
+    assert out["r_p"][1] > 0.05 and out["r_p_max"][1] > 0.05
+    assert out["r_null_centre"][0] > 0.7
+
+
+def fig4_store(path, kernel_weight, sim, labels, prediction, demo_text, seed=0):
+    n_prompts, n_demos = sim.shape
+    kw = np.broadcast_to(kernel_weight[:, None], (n_prompts, len(POOLINGS)) + kernel_weight.shape[1:])
+    return make_synthetic_store(
+        path,
+        n_prompts=n_prompts,
+        n_layers=kernel_weight.shape[1],
+        n_heads=kernel_weight.shape[2],
+        n_demos=n_demos,
+        planted=Planted(label_head=None, simpred_head=None, kv_head=None),
+        kv_prompts=0,
+        seed=seed,
+        overrides={
+            "kernel_weight": kw.astype(np.float32),
+            "sim_pred": sim.astype(np.float32),
+            "demo_label": labels,
+            "prediction": prediction,
+            "demo_text": demo_text,
+        },
+    )
+
+
+def fig4_head(path, head):
+    ds = open_store(path)
+    result = simpred_correlation(ds, np.arange(ds.sizes["prompt"]), ["max"], "centred", n_permutations=99, n_boot=20)
+    return {key: float(result[key].sel(pooling="max").values[head]) for key in ("r", "partial_r", "partial_r_p_max")}
+
+
+def test_fig4_label_match_head_has_no_significant_partial_r(tmp_path):
+    """Weights = 1[y_i = ŷ] + noise, no dependence on x: a large r, but no partial r once 1[y_i = ŷ] is partialled;
+    a head whose weights follow the input similarity keeps its partial r."""
+    rng = np.random.default_rng(0)
+    n_prompts, n_demos = 300, 8
+    z_test, z_demo = rng.normal(size=(n_prompts, 1)), rng.normal(size=(n_prompts, n_demos))
+    labels, prediction = (z_demo > 0).astype(int), (z_test[:, 0] > 0).astype(int)
+    sim = -np.abs(z_demo - z_test) + 0.3 * rng.normal(size=(n_prompts, n_demos))
+    kw = rng.uniform(0, 1, (n_prompts, 2, 2, n_demos))
+    kw[:, 0, 0] = (labels == prediction[:, None]) + 0.3 * rng.normal(size=(n_prompts, n_demos))
+    kw[:, 1, 1] = -np.abs(z_demo - z_test) + 0.3 * rng.normal(size=(n_prompts, n_demos))
+    text = np.char.add("text ", np.arange(n_prompts * n_demos).astype(str)).reshape(n_prompts, n_demos)
+    path = fig4_store(tmp_path / "label.zarr", kw, sim, labels, prediction, text)
+    label_head = fig4_head(path, (0, 0))
+    assert label_head["r"] > 0.3  # the plain r is fooled
+    assert abs(label_head["partial_r"]) < 0.1 and label_head["partial_r_p_max"] > 0.05
+    kernel_head = fig4_head(path, (1, 1))
+    assert kernel_head["partial_r"] > 0.3 and kernel_head["partial_r_p_max"] < 0.05
+
+
+def test_fig4_hub_head_has_no_significant_partial_r(tmp_path):
+    """sim_pred = P(o|x_test)ᵀP(o|x_i) with a shared Zipf background: a head that attends by the demonstration's
+    background share (a demo-only property, no test dependence) gets a large r but no partial r once the
+    demonstration's hubness (its mean sim_pred with other prompts' test inputs) is partialled; a pool of 40 inputs,
+    so that each recurs in about 60 prompts (the store-based hubness needs that support)."""
+    rng = np.random.default_rng(0)
+    n_prompts, n_demos, n_pool, vocab = 300, 8, 40, 200
+    background = 1 / np.arange(1, vocab + 1) ** 1.1
+    background /= background.sum()
+
+    def dist(share):
+        return share[:, None] * background + (1 - share[:, None]) * rng.dirichlet(np.full(vocab, 0.05), len(share))
+
+    w_pool = rng.beta(2, 2, n_pool)
+    p_pool, p_test = dist(w_pool), dist(rng.beta(2, 2, n_prompts))
+    rows = np.stack([rng.choice(n_pool, n_demos, replace=False) for _ in range(n_prompts)])
+    sim = np.einsum("pv,pdv->pd", p_test, p_pool[rows])
+    kw = rng.uniform(0, 1, (n_prompts, 2, 2, n_demos))
+    kw[:, 0, 0] = w_pool[rows] + 0.15 * rng.normal(size=(n_prompts, n_demos))
+    kw[:, 1, 1] = sim / sim.std() + 0.5 * rng.normal(size=(n_prompts, n_demos))
+    labels = rng.integers(0, 2, (n_prompts, n_demos))
+    text = np.char.add("pool text ", rows.astype(str))
+    path = fig4_store(tmp_path / "hub.zarr", kw, sim, labels, rng.integers(0, 2, n_prompts), text)
+    hub_head = fig4_head(path, (0, 0))
+    assert hub_head["r"] > 0.3  # the plain r is fooled
+    assert abs(hub_head["partial_r"]) < 0.1 and hub_head["partial_r_p_max"] > 0.05
+    kernel_head = fig4_head(path, (1, 1))
+    assert kernel_head["partial_r"] > 0.2 and kernel_head["partial_r_p_max"] < 0.05
+
+
+def test_demo_hubness_leaves_the_own_prompt_out():
+    sim = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, np.nan]])
+    keys = np.array([["a", "b"], ["a", "c"], ["a", "b"]])
+    hub, support = demo_hubness(sim, keys, np.isfinite(sim))
+    np.testing.assert_allclose(hub[0], [(3 + 5) / 2, np.nan])  # b's other copy is missing (NaN sim_pred)
+    np.testing.assert_allclose(hub[1], [(1 + 5) / 2, np.nan])
+    np.testing.assert_allclose(support, [[2, 0], [2, 0], [2, 0]])
