@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from kicl.analysis.correlation import correlation_stats, demo_hubness, simpred_correlation
+from kicl.analysis.probes import probe_accuracy, probe_frame
 from kicl.analysis.reconstruction import position_null_agreement, reconstruction_frame, reconstruction_scores
 from kicl.analysis.stats import max_t
 from kicl.store.pooling import POOLINGS
@@ -219,3 +220,29 @@ def test_demo_hubness_leaves_the_own_prompt_out():
     np.testing.assert_allclose(hub[0], [(3 + 5) / 2, np.nan])  # b's other copy is missing (NaN sim_pred)
     np.testing.assert_allclose(hub[1], [(1 + 5) / 2, np.nan])
     np.testing.assert_allclose(support, [[2, 0], [2, 0], [2, 0]])
+
+
+# ---------------------------------------------------------------- Fig 5: the family-wise probe line
+
+
+def test_fig5_family_wise_line_holds_noise_probes(tmp_path):
+    """On noise keys/values, some of the 5 offsets × 4 layers × 4 heads probes beat the pooled per-probe 95% line
+    (as ~5% should); none beats the family-wise line (max over probes per shuffle, then the 95% quantile)."""
+    path = make_synthetic_store(
+        tmp_path / "noise.zarr",
+        n_prompts=120,
+        n_layers=4,
+        n_heads=4,
+        planted=Planted(label_head=None, simpred_head=None, kv_head=None),
+        seed=3,
+    )
+    ds = open_store(path)
+    rows = np.random.default_rng(0).integers(0, 150, ds["demo_label"].shape)
+    ds = ds.assign(demo_text=(("prompt", "demo"), np.char.add("pool text ", rows.astype(str))))
+    result = probe_accuracy(ds, "values", 0.01, 0.3, seed=1, n_null=39)
+    acc = result["accuracy"].values
+    assert (acc > result.attrs["null_q95"]).sum() >= 1
+    assert result.attrs["null_fw_q95"] > result.attrs["null_q95"]
+    assert (acc > result.attrs["null_fw_q95"]).sum() == 0
+    frame = probe_frame(result)
+    assert "null_fw_q95" in frame and frame["null_fw_q95"].nunique() == 1
