@@ -36,7 +36,9 @@ def correlation_figure(
     title="",
 ):
     """Fig 4 and its CSV: per pooling, r and the partial r per head; dots = beyond the family-wise max-T null."""
-    ds = open_store(store, needs=["kernel_weight", "sim_pred", "split", "input_start", "input_end"])
+    ds = open_store(
+        store, needs=["kernel_weight", "sim_pred", "split", "input_start", "input_end", "demo_label", "prediction"]
+    )
     pools = poolings(ds, pools)
     prompts = np.flatnonzero(split_mask(ds, splits))
     result = simpred_correlation(
