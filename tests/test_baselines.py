@@ -19,7 +19,7 @@ from kicl.analysis.baselines import (
     position_predictions,
 )
 from kicl.analysis.head_selection import head_ranking, nested_bootstrap, paired_p_value, selection_data
-from kicl.analysis.reconstruction import permutation_null, reconstruction_scores
+from kicl.analysis.reconstruction import label_permutation_null, reconstruction_scores
 from kicl.analysis.votes import permute_within_prompts
 from kicl.store.reader import open_store
 from kicl.store.synthetic import Planted, make_synthetic_store
@@ -117,23 +117,23 @@ def planted_store(tmp_path_factory):
 def test_null_is_at_chance_on_random_attention(random_store):
     ds = open_store(random_store)
     prompts = np.arange(ds.sizes["prompt"])
-    null = permutation_null(ds, prompts, ["max"], n_permutations=100, seed=1)
+    null = label_permutation_null(ds, prompts, ["max"], n_permutations=100, seed=1)
     sd = np.sqrt(0.25 / len(prompts))
     # the null maximum over 6 heads sits a little above chance (0.5), well under 0.5 + 4 sd
-    assert 0.5 < float(null["agree_pred_null_mean"][0]) < 0.5 + 3 * sd
+    assert 0.5 < float(null["agree_pred_label_null_mean"][0]) < 0.5 + 3 * sd
     # on random attention the observed best head is an ordinary draw of that null
-    assert float(null["agree_pred_p_value"][0]) > 0.05
+    assert float(null["agree_pred_label_p_value"][0]) > 0.05
 
 
 def test_null_rejects_the_planted_head(planted_store):
     ds = open_store(planted_store)
     scores = reconstruction_scores(ds, np.arange(ds.sizes["prompt"]), ["max"], n_permutations=50)
-    assert float(scores["agree_pred_p_value"][0]) == pytest.approx(1 / 51)
+    assert float(scores["agree_pred_label_p_value"][0]) == pytest.approx(1 / 51)
     lay, head = Planted().label_head
-    assert scores["agree_pred"].values[0, lay, head] > float(scores["agree_pred_null_q"][0])
+    assert scores["agree_pred"].values[0, lay, head] > float(scores["agree_pred_label_null_q"][0])
     # the vote baseline is what the null keeps: label counts survive the permutation
     vote = float(scores["baseline_agree_pred"].sel(baseline="vote"))
-    assert abs(float(scores["agree_pred_null_mean"][0]) - vote) < 0.15
+    assert abs(float(scores["agree_pred_label_null_mean"][0]) - vote) < 0.15
 
 
 # ---------------------------------------------------------------- selection on select, scoring on heldout
@@ -234,7 +234,7 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     write_summary(entries, tmp_path / "s.html", tmp_path / "s.md", benchmark_dir=tmp_path / "none")
     page = (tmp_path / "s.html").read_text()
     assert page.count("data:image/png;base64,") == 2
-    assert "best L1 H2 1.000" in page and "null q" in page
+    assert "best L1 H2 1.000" in page and "position-keeping null: threshold" in page
     line = pd.read_csv(tab / "verdict.csv")["verdict"].iloc[0]
     assert line.startswith("undecided — open: label invariance (no label-flip partner)")  # the planted head wins
     assert line in page and line in (tmp_path / "s.md").read_text()

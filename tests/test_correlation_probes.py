@@ -91,8 +91,7 @@ def test_planted_correlation_recovered_and_null_at_chance():
     for unit in ("centred", "pairs", "per_prompt"):
         out = correlation_stats(x, y, length, valid, unit=unit, n_permutations=200, n_boot=200, seed=3)
         assert out["r"][0] > 0.5 and out["r_low"][0] > 0.4 and out["r_p_max"][0] < 0.01
-        assert abs(out["r"][0]) > out["r_max_null"]
-        assert np.all(np.abs(out["r"][1:]) < out["r_max_null"] + 0.02)
+        assert np.all(out["r_p_max"][1:] > 0.01)  # head 3 under per_prompt is a 4 % draw of this seed
         centre = np.abs(out["r_null_low"] + out["r_null_high"])
         assert np.all(centre[1:] < 0.05)  # the null is centred on 0 ...
         if unit == "pairs":  # ... except where the prompt means correlate: within-prompt permutations keep those
@@ -133,7 +132,7 @@ def test_centred_and_pooled_differ_on_a_prompt_level_confound():
     y = scale + 0.3 * rng.normal(size=(n_prompts, n_demos))
     length = np.full(valid.shape, 5.0)
     pairs = correlation_stats(x, y, length, valid, unit="pairs", n_permutations=100, n_boot=50)
-    centred = correlation_stats(x, y, length, valid, unit="centred", n_permutations=100, n_boot=50)
+    centred = correlation_stats(x, y, length, valid, unit="centred", n_permutations=1000, n_boot=50)
     assert pairs["r"][0] > 0.8 and abs(centred["r"][0]) < 0.12
     assert pairs["r_null_low"][0] > 0.7  # within-prompt permutations keep the prompt level: pairs' null is high too
     assert centred["r_p"][0] > 0.05
@@ -146,7 +145,7 @@ def test_simpred_correlation_on_store(planted_store, tmp_path):
     )
     layer, head = Planted().simpred_head
     r = result["r"].sel(pooling="max").values
-    assert r[layer, head] > 0.4 and r[layer, head] > result["r_max_null"].sel(pooling="max")
+    assert r[layer, head] > 0.4 and result["r_p_max"].sel(pooling="max").values[layer, head] < 0.05
     assert np.nanargmax(r) == np.ravel_multi_index((layer, head), r.shape)
     with pytest.raises(ValueError, match="analysis.correlation_unit"):
         simpred_correlation(ds, np.arange(10), ["max"], "pooled")
@@ -155,7 +154,7 @@ def test_simpred_correlation_on_store(planted_store, tmp_path):
     )
     frame = pd.read_csv(tmp_path / "f.csv")
     assert len(frame) == ds.sizes["layer"] * ds.sizes["head"] and (tmp_path / "f.png").stat().st_size > 0
-    assert {"r", "r_low", "r_high", "partial_r", "r_null_high", "r_p", "r_max_null", "r_above_max_null"} <= set(frame)
+    assert {"r", "r_low", "r_high", "partial_r", "r_null_high", "r_p", "r_max_t", "r_above_max_null"} <= set(frame)
     row = frame.query(f"layer == {layer} and head == {head}").iloc[0]
     assert row["r_above_max_null"] and row["unit"] == "centred"
 

@@ -11,13 +11,27 @@ sim_pred(x_test, x_i) = P(o|x_test)ᵀ P(o|x_i) comes from the store. The unit o
   (prompts with fewer than 3 demonstrations or a constant a_i or sim_pred are left out).
 
 Beside r, per head:
-* a **partial correlation** controlling for the demonstration slot (one indicator per slot: recency) and the
-  input length |x_i| in tokens: both a_i and sim_pred are residualised on these covariates (within-prompt
-  demeaned for `centred` / `per_prompt`, with an intercept for `pairs`) and correlated;
+* a **partial correlation** controlling for what is not a kernel over x: the demonstration slot (one
+  indicator per slot: recency), the input length |x_i| in tokens, the shown label (one-hots of y_i), whether it
+  matches the prediction (1[y_i = ŷ]: a label-anchor or answer-readout head attends by that, and similar inputs
+  share labels), and the demonstration's **hubness** (`demo_hubness`: its mean sim_pred with the other prompts'
+  test inputs; sim_pred is an unnormalised inner product, so a demonstration with much background mass in
+  P(o|x_i) has a large sim_pred with every test input). Both a_i and sim_pred are residualised on these
+  covariates (within-prompt demeaned for `centred` / `per_prompt`, with an intercept for `pairs`) and
+  correlated. Hubness is estimated from the store itself (it holds no P(o|x) vectors): the sim_pred of the
+  same demonstration input relative to its prompt's mean sim_pred, averaged over the other prompts that show
+  it (`partial_covariates`); where no other prompt shows it, the mean is imputed and a missing-indicator enters
+  the design (`hubness_coverage` = share of pairs with an estimate, `hubness_support` = mean number of other
+  prompts behind one). The estimate is only as good as its support: with a demonstration pool much larger
+  than the demonstrations drawn (the default run), most inputs recur in 0–2 other prompts and the hubness
+  covariate removes little of a hub effect;
 * a **permutation null**: sim_pred permuted among the demonstrations of each prompt
   (`analysis.correlation_permutations` times; the covariates stay in place, so the null also breaks any
-  slot/length link of sim_pred), its central `level` interval per head, the two-sided per-head p-value and
-  the family-wise threshold: the `level` quantile of max |r| over the heads of one pooling;
+  slot/length link of sim_pred), its central `level` interval per head, and a single-step studentised max-T
+  (kicl.analysis.stats.max_t): each head's r is centred on the mean of its own null and scaled by its sd, the
+  two-sided per-head p-value is (1 + #{|T*| ≥ |T|}) / (1 + B), and the family-wise p-value and threshold
+  (`{r}_max_t`, in null sd units) come from max |T| over the heads of one pooling. The centring matters for
+  `pairs`, whose within-prompt permutation null keeps the between-prompt covariance and is off 0;
 * a **bootstrap interval over prompts** (`analysis.correlation_bootstrap` resamples; percentile, `level`).
   For `pairs` and `centred` it is exact (per-prompt moments re-summed, covariate fit redone per resample);
   for `per_prompt` the partial residuals keep their full-sample covariate fit.
@@ -33,7 +47,8 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from kicl.store.reader import prompt_batches
+from kicl.analysis.stats import max_t
+from kicl.store.reader import label_names, prompt_batches
 
 CORRELATION_UNITS = ("centred", "pairs", "per_prompt")
 MIN_PAIRS = 3
@@ -62,14 +77,17 @@ def _demean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(mask, values - mean, 0.0)
 
 
-def _covariates(valid: np.ndarray, input_len: np.ndarray, partial: bool, intercept: bool) -> np.ndarray:
-    """Design (P, D, k) at the valid slots (0 elsewhere): [intercept] + [slot indicators 1.., input length]."""
+def _covariates(valid, input_len, partial: bool, intercept: bool, extra=None) -> np.ndarray:
+    """Design (P, D, k) at the valid slots (0 elsewhere): [intercept] + [slot indicators 1.., input length,
+    the `extra` columns (P, D, e)]."""
     n_prompts, n_demos = valid.shape
     columns = [valid.astype(float)] if intercept else []
     if partial:
         for slot in range(1, n_demos):
             columns.append(np.broadcast_to(np.arange(n_demos) == slot, valid.shape).astype(float))
         columns.append(input_len.astype(float))
+        if extra is not None:
+            columns.extend(np.moveaxis(np.asarray(extra, dtype=np.float64), -1, 0))
     if not columns:
         return np.zeros((n_prompts, n_demos, 0))
     return np.where(valid[..., None], np.stack(columns, -1), 0.0)
@@ -145,13 +163,25 @@ def load_pairs(ds: xr.Dataset, prompts, pools, batch_size: int = 256):
 
 
 def correlation_stats(
-    x, y, input_len, valid, *, unit="centred", n_permutations=200, n_boot=200, level=0.95, seed=0, chunk=25
+    x,
+    y,
+    input_len,
+    valid,
+    *,
+    unit="centred",
+    n_permutations=200,
+    n_boot=200,
+    level=0.95,
+    seed=0,
+    chunk=25,
+    covariates=None,
 ) -> dict[str, np.ndarray]:
     """Every Fig 4 number for G heads at once: x (P, D, G) kernel weights, y (P, D) sim_pred, input_len (P, D).
 
+    `covariates` (P, D, e): further partial-r covariates beside slot and length (see `partial_covariates`).
     Returns r, partial_r, their bootstrap intervals, per-head permutation intervals and p-values, and the
-    family-wise max-|r| null quantile (over all G heads: call once per pooling) — see the module docstring.
-    """
+    family-wise max-T threshold and p-values (over all G heads: call once per pooling) — see the module docstring.
+    """  # fmt: skip
     if unit not in CORRELATION_UNITS:
         raise ValueError(f"analysis.correlation_unit must be one of {CORRELATION_UNITS}, got {unit!r}")
     x = np.where(valid[..., None], x, 0.0)
@@ -164,7 +194,7 @@ def correlation_stats(
     out = {"n_pairs": int(valid.sum()), "n_prompts": int(valid.any(1).sum())}
     targets, sources = within_prompt_permutations(valid, n_permutations, rng)
     for name, partial in (("r", False), ("partial_r", True)):
-        z = _covariates(valid, input_len, partial, intercept=unit == "pairs")
+        z = _covariates(valid, input_len, partial, intercept=unit == "pairs", extra=covariates)
         if unit != "pairs":
             z = _demean(z, valid)
         if unit == "per_prompt":
@@ -228,21 +258,18 @@ def correlation_stats(
 
 
 def _summaries(name: str, stat: np.ndarray, boot: np.ndarray, null: np.ndarray, level: float) -> dict:
-    """Bootstrap interval, per-head null interval and p-value, family-wise max-|r| threshold and p-value."""
+    """Bootstrap interval, per-head null interval and centre, centred per-head p-value, family-wise max-T."""
     tail = (1 - level) / 2
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN heads (constant weights) stay NaN
         out[f"{name}_low"], out[f"{name}_high"] = np.nanquantile(boot, [tail, 1 - tail], axis=0)
         out[f"{name}_null_low"], out[f"{name}_null_high"] = np.nanquantile(null, [tail, 1 - tail], axis=0)
-        abs_null, abs_stat = np.abs(null), np.abs(stat) - 1e-12
-        defined = np.isfinite(stat)
-        p = (1 + (abs_null >= abs_stat).sum(0)) / (1 + len(null))
-        out[f"{name}_p"] = np.where(defined, p, np.nan)
-        max_null = np.nanmax(abs_null, axis=1) if len(null) else np.zeros(0)
-        out[f"{name}_max_null"] = float(np.nanquantile(max_null, level)) if len(null) else np.nan
-        p_max = (1 + (max_null[:, None] >= abs_stat).sum(0)) / (1 + len(null))
-        out[f"{name}_p_max"] = np.where(defined, p_max, np.nan)
+        test = max_t(stat, null, two_sided=True)
+        out[f"{name}_null_centre"] = np.where(np.isfinite(stat), test["centre"], np.nan)
+        out[f"{name}_p"] = test["p"]
+        out[f"{name}_p_max"] = test["p_max"]
+        out[f"{name}_max_t"] = float(np.quantile(test["null_max"], level)) if len(null) else np.nan
     return out
 
 
@@ -252,6 +279,7 @@ HEAD_FIELDS = (
     "r_high",
     "r_null_low",
     "r_null_high",
+    "r_null_centre",
     "r_p",
     "r_p_max",
     "partial_r",
@@ -259,9 +287,74 @@ HEAD_FIELDS = (
     "partial_r_high",
     "partial_r_null_low",
     "partial_r_null_high",
+    "partial_r_null_centre",
     "partial_r_p",
     "partial_r_p_max",
 )
+
+
+def demo_hubness(values: np.ndarray, keys: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each demonstration's mean of `values` (P, D) over the OTHER prompts that show the same input.
+
+    keys (P, D) identify a demonstration input (its text or pool row); present (P, D). hubness[p, i] = mean of
+    values[q, j] over the pairs of prompts q ≠ p with keys[q, j] = keys[p, i] (NaN where no other prompt shows
+    that input); support[p, i] = how many such pairs.
+    """
+    ok = present & np.isfinite(values)
+    _, inverse = np.unique(keys[ok], return_inverse=True)
+    index = np.full(keys.shape, -1)
+    index[ok] = inverse
+    total_sum = np.bincount(inverse, weights=values[ok])
+    total_n = np.bincount(inverse).astype(float)
+    same = (index[:, :, None] == index[:, None, :]) & ok[:, :, None] & ok[:, None, :]
+    own_sum = (same * np.where(ok, values, 0.0)[:, None, :]).sum(-1)
+    own_n = same.sum(-1)
+    support = np.where(ok, total_n[np.maximum(index, 0)] - own_n, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hub = np.where(ok & (support > 0), (total_sum[np.maximum(index, 0)] - own_sum) / support, np.nan)
+    return hub, support
+
+
+def demo_keys(ds: xr.Dataset) -> np.ndarray:
+    """What identifies a demonstration input across prompts: `demo_text` when stored, else `demo_pool_index`."""
+    if "demo_text" in ds.variables:
+        text = np.array(np.asarray(ds["demo_text"].values).tolist(), dtype=str)
+        if (text != "").any():
+            return text
+    return ds["demo_pool_index"].values.astype(str)
+
+
+def partial_covariates(ds: xr.Dataset, prompts) -> tuple[np.ndarray, list[str], dict]:
+    """The partial-r covariates beyond slot and length, (P, D, e) for the sorted `prompts`, their names and the
+    hubness coverage: y_i one-hots (labels 1..K−1), 1[y_i = ŷ], and hubness: the demonstration's sim_pred relative
+    to its prompt's mean sim_pred (which removes the test input's scale), averaged over the other prompts of the
+    store that show the same input (`demo_hubness`), mean-imputed with a missing indicator, and that hubness times
+    the prompt's mean sim_pred (sim_pred ≈ test scale × demo hubness)."""
+    labels = ds["demo_label"].values
+    present = labels >= 0
+    sim = np.where(present, ds["sim_pred"].values.astype(np.float64), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scale = np.nanmean(sim, 1, keepdims=True)
+        hub, support = demo_hubness(sim / scale, demo_keys(ds), present)
+    hub, support, labels, present = hub[prompts], support[prompts], labels[prompts], present[prompts]
+    scale = np.nan_to_num(scale[prompts])
+    pred = ds["prediction"].values[prompts][:, None]
+    columns = {f"label_{k}": labels == k for k in range(1, len(label_names(ds)))}
+    columns["label_matches_prediction"] = labels == pred
+    known = np.isfinite(hub)
+    info = {
+        "hubness_coverage": float(known.sum() / max(present.sum(), 1)),
+        "hubness_support": float(support[known].mean()) if known.any() else 0.0,
+    }
+    if known.any():
+        columns["hubness"] = np.where(known, hub, hub[known].mean())
+        columns["hubness_x_prompt_sim"] = columns["hubness"] * scale
+        if not known[present].all():
+            columns["hubness_missing"] = ~known
+    names = list(columns)
+    stacked = np.stack([np.asarray(columns[n], dtype=np.float64) for n in names], -1)
+    return np.where(present[..., None], stacked, 0.0), names, info
 
 
 def simpred_correlation(
@@ -276,7 +369,7 @@ def simpred_correlation(
     seed: int = 0,
     batch_size: int = 256,
 ) -> xr.Dataset:
-    """Fig 4 per (pooling, layer, head): r, partial r, intervals, permutation null; family-wise threshold per pool."""
+    """Fig 4 per (pooling, layer, head): r, partial r, intervals, permutation null; family-wise max-T per pool."""
     if unit not in CORRELATION_UNITS:
         raise ValueError(f"analysis.correlation_unit must be one of {CORRELATION_UNITS}, got {unit!r}")
     prompts = np.sort(np.asarray(prompts, dtype=int))
@@ -287,14 +380,16 @@ def simpred_correlation(
         raise ValueError(
             f"only {int(valid.sum())} (test, demonstration) pairs with a finite sim_pred and kernel weight"
         )
+    covariates, names, hub_info = partial_covariates(ds, prompts)
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     fields = {key: np.full((len(pools), n_layers, n_heads), np.nan) for key in HEAD_FIELDS}
-    per_pool = {key: np.full(len(pools), np.nan) for key in ("r_max_null", "partial_r_max_null")}
+    per_pool = {key: np.full(len(pools), np.nan) for key in POOL_FIELDS}
     for index in range(len(pools)):
         x = kw[:, :, index].reshape(kw.shape[0], kw.shape[1], -1)
         stats = correlation_stats(
-            x, sim, input_len, valid, unit=unit, n_permutations=n_permutations, n_boot=n_boot, level=level, seed=seed
-        )
+            x, sim, input_len, valid, unit=unit, n_permutations=n_permutations, n_boot=n_boot, level=level,
+            seed=seed, covariates=covariates,
+        )  # fmt: skip
         for key in HEAD_FIELDS:
             fields[key][index] = np.asarray(stats[key]).reshape(n_layers, n_heads)
         for key in per_pool:
@@ -311,17 +406,28 @@ def simpred_correlation(
         "n_boot": n_boot,
         "level": level,
         "seed": seed,
+        "partial_covariates": ",".join(["slot", "input_length", *names]),
+        **hub_info,
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+POOL_FIELDS = ("r_max_t", "partial_r_max_t")
+RUN_FIELDS = (
+    "unit", "n_pairs", "n_prompts", "n_permutations", "n_boot", "level", "partial_covariates", "hubness_coverage",
+    "hubness_support",
+)  # fmt: skip
+
+
 def correlation_frame(result: xr.Dataset):
-    """One CSV row per (pooling, layer, head) with every number, the per-pooling thresholds and the run's attributes."""
+    """One CSV row per (pooling, layer, head) with every number, the per-pooling max-T thresholds, whether the
+    head is beyond the family-wise null (p_max ≤ 1 − level) and the run's attributes."""
     frame = result[list(HEAD_FIELDS)].to_dataframe().reset_index()
-    for key in ("r_max_null", "partial_r_max_null"):
+    for key in POOL_FIELDS:
         frame[key] = frame["pooling"].map(dict(zip(result["pooling"].values, result[key].values)))
-    frame["r_above_max_null"] = frame["r"].abs() > frame["r_max_null"]
-    frame["partial_r_above_max_null"] = frame["partial_r"].abs() > frame["partial_r_max_null"]
-    for key in ("unit", "n_pairs", "n_prompts", "n_permutations", "n_boot", "level"):
+    alpha = 1 - result.attrs["level"]
+    frame["r_above_max_null"] = frame["r_p_max"] <= alpha + 1e-12
+    frame["partial_r_above_max_null"] = frame["partial_r_p_max"] <= alpha + 1e-12
+    for key in RUN_FIELDS:
         frame[key] = result.attrs[key]
     return frame

@@ -8,6 +8,8 @@ Which test for which number (docs/decision-rule.md says why):
   the selection repeated in every resample (`bootstrap_counts`, `percentile_interval`, `bootstrap_p`);
 * a proportion: the Wilson interval (`wilson_interval`), or Clopper–Pearson where exact coverage is wanted;
 * several intervals read against one reference: Holm-adjusted p-values (`holm`);
+* many heads against one permutation null: single-step studentised max-T (`max_t`), each head centred and
+  scaled by its own null, so that an off-centre or wider null of one head neither hides nor fakes another's;
 * equivalence within ±margin: two one-sided tests, read off the 1 − 2α interval (`equivalence`);
 * power: the minimum detectable paired difference and the prompts a pilot's discordance needs (`mdd`,
   `prompts_needed`).
@@ -117,6 +119,41 @@ def holm(p_values) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
+
+
+def max_t(observed, null, two_sided: bool = False) -> dict:
+    """Single-step studentised max-T over G items: observed (G,), permutation draws null (B, G).
+
+    Each item is centred and scaled by the mean and sd of its B + 1 values (the observed one included, which
+    keeps the B + 1 rows exchangeable under H0, so the p-values are exact); T = (value − centre) / scale, |T|
+    when `two_sided`. Returns `centre`, `scale`, `t` (G,), `null_max` (B,) = max over items of each draw's T,
+    `p` (G,) = (1 + #{T*_bg ≥ T_g}) / (1 + B) per item, and `p_max` (G,) = (1 + #{max_g' T*_bg' ≥ T_g}) / (1 + B),
+    the family-wise adjusted p-value. Items with a NaN observed value get NaN; a constant item has T = 0.
+    """
+    observed = np.asarray(observed, dtype=np.float64)
+    null = np.asarray(null, dtype=np.float64).reshape(-1, observed.size)
+    values = np.vstack([observed[None], null])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = np.nanmean(values, 0) if len(values) else np.full(observed.shape, np.nan)
+        scale = np.nanstd(values, 0, ddof=1) if len(values) > 1 else np.full(observed.shape, np.nan)
+        t_all = (values - centre) / scale
+    t_all = np.where(scale > 0, t_all, 0.0)
+    t_all = np.abs(t_all) if two_sided else t_all
+    t_all = np.where(np.isfinite(values), t_all, -np.inf)
+    t, t_null = t_all[0], t_all[1:]
+    null_max = t_null.max(1) if observed.size else np.zeros(len(t_null))
+    n = len(t_null)
+    p = (1 + (t_null >= t - 1e-12).sum(0)) / (1 + n)
+    p_max = (1 + (null_max[:, None] >= t - 1e-12).sum(0)) / (1 + n)
+    defined = np.isfinite(observed)
+    return {
+        "centre": centre,
+        "scale": scale,
+        "t": np.where(defined, t, np.nan),
+        "null_max": null_max,
+        "p": np.where(defined, p, np.nan),
+        "p_max": np.where(defined, p_max, np.nan),
+    }
 
 
 def equivalence(low: float, high: float, margin: float) -> bool:

@@ -1,9 +1,10 @@
 """Fig 3a (ỹ vs ŷ) and 3b (ỹ vs gold): per-head heat-maps with the attention-free baseline and the null visible.
 
 The colour scale is diverging around the best attention-free baseline (`color_center="best_baseline"`):
-heads at the baseline are white, better ones red, worse ones blue. Heads above the permutation null's
-quantile are dotted, the best head is boxed; each panel's title gives the best head, the null quantile and
-the max-statistic p-value. The numbers come from kicl.analysis.reconstruction.reconstruction_scores.
+heads at the baseline are white, better ones red, worse ones blue. Heads above the position-keeping null
+(family-wise over poolings × heads; kicl.analysis.reconstruction) are dotted, the best head is boxed; each
+panel's title gives the best head, its position-null threshold and family-wise p, and, as a secondary number,
+the label-permutation null's p. The numbers come from kicl.analysis.reconstruction.reconstruction_scores.
 """
 
 from __future__ import annotations
@@ -48,17 +49,18 @@ def draw_reconstruction(scores, var: str, path, title: str, color_center: str = 
         panels = axes.ravel()[: len(pools)]
         for ax, pool in zip(panels, pools):
             grid = scores[var].sel(pooling=pool).values
-            threshold = float(scores[f"{var}_null_q"].sel(pooling=pool))
-            p_value = float(scores[f"{var}_p_value"].sel(pooling=pool))
+            label_p = float(scores[f"{var}_label_p_value"].sel(pooling=pool))
             im = ax.imshow(grid.T, origin="lower", aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
-            above = np.argwhere(grid > threshold)
+            above = np.argwhere(scores[f"{var}_above_null"].sel(pooling=pool).values)
             if len(above):
                 ax.scatter(above[:, 0], above[:, 1], s=6, color="black", marker="o", label="above null")
             lay, head = np.unravel_index(np.argmax(grid), grid.shape)
+            threshold = float(scores[f"{var}_position_threshold"].sel(pooling=pool).values[lay, head])
+            p_value = float(scores[f"{var}_position_p"].sel(pooling=pool).values[lay, head])
             ax.add_patch(plt.Rectangle((lay - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
             ax.set_title(
-                f"{pool}: best L{lay} H{head} = {grid[lay, head]:.3f}\nnull q = {threshold:.3f}, "
-                f"p = {p_value:.3f}; {len(above)} heads above",
+                f"{pool}: best L{lay} H{head} = {grid[lay, head]:.3f}; {len(above)} heads above\n"
+                f"position null: threshold {threshold:.3f}, p = {p_value:.3f}; label null p = {label_p:.3f}",
                 fontsize=8,
             )
             ax.set_xlabel("layer index")
@@ -70,8 +72,9 @@ def draw_reconstruction(scores, var: str, path, title: str, color_center: str = 
         fig.suptitle(
             f"{title}\nwhite = best attention-free baseline: {BASELINE_LABELS[best_name]} = "
             f"{base[best_name]:.3f} (line on the colour bar; dotted: other baselines)\n"
-            f"• = above the {scores.attrs['quantile']:.0%} quantile of the label-permutation null "
-            f"({scores.attrs['n_permutations']} permutations, max over heads)",
+            f"• = family-wise p ≤ {1 - scores.attrs['quantile']:.2g} under the position-keeping null (kernel-weight "
+            f"vectors permuted among prompts with the same number of demonstrations, {scores.attrs['n_permutations']}"
+            f" permutations, studentised max over poolings × heads)",
             fontsize=8,
         )
     save_figure(fig, path)

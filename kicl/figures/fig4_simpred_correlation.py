@@ -1,4 +1,8 @@
-"""Fig 4 drawing: heat-maps of r(kernel weight, sim_pred) and of the partial r, heads beyond the null marked."""
+"""Fig 4 drawing: heat-maps of r(kernel weight, sim_pred) and of the partial r, heads beyond the null marked.
+
+Dots: heads whose family-wise p (studentised max-T over the heads of one pooling, each head centred on its
+own within-prompt permutation null; kicl.analysis.correlation) is at most 1 − level.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +35,10 @@ def correlation_figure(
     batch_size=256,
     title="",
 ):
-    """Fig 4 and its CSV: per pooling, r and the partial r (slot, |x_i|) per head; dots = beyond the max-|r| null."""
-    ds = open_store(store, needs=["kernel_weight", "sim_pred", "split", "input_start", "input_end"])
+    """Fig 4 and its CSV: per pooling, r and the partial r per head; dots = beyond the family-wise max-T null."""
+    ds = open_store(
+        store, needs=["kernel_weight", "sim_pred", "split", "input_start", "input_end", "demo_label", "prediction"]
+    )
     pools = poolings(ds, pools)
     prompts = np.flatnonzero(split_mask(ds, splits))
     result = simpred_correlation(
@@ -54,22 +60,24 @@ def correlation_figure(
         for key, label in (("r", "r"), ("partial_r", "partial r")):
             name = f"{pool}: {label}"
             grid = result[key].sel(pooling=pool).values
-            threshold = float(result[f"{key}_max_null"].sel(pooling=pool))
+            threshold = float(result[f"{key}_max_t"].sel(pooling=pool))
             grids[name] = grid
-            marks[name] = np.abs(grid) > threshold
+            marks[name] = result[f"{key}_p_max"].sel(pooling=pool).values <= 1 - level + 1e-12
             flat = np.nanargmax(grid) if np.isfinite(grid).any() else 0
             lay, head = np.unravel_index(flat, grid.shape)
             low = result[f"{key}_low"].sel(pooling=pool).values[lay, head]
             high = result[f"{key}_high"].sel(pooling=pool).values[lay, head]
-            notes[name] = f"CI [{low:.3f}, {high:.3f}]; null max|r| {level:.0%}: {threshold:.3f}"
+            notes[name] = f"CI [{low:.3f}, {high:.3f}]; null max|T| {level:.0%}: {threshold:.2f} sd"
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()] + [np.zeros(1)])
     bound = float(np.abs(finite).max()) or 1.0
     head_heatmaps(
         grids,
         png,
-        f"{title}\nPearson r(kernel weight, sim_pred) {UNIT_TEXT[unit]}; partial r controls slot and |x_i|;\n"
-        f"{result.attrs['n_prompts']} prompts ({'+'.join(splits)}), {result.attrs['n_pairs']} pairs; dots: |r| above "
-        f"the {level:.0%} quantile of max|r| over heads under {n_permutations} within-prompt permutations",
+        f"{title}\nPearson r(kernel weight, sim_pred) {UNIT_TEXT[unit]}; partial r controls slot, |x_i|, y_i, "
+        f"1[y_i = ŷ] and demo hubness ({result.attrs['hubness_coverage']:.0%} of pairs estimated);\n"
+        f"{result.attrs['n_prompts']} prompts ({'+'.join(splits)}), {result.attrs['n_pairs']} pairs; dots: family-wise "
+        f"p ≤ {1 - level:.2g} (max |T| over heads, each centred on its null; {n_permutations} within-prompt "
+        "permutations)",
         "Pearson r",
         vmin=-bound,
         vmax=bound,

@@ -4,7 +4,8 @@ Entries come from the workflow itself (rules/common.smk: REPORT_ITEMS and each r
 timings are read from the Snakemake `benchmark:` files (wall seconds `s`, peak RSS `max_rss` in MB).
 Each item shows thumbnails of its PNG figures (embedded, so the page works inside the Snakemake report) next to
 its headline numbers, read from the CSV it wrote: the verdict lines, the selected head of Table 2, Fig 3's best
-head with its permutation-null threshold and p-value. The verdict tables are reproduced in full at the top.
+head with its position-keeping null threshold and family-wise p-value (and the label-permutation null's p).
+The verdict tables are reproduced in full at the top.
 """
 
 from __future__ import annotations
@@ -89,13 +90,16 @@ def headline(path) -> list[str]:
             f"{r.task} / {_task_of(path)}: {r.head} ỹ vs ŷ {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
             for r in rows.itertuples()
         ]
-    if path.name == "fig3_reconstruction.csv" and "agree_pred_null_q" in frame:
+    if path.name == "fig3_reconstruction.csv" and "agree_pred_position_p" in frame:
         out = []
         for pooling, sub in frame.groupby("pooling", sort=False):
             best = sub.loc[sub["agree_pred"].idxmax()]
             out.append(
                 f"{_task_of(path)} ({pooling}): best L{best['layer']} H{best['head']} {best['agree_pred']:.3f}, "
-                f"null q {best['agree_pred_null_q']:.3f}, p {best['agree_pred_p_value']:.3f}"
+                f"position-keeping null: threshold {best['agree_pred_position_threshold']:.3f}, "
+                f"family-wise p {best['agree_pred_position_p']:.3f}, "
+                f"{int(frame['agree_pred_above_null'].sum())} heads above (all poolings); "
+                f"label-permutation null p {best['agree_pred_label_p_value']:.3f}"
             )
             break  # the first pooling (the table's, by default max) is enough for a headline
         return out
