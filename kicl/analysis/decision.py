@@ -55,7 +55,11 @@ class DecisionRule:
     @classmethod
     def from_config(cls, section: dict | None = None) -> DecisionRule:
         """The rule from a (partial) `analysis.decision` section, the schema's defaults filling the rest."""
-        values = {**defaults_for("analysis")["decision"], **(section or {})}
+        values = dict(section or {})
+        if any(f.name not in values for f in fields(cls)):  # a partial section (a validated config is whole)
+            from kicl.config import defaults_for  # imports torch: only where a default is needed
+
+            values = {**defaults_for("analysis")["decision"], **values}
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
