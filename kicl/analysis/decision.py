@@ -33,7 +33,6 @@ from kicl.analysis.competitors import (
 from kicl.analysis.invariance import align_partner, correlation, cross_products, residual_weights
 from kicl.analysis.reconstruction import head_predictions
 from kicl.analysis.votes import reconstruct, resolve_ties
-from kicl.config import defaults_for
 from kicl.store.reader import label_names, open_store, string_values
 
 MET, MISSED, OPEN = "met", "missed", "open"
