@@ -212,6 +212,7 @@ def test_paired_p_value():
 
 def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     from kicl.analysis.decision import DecisionRule
+    from kicl.config import defaults_for
     from kicl.figures.fig3_reconstruction import reconstruction_figure
     from kicl.tables.table2 import table2
     from kicl.tables.verdict import write_verdict
@@ -225,7 +226,7 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     reconstruction_figure(planted_store, *figs, pools=["max"], n_permutations=20, title="t")
     table2("m", {"t": planted_store}, {}, tab / "table2.csv", tab / "table2.md", tab / "table2.tex", n_boot=50)
     out = {"csv": tab / "verdict.csv", "md": tab / "verdict.md", "heads": tab / "verdict_heads.csv"}
-    rule = DecisionRule.from_config({"n_boot": 50, "inner_folds": 2})
+    rule = DecisionRule.from_config({**defaults_for("analysis")["decision"], "n_boot": 50, "inner_folds": 2})
     write_verdict("m", "paper", {"t": planted_store}, {}, rule, "max", "fitted", out)
     entries = [
         {"what": "Fig 3", "rule": "fig3_reconstruction", "files": [str(f) for f in figs]},

@@ -8,9 +8,10 @@ from kicl.analysis import decision as dec
 from kicl.analysis.competitors import fit_label_sequence, label_sequence_features, label_sequence_predict
 from kicl.analysis.invariance import cross_products, residual_weights
 from kicl.analysis.votes import reconstruct, tie_priority
+from kicl.config import defaults_for
 
 N_DEMOS, N_NOISE_HEADS = 8, 5
-RULE = dec.DecisionRule.from_config({"n_boot": 200, "inner_folds": 3})
+RULE = dec.DecisionRule.from_config({**defaults_for("analysis")["decision"], "n_boot": 200, "inner_folds": 3})
 
 
 def _world(rng, n):
@@ -122,7 +123,5 @@ def test_statuses_read_the_interval():
 
 def test_the_rule_reads_every_key_of_its_schema_section():
     from dataclasses import fields
-
-    from kicl.config import defaults_for
 
     assert {f.name for f in fields(dec.DecisionRule)} | {"partner"} == set(defaults_for("analysis")["decision"])

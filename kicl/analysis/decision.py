@@ -52,14 +52,12 @@ class DecisionRule:
     l2: float
 
     @classmethod
-    def from_config(cls, section: dict | None = None) -> DecisionRule:
-        """The rule from a (partial) `analysis.decision` section, the schema's defaults filling the rest."""
-        values = dict(section or {})
-        if any(f.name not in values for f in fields(cls)):  # a partial section (a validated config is whole)
-            from kicl.config import defaults_for  # imports torch: only where a default is needed
-
-            values = {**defaults_for("analysis")["decision"], **values}
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+    def from_config(cls, section: dict) -> DecisionRule:
+        """The rule from a whole `analysis.decision` section (a validated config has every key)."""
+        missing = [f.name for f in fields(cls) if f.name not in section]
+        if missing:
+            raise ValueError(f"analysis.decision lacks {', '.join(missing)} (schemas/config.schema.yaml has defaults)")
+        return cls(**{f.name: section[f.name] for f in fields(cls)})
 
 
 @dataclass
