@@ -284,3 +284,26 @@ def test_a_content_free_head_no_longer_beats_the_vote_on_ties():
             ("vote", "prediction")
         ]
         assert (low > 0) is beats, (ties, delta, low, high)
+
+
+def test_nested_bootstrap_repeats_the_choice_between_two_near_equal_heads():
+    """Two heads agree with ŷ on 80% and 78% of prompts, independently: the choice is unstable, and the nested
+    interval (choice repeated in each resample) is wider than the one conditional on the first choice."""
+    from kicl.analysis.head_selection import SelectionData
+
+    rng = np.random.default_rng(5)
+
+    def split(n):
+        pred = rng.integers(0, 2, n)
+        yt = np.stack([np.where(rng.random(n) < q, pred, 1 - pred) for q in (0.80, 0.78)], 1)
+        labels = rng.integers(0, 2, (n, 8))
+        return pred, yt, labels
+
+    (sp, syt, _), (hp, hyt, hl) = split(150), split(150)
+    kw = rng.random((150, 2, 8))
+    data = SelectionData(2, 2, syt, sp, sp, kw, hyt, hp, hp, hl, np.arange(150), np.ones(2))
+    nested = nested_bootstrap(data, n_boot=400, seed=0, level=0.95, nested=True)
+    fixed = nested_bootstrap(data, n_boot=400, seed=0, level=0.95, nested=False)
+    assert 0 < nested["stability"] < 1
+    width = lambda res: np.subtract(*res["scores"][("head", "prediction")][2:0:-1])  # noqa: E731
+    assert width(nested) > width(fixed)
