@@ -217,10 +217,14 @@ def decide(d: DecisionData, rule: DecisionRule) -> dict:
     statuses = [result["advantage"]]
     if d.products is None:
         result.update(invariance=np.nan, invariance_low=np.nan, invariance_high=np.nan, label_invariance=OPEN)
+        result["invariance_n_to_decide"] = np.nan
     else:
         inv_low, inv_high = stats.percentile_interval(boot["invariance"], level)
         result.update(invariance=float(point["invariance"][0]), invariance_low=inv_low, invariance_high=inv_high)
         result["label_invariance"] = invariance_status(inv_low, inv_high, rule.invariance_threshold)
+        distance = abs(result["invariance"] - rule.invariance_threshold)  # interval width shrinks as 1/√n
+        half = (inv_high - inv_low) / 2
+        result["invariance_n_to_decide"] = float(np.ceil(n * (half / distance) ** 2)) if distance > 0 else np.inf
     statuses.append(result["label_invariance"])
     result["decision"] = decision_of(statuses)
     return result

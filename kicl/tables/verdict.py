@@ -52,8 +52,9 @@ def verdict_line(result: dict) -> str:
                 continue
             if key == "advantage" and status == OPEN:
                 name += f" (MDD {result['mdd']:.3f}, n≈{_count(result['n_to_decide'])})"
-            if key == "label_invariance" and status == OPEN and not np.isfinite(result["invariance"]):
-                name += " (no label-flip partner)"
+            if key == "label_invariance" and status == OPEN:
+                missing = not np.isfinite(result["invariance"])
+                name += " (no label-flip partner)" if missing else f" (n≈{_count(result['invariance_n_to_decide'])})"
             names.append(name)
         if names:
             parts.append(f"{status}: {', '.join(names)}")
@@ -78,6 +79,7 @@ def verdict_row(model: str, task: str, condition: str, result: dict, rule: Decis
         "tie_rate": result["tie_rate"],
         "advantage": result["advantage"],
         **{key: result[key] for key in ("invariance", "invariance_low", "invariance_high", "label_invariance")},
+        "invariance_n_to_decide": result["invariance_n_to_decide"],
         "margin": rule.margin,
         "alpha": rule.alpha,
         "invariance_threshold": rule.invariance_threshold,
