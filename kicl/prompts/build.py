@@ -17,7 +17,9 @@ Demonstrations are drawn per test point by a strategy from :data:`STRATEGIES` wi
 select by a similarity (``nearest``/``farthest``/``similarity_band``: encoder cosine; ``bm25``; ``model_kernel``:
 the model's Eq. 9 kernel) get it from a similarity provider (:mod:`kicl.prompts.retrieval`). The condition's
 order, label, input and test-input controls (:mod:`kicl.prompts.controls`, :mod:`kicl.prompts.ood`) are then
-applied with their own seed streams, so they never change the chosen set or the test points.
+applied with their own seed streams, so they never change the chosen set or the test points. The label and input
+controls are applied to the chosen set in its native (selection) order, keyed by pool index, BEFORE the order
+control places it: two orderings of one condition show the same (pool index, input, shown label) triples.
 """
 
 from __future__ import annotations
@@ -541,9 +543,11 @@ def build_prompt_set(
                 {i: float(matrix[p, column[i]]) for i in chosen} for p, chosen in enumerate(chosen_sets)
             ]
 
-    def make_demos(ordered: list[int], row_index: int) -> tuple[list[Demo], list[dict]]:
-        """The demonstrations shown for an ordered set, with the label and input controls applied."""
-        true_labels = [int(pool.at[i, "label"]) for i in ordered]
+    def make_demos(native: list[int], ordered: list[int], row_index: int) -> tuple[list[Demo], list[dict]]:
+        """The demonstrations shown in prompt order ``ordered``, the label and input controls applied to the same
+        rows in their native (selection) order ``native`` and keyed by pool index: every ordering of one set shows
+        the same (input, shown label) pairs."""
+        true_labels = [int(pool.at[i, "label"]) for i in native]
         shown_labels = control_labels(
             true_labels,
             label_mode,
@@ -553,17 +557,16 @@ def build_prompt_set(
         )
         input_rng = control_rng(seed, row_index, INPUT_STREAM)
         if input_mode == "other_task":
-            positions = other_task_rows(len(ordered), len(other_pool), input_rng, str(protocol["other_task"]))
+            positions = other_task_rows(len(native), len(other_pool), input_rng, str(protocol["other_task"]))
             inputs = [(int(other_pool.index[j]), str(other_pool["text"].iloc[j]), None) for j in positions]
         else:
-            source = permuted_positions(len(ordered), input_rng) if input_mode == "permuted" else range(len(ordered))
-            inputs = [(ordered[j], str(pool.at[ordered[j], "text"]), true_labels[j]) for j in source]
-        demos = [Demo(index, label, text) for (index, text, _), label in zip(inputs, shown_labels)]
-        extras = [
-            {"true_label": true_label, "label_pool_index": int(label_row)}
-            for (_, _, true_label), label_row in zip(inputs, ordered)
-        ]
-        return demos, extras
+            source = permuted_positions(len(native), input_rng) if input_mode == "permuted" else range(len(native))
+            inputs = [(native[j], str(pool.at[native[j], "text"]), true_labels[j]) for j in source]
+        by_row = {
+            label_row: (Demo(index, label, text), {"true_label": true_label, "label_pool_index": int(label_row)})
+            for (index, text, true_label), label, label_row in zip(inputs, shown_labels, native)
+        }
+        return [by_row[i][0] for i in ordered], [by_row[i][1] for i in ordered]
 
     # 3. order, controls, tokens
     records, n_dropped_prompts, n_dropped_demos = [], 0, 0
@@ -579,7 +582,7 @@ def build_prompt_set(
             permutation_rng,
         )
         test_text = shown_tests[prompt_id]
-        demos, extras = make_demos(ordered, row_index)
+        demos, extras = make_demos(chosen, ordered, row_index)
         prompt = build_prompt(pieces, template, verbalizers, demos, test_text)
         while max_length is not None and len(prompt["input_ids"]) > max_length:
             message = (
@@ -591,8 +594,9 @@ def build_prompt_set(
                     message + ". Reduce protocol.n_demos, or set protocol.context_policy: drop to drop demonstrations "
                     "from the front until the prompt fits."
                 )
-            ordered = ordered[1:]  # the controls are applied anew to the kept demonstrations
-            demos, extras = make_demos(ordered, row_index)
+            ordered = ordered[1:]  # the controls are applied anew to the kept demonstrations (native order)
+            kept = set(ordered)
+            demos, extras = make_demos([i for i in chosen if i in kept], ordered, row_index)
             n_dropped_demos += 1
             prompt = build_prompt(pieces, template, verbalizers, demos, test_text)
         n_dropped_prompts += len(demos) < k
