@@ -25,6 +25,7 @@ control places it: two orderings of one condition show the same (pool index, inp
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ from kicl.prompts.pieces import (
     split_trailing_spaces,
 )
 from kicl.prompts.retrieval import (
+    NEAR_COPY_ENCODER_STRATEGIES,
     SIMILARITY_KINDS,
     SORTED_ORDERS,
     EmbedFunction,
@@ -114,6 +116,17 @@ def check_template(template: dict, verbalizers: Sequence[str], where: str) -> No
         raise PromptError(f"{where}.template: output_prefix and delimiter must not be empty")
     if any(not word.strip() for word in verbalizers):
         raise PromptError(f"{where}.verbalizers: empty label word in {list(verbalizers)}")
+
+
+_URL_OR_USER = re.compile(r"https?://\S+|www\.\S+|@\w+")
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+
+
+def normalised_text(text: str) -> str:
+    """The text a near-copy shares with its original: lower case, without @user handles, URLs and punctuation,
+    whitespace collapsed ("@user Great movie!!" and "great movie" are the same)."""
+    text = _URL_OR_USER.sub(" ", str(text).lower())
+    return " ".join(_PUNCTUATION.sub(" ", text).split())
 
 
 @dataclass
@@ -367,6 +380,8 @@ def _similarity_providers(
                 "function was given"
             )
         providers["encoder"] = encoder_similarity(embed)
+    elif "encoder" not in providers and embed is not None:  # available: removes near-copies of ranking strategies
+        providers["encoder"] = encoder_similarity(embed)
     if "bm25" in needed and "bm25" not in providers:
         providers["bm25"] = bm25_similarity
     if "model_kernel" in needed and "model_kernel" not in providers:
@@ -497,15 +512,19 @@ def build_prompt_set(
 
     # the demonstrations are chosen on the ORIGINAL test inputs (every test-input control keeps them)
     select_kind = selection_similarity(strategy_name)
-    near_copies = select_kind == "encoder"  # near-copy removal by encoder cosine: encoder-selected strategies only
-    selection = None
+    selection, encoder_matrix = None, None
     if select_kind:
         pool = cap_pool(pool, protocol["retrieval_pool_size"], seed)
         selection = _similarities(providers, select_kind, originals, pool["text"].astype(str).tolist(), where)
         log.info("%s: %s similarity of %d test inputs to %d pool examples", where, select_kind, len(indices), len(pool))
+    if select_kind == "encoder":
+        encoder_matrix = selection
+    elif strategy_name in NEAR_COPY_ENCODER_STRATEGIES and "encoder" in providers:  # for the near-copy filter
+        encoder_matrix = _similarities(providers, "encoder", originals, pool["text"].astype(str).tolist(), where)
+    near_copies = encoder_matrix is not None  # near-copy removal by encoder cosine too (capped pools only)
     pool_position = {index: position for position, index in enumerate(pool.index)}
     dedup_similarity = float(protocol["dedup_similarity"])
-    pool_texts = pool["text"].astype(str).to_numpy()
+    pool_keys = np.array([normalised_text(text) for text in pool["text"].astype(str)])
     options = {"n_classes": n_classes, "similarity_band": protocol["similarity_band"]}
 
     # 1. the demonstration set of every test point: Generator([seed, test_index]) and nothing else
@@ -513,12 +532,13 @@ def build_prompt_set(
     for prompt_id, row_index in enumerate(indices):
         test = eval_table.iloc[int(row_index)]
         rng = np.random.default_rng([seed, int(row_index)])
-        # the test input itself never serves as its own demonstration: exact copies leave the pool for every
-        # strategy, near-copies (cosine >= protocol.dedup_similarity) for the encoder-selected strategies
-        remove = pool_texts == originals[prompt_id]
+        # the test input itself never serves as its own demonstration: copies up to case, @user handles, URLs,
+        # punctuation and whitespace leave the pool for every strategy, near-copies (encoder cosine >=
+        # protocol.dedup_similarity) for the ranking strategies when the encoder is given
+        remove = pool_keys == normalised_text(originals[prompt_id])
         similarities = None if selection is None else selection[prompt_id]
         if near_copies:
-            remove |= similarities >= dedup_similarity
+            remove |= encoder_matrix[prompt_id] >= dedup_similarity
         candidates = pool
         if remove.any():  # no copy in the pool: the pool is used as it is (prompts unchanged by this check)
             candidates = pool[~remove]
@@ -531,9 +551,9 @@ def build_prompt_set(
     # 2. encoder similarities of the chosen demonstrations, for the sorted orders (the set is already fixed)
     order_similarity = None
     if protocol["demo_order"] in SORTED_ORDERS:
-        if select_kind == "encoder":
+        if encoder_matrix is not None:
             order_similarity = [
-                {i: float(selection[p, pool_position[i]]) for i in chosen} for p, chosen in enumerate(chosen_sets)
+                {i: float(encoder_matrix[p, pool_position[i]]) for i in chosen} for p, chosen in enumerate(chosen_sets)
             ]
         else:
             union = sorted({i for chosen in chosen_sets for i in chosen})
@@ -676,6 +696,7 @@ def build_prompt_set(
         meta["retrieval_encoder"] = protocol["retrieval_encoder"]
     if select_kind:
         meta["retrieval_pool_size"] = protocol["retrieval_pool_size"]
+    meta["near_copy_filter"] = "normalised_text+encoder" if near_copies else "normalised_text"
     if near_copies:
         meta["dedup_similarity"] = dedup_similarity
     return meta, records
