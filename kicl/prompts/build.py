@@ -52,6 +52,7 @@ from kicl.prompts.ood import (
     RewritesFileError,
     check_rewrites_file,
     inject_typos,
+    input_changed,
     rewrites_path,
     substitute_rare_words,
 )
@@ -631,6 +632,7 @@ def build_prompt_set(
                 "n_demos": len(demos),
                 **prompt,
                 "original_test_text": originals[prompt_id],
+                "test_input_changed": input_changed(originals[prompt_id], test_text),
             }
         )
         # each kept demonstration's similarity to the test input (of the row chosen at its position), prompt order
@@ -681,6 +683,7 @@ def build_prompt_set(
         "labels": label_mode,
         "inputs": input_mode,
         "test_inputs": protocol["test_inputs"],
+        "n_test_inputs_changed": int(sum(r["test_input_changed"] for r in records)),
         "protocol": {key: protocol[key] for key in sorted(protocol)},
     }
     if label_mode == "abstract":
