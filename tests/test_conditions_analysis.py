@@ -423,6 +423,14 @@ def test_order_groups_compare_shown_pairs_pairwise_rates_and_a_redraw_scale(tmp_
     assert group["same_demo_set"] == pytest.approx(1 - len(other_pairs) / N_PROMPTS)
     assert group["same_demo_rows"] == 1.0  # the same rows: only the sorted pool indices were compared before
     assert f"on {len(other_pairs)} of {N_PROMPTS} test points" in group["pairs_note"]
+    from kicl.tables.conditions import order_table
+
+    assert (
+        order_table(result.order)
+        .set_index("orderings")
+        .loc["noisy, noisy_o1, noisy_o2", "note"]
+        .startswith("the orderings show other")
+    )
     assert group["redraw_condition"] == "balanced" and group["redraw_kind"] == "re-drawn random demonstration set"
     assert group["redraw_yhat_change"] == pytest.approx(len(redrawn) / N_PROMPTS)
     # without a random re-draw the scale falls back to a re-selected set, and says so; without that, none

@@ -122,6 +122,7 @@ def order_table(order: pd.DataFrame) -> pd.DataFrame:
                 f"{r['redraw_condition']}: {_get(r, 'redraw_yhat_change')}" if r["redraw_condition"] else "—"
                 for _, r in rows
             ],
+            "note": [r["pairs_note"] or "—" for _, r in rows],
         }
     )
 
