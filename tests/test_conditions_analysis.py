@@ -5,6 +5,8 @@ points, splits, gold labels and demonstrations; a condition differs by overridde
 or its prompt records (true labels, similarities).
 """
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,8 +18,8 @@ from kicl.analysis.conditions import (
     order_group_members,
     paper_table1_key,
 )
-from kicl.analysis.head_selection import paired_p_value
 from kicl.analysis.reconstruction import head_predictions
+from kicl.analysis.stats import holm, mcnemar_p, wilson_interval
 from kicl.store.reader import open_store
 from kicl.store.synthetic import Planted, make_synthetic_store, write_synthetic_prompts
 
@@ -86,8 +88,12 @@ def test_paired_difference_and_change_rate_by_hand(tmp_path, base):
     diffs = (correct_b - correct_a)[idx].mean(1)
     assert row["accuracy_diff_low"] == pytest.approx(np.quantile(diffs, 0.05))
     assert row["accuracy_diff_high"] == pytest.approx(np.quantile(diffs, 0.95))
-    assert row["accuracy_diff_p"] == pytest.approx(paired_p_value(diffs))
+    assert row["accuracy_diff_p"] == pytest.approx(mcnemar_p(correct_b, correct_a))  # nothing re-selected: exact
+    assert row["accuracy_diff_p_holm"] == row["accuracy_diff_p"]  # one condition against the reference
     assert row["yhat_change"] == pytest.approx(len(rows) / N_PROMPTS)
+    assert (row["yhat_change_low"], row["yhat_change_high"]) == pytest.approx(
+        wilson_interval(len(rows), N_PROMPTS, BOOT["level"])
+    )
     assert metrics.loc["paper", "yhat_change"] == 0 and metrics.loc["paper", "accuracy_diff"] == 0
     assert row["differs_from_reference"] == 'demo_strategy="nearest"'
     assert row["n"] == N_PROMPTS and row["n_heldout"] == (base["split"] == "heldout").sum()
@@ -120,8 +126,9 @@ def test_order_groups(tmp_path, base):
     assert list(order["members"]) == ["paper, perm1, perm2", "near, near_asc"]
     main, other = order.iloc[0], order.iloc[1]
     assert main["main"] and not other["main"]
-    assert main["yhat_change"] == 0 and main["ytilde_change"] == 0  # identical stores: nothing changes
-    assert other["yhat_change"] == pytest.approx(len(planted_rows) / N_PROMPTS)
+    assert main["yhat_any_change"] == 0 and main["ytilde_any_change"] == 0  # identical stores: nothing changes
+    assert other["yhat_any_change"] == pytest.approx(len(planted_rows) / N_PROMPTS)
+    assert other["yhat_pairwise_change"] == pytest.approx(len(planted_rows) / N_PROMPTS)  # two orderings: one pair
     assert main["same_demo_set"] == 1.0
     assert order_group_members({"a": {}, "b": {"labels": "flipped"}}, "a") == []
 
@@ -298,7 +305,7 @@ def test_write_condition_outputs(tmp_path, base):
     assert set(paths) == set(OUTPUT_FILES)
     table = pd.read_csv(paths["csv"]).set_index("condition")
     d, lo, hi, p = table.loc["flipped", ["accuracy_diff", "accuracy_diff_low", "accuracy_diff_high", "accuracy_diff_p"]]
-    expected = f"flipped − paper: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {p:.3f}; the interval"
+    expected = f"flipped − paper: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], McNemar p = {p:.3f}, Holm p = "
     assert table.loc["flipped", "reading"].startswith(expected)
     assert expected in paths["md"].read_text()
     figure = pd.read_csv(paths["figure_csv"])
@@ -319,6 +326,149 @@ def test_write_condition_outputs(tmp_path, base):
     lines = headline(paths["csv"])
     assert len(lines) == len(specs) and lines[0] == f"ablation / paper: accuracy {table.loc['paper', 'accuracy']:.3f}"
     assert f"flipped: accuracy {table.loc['flipped', 'accuracy']:.3f}, Δ {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in lines[3]
+
+
+def _edit_records(prompts, edit):
+    """Rewrite a prompt file with `edit(record)` applied to each record."""
+    records = [json.loads(line) for line in prompts.read_text().splitlines()]
+    prompts.write_text("".join(json.dumps(edit(record) or record) + "\n" for record in records))
+
+
+def _fixed_wrong(base, n_right, n_wrong, start=0):
+    """ŷ with `n_right` of the reference's wrong points made right and `n_wrong` of its right points made wrong."""
+    wrong_rows = np.flatnonzero(base["prediction"] != base["gold"])[start : start + n_right]
+    right_rows = np.flatnonzero(base["prediction"] == base["gold"])[start : start + n_wrong]
+    out = base["prediction"].copy()
+    out[wrong_rows] = base["gold"][wrong_rows]
+    out[right_rows] = 1 - base["gold"][right_rows]
+    return out
+
+
+def test_condition_p_values_are_exact_mcnemar_holm_adjusted_and_decide_the_reading(tmp_path, base):
+    """5 discordant pairs all one way: the percentile bootstrap says p ≈ 0.01 and an interval excluding 0, the exact
+    McNemar test 0.0625 (audit 2, L1); three conditions against one reference: Holm-adjusted (L2)."""
+    from kicl.tables.conditions import reading
+
+    specs = {
+        "paper": ({}, {}),
+        "five_up": ({"x": 1}, {"overrides": {"prediction": _fixed_wrong(base, 5, 0)}}),
+        "many_up": ({"x": 2}, {"overrides": {"prediction": _fixed_wrong(base, 9, 0)}}),
+        "mixed": ({"x": 3}, {"overrides": {"prediction": _fixed_wrong(base, 3, 2, start=5)}}),
+    }
+    metrics = _run(tmp_path, specs).metrics.set_index("condition")
+    correct = {n: (metrics.loc[n, "accuracy"]) for n in specs}
+    assert metrics.loc["five_up", "accuracy_diff"] == pytest.approx(5 / N_PROMPTS) and correct["five_up"] > 0
+    p = {n: metrics.loc[n, "accuracy_diff_p"] for n in ("five_up", "many_up", "mixed")}
+    assert p["five_up"] == pytest.approx(0.0625) and p["many_up"] == pytest.approx(2 / 2**9)
+    assert p["mixed"] == pytest.approx(1.0)
+    adjusted = holm([p["five_up"], p["many_up"], p["mixed"]])
+    assert metrics.loc[["five_up", "many_up", "mixed"], "accuracy_diff_p_holm"].tolist() == pytest.approx(adjusted)
+    assert np.isnan(metrics.loc["paper", "accuracy_diff_p_holm"])
+    row = metrics.loc["five_up"].copy()
+    row["condition"] = "five_up"
+    assert row["accuracy_diff_low"] > 0  # the percentile interval excludes 0 ...
+    assert reading(row, "paper", 0.1).endswith("≥ 0.1: no difference shown")  # ... the Holm-adjusted McNemar p does not
+    row = metrics.loc["many_up"].copy()
+    row["condition"] = "many_up"
+    assert reading(row, "paper", 0.1).endswith("< 0.1: differs from paper")
+
+
+def test_a_rare_change_rate_gets_a_wilson_interval(tmp_path, base):
+    """No ŷ change in 40 points: the interval is not [0, 0] (audit 2, L2)."""
+    metrics = _run(tmp_path, {"paper": ({}, {}), "same": ({"x": 1}, {})}).metrics.set_index("condition")
+    row = metrics.loc["same"]
+    assert row["yhat_change"] == 0 and row["yhat_change_low"] == 0
+    assert row["yhat_change_high"] == pytest.approx(wilson_interval(0, N_PROMPTS, BOOT["level"])[1])
+    assert row["yhat_change_high"] > 0.03
+
+
+def test_order_groups_compare_shown_pairs_pairwise_rates_and_a_redraw_scale(tmp_path, base):
+    """Three orderings of a noisy condition: the mean pairwise ŷ-change rate, triples that differ (a stale or
+    pre-fix prompt file: other shown inputs) flagged, and the ŷ change under a re-drawn set as scale (M4)."""
+    rows_2, rows_3 = np.array([0, 1, 2, 3]), np.array([2, 3, 10, 11, 12, 13])
+    noisy = {"labels": "noisy", "label_noise": 0.5}
+    redrawn = np.array([5, 6, 7])
+    specs = {
+        "paper": ({}, {}),
+        "balanced": (
+            {"demo_strategy": "class_balanced"},
+            {"overrides": {"prediction": _changed(base["prediction"], redrawn)}},
+        ),
+        "nearest": ({"demo_strategy": "nearest"}, {}),
+        "noisy": (noisy, {}),
+        "noisy_o1": (noisy | {"order_seed": 1}, {"overrides": {"prediction": _changed(base["prediction"], rows_2)}}),
+        "noisy_o2": (noisy | {"order_seed": 2}, {"overrides": {"prediction": _changed(base["prediction"], rows_3)}}),
+    }
+    stores, prompts, protocols = {}, {}, {}
+    for name, (protocol, options) in specs.items():
+        stores[name], prompts[name] = _condition(tmp_path, name, **options)
+        protocols[name] = protocol
+    other_pairs = {0, 7, 19}  # the second ordering shows other inputs on these test points
+
+    def swap_inputs(record):
+        if record["prompt_id"] in other_pairs:
+            record["demos"][0]["text"], record["demos"][1]["text"] = (
+                record["demos"][1]["text"],
+                record["demos"][0]["text"],
+            )
+
+    _edit_records(prompts["noisy_o1"], swap_inputs)
+    result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
+    group = result.order.set_index("members").loc["noisy, noisy_o1, noisy_o2"]
+    y = np.stack([base["prediction"], _changed(base["prediction"], rows_2), _changed(base["prediction"], rows_3)])
+    pairwise = np.mean([(y[0] != y[1]).mean(), (y[0] != y[2]).mean(), (y[1] != y[2]).mean()])
+    assert group["yhat_pairwise_change"] == pytest.approx(pairwise)
+    assert group["yhat_any_change"] == pytest.approx(len(set(rows_2) | set(rows_3)) / N_PROMPTS)
+    assert group["yhat_pairwise_change_high"] > group["yhat_pairwise_change"]
+    assert group["same_demo_set"] == pytest.approx(1 - len(other_pairs) / N_PROMPTS)
+    assert group["same_demo_rows"] == 1.0  # the same rows: only the sorted pool indices were compared before
+    assert f"on {len(other_pairs)} of {N_PROMPTS} test points" in group["pairs_note"]
+    from kicl.tables.conditions import order_table
+
+    assert (
+        order_table(result.order)
+        .set_index("orderings")
+        .loc["noisy, noisy_o1, noisy_o2", "note"]
+        .startswith("the orderings show other")
+    )
+    assert group["redraw_condition"] == "balanced" and group["redraw_kind"] == "re-drawn random demonstration set"
+    assert group["redraw_yhat_change"] == pytest.approx(len(redrawn) / N_PROMPTS)
+    # without a random re-draw the scale falls back to a re-selected set, and says so; without that, none
+    del stores["balanced"]
+    result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
+    assert result.order["redraw_condition"].iloc[0] == "nearest"
+    assert result.order["redraw_kind"].iloc[0].startswith("no random re-draw in this run")
+    del stores["nearest"]
+    result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
+    assert result.order["redraw_kind"].iloc[0].startswith("none") and np.isnan(
+        result.order["redraw_yhat_change"].iloc[0]
+    )
+
+
+def test_table1_reports_the_share_changed_and_the_drop_on_changed_inputs(tmp_path, base):
+    """Typos leave some test inputs unchanged (audit 2, L6): the drop on the changed ones is not diluted."""
+    changed = np.zeros(N_PROMPTS, bool)
+    changed[::4] = True  # a quarter of the inputs changed
+    wrong_rows = np.flatnonzero(changed & (base["prediction"] == base["gold"]))
+    stores, prompts = {}, {}
+    stores["paper"], prompts["paper"] = _condition(tmp_path, "paper")
+    stores["typos"], prompts["typos"] = _condition(
+        tmp_path, "typos", overrides={"prediction": _changed(base["prediction"], wrong_rows)}
+    )
+    _edit_records(prompts["typos"], lambda r: r | {"test_input_changed": bool(changed[r["prompt_id"]])})
+    protocols = {"paper": {}, "typos": {"test_inputs": "typos", "typo_rate": 0.2}}
+    result = compare_conditions(stores, prompts, protocols, "paper", "sst2", bootstrap=BOOT)
+    table1 = result.table1.set_index("condition")
+    assert table1.loc["typos", "share_changed"] == pytest.approx(0.25) and table1.loc["typos", "n_changed"] == 10
+    assert table1.loc["typos", "drop"] == pytest.approx(-len(wrong_rows) / N_PROMPTS)
+    assert table1.loc["typos", "drop_changed"] == pytest.approx(-len(wrong_rows) / changed.sum())
+    assert table1.loc["typos", "drop_changed_p"] == pytest.approx(
+        mcnemar_p(np.zeros(len(wrong_rows)), np.ones(len(wrong_rows)))
+    )
+    assert np.isnan(table1.loc["paper", "share_changed"])  # the synthetic reference records cannot say
+    from kicl.tables.conditions import table1_table
+
+    assert "0.250 [" in table1_table(result.table1).set_index("condition").loc["typos", "inputs changed"]
 
 
 def test_stale_prompt_file_is_named(tmp_path, base):

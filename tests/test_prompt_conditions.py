@@ -77,10 +77,10 @@ def test_one_function_decides_which_similarities_a_protocol_needs():
     assert needed_similarities({"demo_strategy": "class_balanced", "demo_order": "native"}) == frozenset()
     for strategy in ("nearest", "farthest", "similarity_band"):
         assert needs_encoder({"demo_strategy": strategy}) and not needs_model_kernel({"demo_strategy": strategy})
-    assert needs_bm25({"demo_strategy": "bm25"}) and not needs_encoder({"demo_strategy": "bm25"})
-    assert needs_model_kernel({"demo_strategy": "model_kernel"}) and not needs_encoder(
-        {"demo_strategy": "model_kernel"}
-    )
+    # bm25 and model_kernel select without the encoder; it removes the near-copies of their capped pool
+    assert needs_bm25({"demo_strategy": "bm25"}) and "encoder" not in needed_similarities({"demo_strategy": "bm25"})
+    assert needs_model_kernel({"demo_strategy": "model_kernel"}) and needs_encoder({"demo_strategy": "model_kernel"})
+    assert needs_encoder({"demo_strategy": "bm25"}) and not needs_encoder({"demo_strategy": "class_balanced"})
     # a sorted order needs the encoder whatever the strategy
     assert needs_encoder({"demo_strategy": "random", "demo_order": "descending"})
     assert needed_similarities({"demo_strategy": "bm25", "demo_order": "ascending"}) == {"bm25", "encoder"}
@@ -285,6 +285,29 @@ def test_demo_order_and_order_seed_never_change_the_set(tokenizer, strategy):
         tokenizer, eval_table, pool, protocol=base | {"order_seed": 1}, embed=embed, similarity_providers=providers
     )
     assert _sets_and_orders(one) != _sets_and_orders(two) and _sets_and_orders(one) == _sets_and_orders(again)
+
+
+def _triples(record):
+    return sorted((d["label_pool_index"], d["pool_index"], d["text"], d["label"]) for d in record["demos"])
+
+
+@pytest.mark.parametrize(
+    "controls",
+    [{"labels": "noisy", "label_noise": 0.5}, {"labels": "random"}, {"inputs": "permuted"}],
+    ids=["noisy", "random", "permuted"],
+)
+def test_orderings_of_a_noisy_or_permuted_condition_show_the_same_pairs(tokenizer, controls):
+    """Label and input controls are applied by pool index before reordering (audit 2, M4): two order seeds and a
+    sorted order of one condition show the same (slot row, input, shown label) pairs, only in another order."""
+    eval_table, pool = toy_tables(n_eval=16, n_pool=40)
+    embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
+    base = {"n_demos": 8} | controls
+    _, native = build(tokenizer, eval_table, pool, protocol=base)
+    for overrides in ({"order_seed": 1}, {"order_seed": 2}, {"demo_order": "descending"}):
+        _, records = build(tokenizer, eval_table, pool, protocol=base | overrides, embed=embed)
+        assert _sets_and_orders(records) != _sets_and_orders(native)  # reordered for some test point
+        for one, other in zip(native, records):
+            assert _triples(one) == _triples(other), (overrides, one["test_index"])
 
 
 def test_nearest_native_order_is_ascending_and_a_sorted_order_needs_the_encoder(tokenizer):

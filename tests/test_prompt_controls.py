@@ -239,6 +239,23 @@ def test_typo_condition_changes_only_the_test_inputs(tokenizer):
         check_segment_map(tokenizer, meta, after, spec_with()["template"])
 
 
+def test_each_prompt_records_whether_its_test_input_changed(tokenizer):
+    """Typos at rate 0.2 leave inputs with at most 2 words of 3+ letters unchanged (round(0.2·2) = 0): the record
+    says so (audit 2, L6), and the original condition changes none."""
+    eval_table, pool = toy_tables()
+    short = ["ok go", "it is so", "bad film", "a fine day", "no way, no"]
+    eval_table["text"] = [
+        (short[i % 5] if i % 2 else SENTENCES[i % 5].strip()) + f" e{i}" for i in range(len(eval_table))
+    ]
+    meta, typos = build(tokenizer, eval_table, pool, protocol={"test_inputs": "typos", "typo_rate": 0.2})
+    flags = [r["test_input_changed"] for r in typos]
+    assert flags == [r["test_text"] != r["original_test_text"] for r in typos]
+    assert flags == [round_half_up(0.2 * len(editable_words(r["original_test_text"]))) > 0 for r in typos]
+    assert 0 < sum(flags) < len(flags) and meta["n_test_inputs_changed"] == sum(flags)
+    meta, original = build(tokenizer, eval_table, pool)
+    assert not any(r["test_input_changed"] for r in original) and meta["n_test_inputs_changed"] == 0
+
+
 def test_rare_words_are_rarer_synonyms_at_the_asked_rate():
     rng = np.random.default_rng(0)
     total = 0

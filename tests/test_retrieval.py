@@ -79,33 +79,56 @@ def test_toy_embeddings_give_top_or_bottom_k_by_cosine_in_ascending_order(tokeni
         check_segment_map(tokenizer, meta, record, spec_with()["template"])
 
 
-@pytest.mark.parametrize("strategy", ["random", "class_balanced", "nearest", "farthest"])
+def word_overlap_kernel(test_texts, pool_texts):
+    """A model_kernel provider: Jaccard overlap of lower-cased words (a near-copy ranks first)."""
+
+    def words(text):
+        return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+    return np.array([[len(words(t) & words(p)) / len(words(t) | words(p)) for p in pool_texts] for t in test_texts])
+
+
+@pytest.mark.parametrize("strategy", ["random", "class_balanced", "nearest", "farthest", "bm25", "model_kernel"])
 def test_the_test_input_and_its_near_copies_never_serve_as_its_demonstrations(tokenizer, strategy):
+    """Exact copies, copies up to case and punctuation (every strategy) and encoder near-copies (the ranking
+    strategies, bm25 and model_kernel included: audit 2, L4) of the test input never become its demonstrations."""
     eval_table, pool = toy_tables(n_eval=6, n_pool=12)
-    copies = pd.DataFrame(
-        {"text": list(eval_table["text"]), "label": eval_table["label"].to_numpy()}, index=np.arange(900, 906)
-    )
+    labels = eval_table["label"].to_numpy()
+    copies = pd.DataFrame({"text": list(eval_table["text"]), "label": labels}, index=np.arange(900, 906))
+    case_text = {text: f"{text.upper()} !!" for text in eval_table["text"]}  # differs only in case and punctuation
+    case_copies = pd.DataFrame({"text": list(case_text.values()), "label": labels}, index=np.arange(920, 926))
     near_text = {text: f"{text} (near copy)" for text in eval_table["text"]}
-    near = pd.DataFrame(
-        {"text": list(near_text.values()), "label": eval_table["label"].to_numpy()}, index=np.arange(950, 956)
-    )
-    pool = pd.concat([pool, copies, near])
+    near = pd.DataFrame({"text": list(near_text.values()), "label": labels}, index=np.arange(950, 956))
+    pool = pd.concat([pool, copies, case_copies, near])
     embed = ToyEmbedding(list(pool["text"]))
     for text, copy in near_text.items():  # cosine 0.99 with its test input, below 0.95 with the others (toy)
         embed.vectors[copy] = embed.vectors[text] + 0.1 * np.linalg.norm(embed.vectors[text]) * np.eye(5)[0]
     protocol = PROTOCOL | {"demo_strategy": strategy, "n_select": 4, "n_heldout": 2, "n_demos": 10}
-    meta, records = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, protocol, None, embed=embed)
-    retrieval = strategy in ("nearest", "farthest")
+    meta, records = build_prompt_set(
+        "toy",
+        spec_with(),
+        "m",
+        tokenizer,
+        eval_table,
+        pool,
+        protocol,
+        None,
+        embed=embed,
+        similarity_providers={"model_kernel": word_overlap_kernel},
+    )
+    ranking = strategy not in ("random", "class_balanced")
+    assert meta["near_copy_filter"] == ("normalised_text+encoder" if ranking else "normalised_text")
     for record in records:
         test_text = eval_table.loc[record["test_index"], "text"]
         demo_texts = [d["text"] for d in record["demos"]]
-        assert test_text not in demo_texts
-        if retrieval:
+        assert test_text not in demo_texts and case_text[test_text] not in demo_texts
+        if ranking:
             assert near_text[test_text] not in demo_texts
+        if strategy in ("nearest", "farthest"):
             assert max(record["demo_similarity"]) < protocol["dedup_similarity"]
         check_segment_map(tokenizer, meta, record, spec_with()["template"])
     assert meta["n_prompts_with_pool_copies_removed"] == 6
-    assert meta["pool_test_copies_removed"] >= (12 if retrieval else 6)
+    assert meta["pool_test_copies_removed"] >= (18 if ranking else 12)
     if strategy == "nearest":  # the near copies would otherwise be the most similar demonstrations
         assert all(cosine(embed.vectors[near_text[t]], embed.vectors[t]) > 0.99 for t in eval_table["text"])
 
@@ -199,7 +222,7 @@ def _dry_run_build_prompts(run_workflow, tmp_path, protocol, encoders=()):
 
 
 def test_encoder_manifest_is_a_prompt_input_only_when_the_protocol_needs_it(run_workflow, tmp_path):
-    without = ({"demo_strategy": "random"}, {"demo_strategy": "class_balanced"}, {"demo_strategy": "bm25"})
+    without = ({"demo_strategy": "random"}, {"demo_strategy": "class_balanced"})
     for number, protocol in enumerate(without):
         result, output = _dry_run_build_prompts(run_workflow, tmp_path / f"without{number}", protocol)
         assert result.returncode == 0, output[-3000:]
@@ -209,6 +232,7 @@ def test_encoder_manifest_is_a_prompt_input_only_when_the_protocol_needs_it(run_
         {"demo_strategy": "farthest"},
         {"demo_strategy": "similarity_band"},
         {"demo_strategy": "random", "demo_order": "descending"},
+        {"demo_strategy": "bm25"},  # the encoder removes near-copies of the test input from its capped pool
     )
     for number, protocol in enumerate(with_encoder):
         # the retrieval encoder need not be among run.encoders (the Table 2 encoder rows)

@@ -17,6 +17,7 @@ from kicl.theory.icl_world import (
     make_label_world,
     sample_documents,
     sample_examples,
+    world_from_config,
     world_task_splits,
 )
 
@@ -99,7 +100,7 @@ def test_world_task_stores_the_exact_posterior():
     cfg = {"world": WORLD, "chain": {"task_index": 1, "n_eval": 50, "n_demo_pool": 80}}
     splits = world_task_splits(cfg)
     assert len(splits["test"]) == 50 and len(splits["train"]) == 80
-    world = make_label_world(np.random.default_rng(0))
+    world = world_from_config(cfg["world"])
     row = splits["test"].iloc[0]
     x = np.array([int(t[1:]) for t in row["text"].split()])
     joint = joint_likelihood(world, forward_joint(world, x[None]))[0]
@@ -124,6 +125,68 @@ def _theory_cfg(**sections) -> dict:
     for name, values in sections.items():
         cfg[name].update(values)
     return cfg
+
+
+def test_world_test_points_and_corpus_draw_independent_streams(tmp_path, monkeypatch):
+    """All three seeds 0 (the defaults): the first corpus batch's document tasks are not the first test tasks, and
+    the world is not drawn from that stream either (audit 2, L7: they shared default_rng(0)'s stream)."""
+    import kicl.theory.pretrain as pretrain_module
+    from kicl.theory.icl_compare import draw_test_points
+
+    batches = []
+
+    def recording(*args, **kwargs):
+        docs, tasks = sample_documents(*args, **kwargs)
+        batches.append(tasks)
+        return docs, tasks
+
+    monkeypatch.setattr(pretrain_module, "sample_documents", recording)
+    _short_run(tmp_path, "streams", seed=0, batch_size=8)
+    cfg = _theory_cfg()
+    world = world_from_config(cfg["world"])
+    tests = draw_test_points(world, 8, cfg["world"]["x_len"], 2, seed=0)["tasks"]
+    assert cfg["world"]["seed"] == cfg["eval"]["seed"] == cfg["train"]["seed"] == 0
+    assert not np.array_equal(batches[0], tests)
+    assert not np.array_equal(world.transition, make_label_world(np.random.default_rng(0)).transition)
+
+
+class PositionOnlyModel:
+    """A stand-in transformer whose every head's last row attends to the last demonstration's first token only (a
+    position-only head); its label logits are random."""
+
+    def __init__(self, world, n_layers=2, n_heads=2):
+        self.world, self.n_layers, self.n_heads = world, n_layers, n_heads
+
+    def __call__(self, input_ids, output_attentions=True):
+        import torch
+
+        batch, length = input_ids.shape
+        logits = torch.randn(batch, length, self.world.vocab_size, generator=torch.Generator().manual_seed(length))
+        attention = torch.zeros(batch, self.n_heads, length, length)
+        demo_starts = (input_ids[0] == MARKER).nonzero().flatten()[:-1] - WORLD["x_len"]
+        attention[:, :, -1, int(demo_starts[-1]) if len(demo_starts) else 0] = 1.0
+        return type("Out", (), {"logits": logits, "attentions": (attention,) * self.n_layers})()
+
+
+def test_comparison_has_a_position_only_baseline_and_intervals():
+    """The selected head of a position-only stand-in model is matched by the position-only baseline (its per-slot
+    mean weight on select), and every number of the table has a bootstrap interval around it (audit 2, L7)."""
+    from kicl.theory.icl_compare import compare, markdown_table
+
+    cfg = _theory_cfg(eval={"n_demos": [0, 2, 4], "n_select": 40, "n_heldout": 60, "n_sigma": 200, "n_boot": 200})
+    world = world_from_config(cfg["world"])
+    table, heads = compare(cfg, PositionOnlyModel(world))
+    rows = table.set_index(["n", "method"])
+    for n in (2, 4):
+        position, last, head = (rows.loc[(n, m)] for m in ("position_only", "last_demo_label", "head_vote"))
+        for metric in ("acc_sampled", "acc_expected", "agree_posterior", "agree_transformer"):
+            assert position[metric] == last[metric] == head[metric]  # all three read the last demonstration's label
+            assert position[f"{metric}_low"] <= position[metric] <= position[f"{metric}_high"]
+        assert position["acc_sampled_low"] < position["acc_sampled_high"]
+        assert np.isnan(position["l1_posterior"])
+    assert (0, "position_only") not in rows.index
+    assert rows.loc[(4, "transformer"), "l1_posterior_low"] < rows.loc[(4, "transformer"), "l1_posterior_high"]
+    assert "position_only" in markdown_table(table, "acc_expected") and " [" in markdown_table(table, "acc_expected")
 
 
 def test_tiny_training_run_beats_label_frequency(tmp_path):

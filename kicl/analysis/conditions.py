@@ -5,28 +5,34 @@ Every condition has a forward store, a prompt file, optionally an encoder kernel
 sets must be identical, with the same split and gold label per test point); every comparison is paired: one
 bootstrap resample of the test points (``points``: all test points, or held-out only) and one of the
 held-out points are drawn once and applied to every condition, so differences between conditions use the
-same resamples. Intervals are percentile intervals at ``level``; p-values are the two-sided bootstrap
-p-value of kicl.analysis.head_selection.paired_p_value.
+same resamples. Means get percentile intervals at ``level`` (kicl.analysis.stats); proportions of test points
+(ŷ-change rates, shares of changed inputs or of identical demonstrations) get Wilson intervals. A paired difference
+of two fixed predictions (Δ accuracy to the reference, the calibration gain: nothing is re-selected) gets the exact
+McNemar p-value, and the Δ accuracies of the conditions against the one reference get Holm-adjusted p-values
+(``accuracy_diff_p_holm``).
 
 Per condition (``condition_metrics``): ICL accuracy; the paired difference to the reference condition;
-the ŷ-change rate (share of test points whose ŷ differs from the reference's); the held-out agreement with ŷ
-of the head chosen on the reference's ``select`` prompts and of the head re-chosen on the condition's own
-``select`` prompts (both fixed: intervals are conditional on the choice); the attention-free baselines of
-kicl.analysis.baselines fitted on the condition's own ``select`` prompts (the position-only kernel is the
-reference-chosen head's); encoder-KR accuracy and agreement; the mean encoder cosine of the demonstrations
-to the test input (``encoder_similarity``); the agreement of ŷ with the majority shown demonstration label;
-and the share of demonstrations whose shown label differs from their ``true_label`` (measured from the
-prompt records; a demonstration without ``true_label`` shows its true label, one with ``true_label: null``,
-an input from another task, is not counted).
+the ŷ-change rate (share of test points whose ŷ differs from the reference's); the share of test inputs the
+test-input control changed (the prompt records' ``test_input_changed``) and the paired difference on those; the
+held-out agreement with ŷ of the head chosen on the reference's ``select`` prompts and of the head re-chosen on
+the condition's own ``select`` prompts (both fixed: intervals are conditional on the choice); the attention-free
+baselines of kicl.analysis.baselines fitted on the condition's own ``select`` prompts (the position-only kernel is
+the reference-chosen head's); encoder-KR accuracy and agreement; the mean encoder cosine of the demonstrations
+to the test input (``encoder_similarity``); the agreement of ŷ with the majority shown demonstration label (vote
+ties by the ``ties`` rule given); and the share of demonstrations whose shown label differs from their
+``true_label`` (measured from the prompt records; a demonstration without ``true_label`` shows its true label, one
+with ``true_label: null``, an input from another task, is not counted).
 
-Order groups (``order_groups``): conditions whose protocols differ only in ORDER_KEYS. Curves: the
-bandwidth curve (``bandwidth_curve``), the label-noise curve (``label_noise_curve``) and the paper's Table 1
-analogue (``table1_analogue``). Plot-free; tables and figures are kicl.tables.conditions and
-kicl.figures.conditions.
+Order groups (``order_groups``): conditions whose protocols differ only in ORDER_KEYS, with the mean pairwise
+ŷ-change rate, whether the orderings show the same (pool index, shown label, input) triples, and the change under
+a re-drawn demonstration set as reference scale. Curves: the bandwidth curve (``bandwidth_curve``), the label-noise
+curve (``label_noise_curve``) and the paper's Table 1 analogue (``table1_analogue``). Plot-free; tables and figures
+are kicl.tables.conditions and kicl.figures.conditions.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -37,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from kicl.analysis.baselines import demo_label_matrix, fixed_predictions, position_kernel, position_predictions
-from kicl.analysis.head_selection import paired_p_value
+from kicl.analysis.stats import bootstrap_counts, holm, mcnemar_p, percentile_interval, wilson_interval
 from kicl.analysis.votes import reconstruct
 from kicl.prompts.files import read_meta, read_prompt_records
 from kicl.store.reader import label_names, open_store, string_values
@@ -49,6 +55,9 @@ ORDER_KEYS = ("order_seed", "demo_order")
 #: protocol keys of demonstration selection: the conditions of the bandwidth curve differ from the reference in
 #: these only
 SELECTION_KEYS = ("demo_strategy", "similarity_band", "retrieval_pool_size", "retrieval_encoder", "dedup_similarity")
+#: demonstration strategies that draw the set at random: a condition differing from the reference only in selecting
+#: by one of them re-draws the set (the reference scale of order sensitivity)
+REDRAW_STRATEGIES = ("random", "class_balanced")
 #: protocol keys of the label-noise curve
 LABEL_KEYS = ("labels", "label_noise")
 #: ``labels`` values on the label-noise curve: gold labels (p = 0), a fraction wrong, every label wrong (p = 1)
@@ -88,13 +97,15 @@ class Condition:
     wrong_labels: np.ndarray  # (N,) wrong shown labels per prompt (NaN where not measurable)
     n_known: np.ndarray  # (N,) demonstrations per prompt with a known true label
     demo_sets: list  # per test point: the sorted pool indices of its demonstrations
+    demo_triples: list  # per test point: the sorted (pool_index, shown label, input text) of its demonstrations
+    changed: np.ndarray  # (N,) 1 where the test-input control changed the test input, 0 where not, NaN unknown
     encoder: dict = field(default_factory=dict)  # kernel -> (N,) encoder-KR prediction
     calibrated: np.ndarray | None = None  # (N,) ŷ after contextual calibration (stores with label_logits_cf)
 
     def take(self, order: np.ndarray) -> Condition:
         """The same condition with its test points in `order` (row positions)."""
         per_point = ("test_index", "split", "gold", "prediction", "demo_label", "head_pred", "kernel_weight")
-        per_point += ("similarity", "wrong_labels", "n_known")
+        per_point += ("similarity", "wrong_labels", "n_known", "changed")
         arrays = {name: getattr(self, name)[order] for name in per_point}
         return Condition(
             name=self.name,
@@ -103,6 +114,7 @@ class Condition:
             n_heads=self.n_heads,
             n_labels=self.n_labels,
             demo_sets=[self.demo_sets[i] for i in order],
+            demo_triples=[self.demo_triples[i] for i in order],
             encoder={k: v[order] for k, v in self.encoder.items()},
             calibrated=None if self.calibrated is None else self.calibrated[order],
             **arrays,
@@ -130,6 +142,16 @@ def _measured_wrong_labels(records, protocol: dict, where: str) -> tuple[np.ndar
                 known[p] += 1
                 wrong[p] += int(truth) != int(demo["label"])
     return wrong, known
+
+
+def test_input_changed(record: dict) -> float:
+    """1.0 where the prompt's test-input control changed its test input, 0.0 where not (the record's
+    ``test_input_changed``, else ``test_text`` against ``original_test_text``), NaN where the record cannot say."""
+    if "test_input_changed" in record:
+        return float(bool(record["test_input_changed"]))
+    if "original_test_text" in record:
+        return float(str(record["test_text"]).strip() != str(record["original_test_text"]).strip())
+    return np.nan
 
 
 def encoder_similarity(records, prompts, embeddings=None) -> np.ndarray:
@@ -233,6 +255,10 @@ def load_condition(
         wrong_labels=wrong,
         n_known=known,
         demo_sets=[tuple(sorted(int(d["pool_index"]) for d in r["demos"])) for r in records],
+        demo_triples=[
+            tuple(sorted((int(d["pool_index"]), int(d["label"]), d["text"]) for d in r["demos"])) for r in records
+        ],
+        changed=np.array([test_input_changed(r) for r in records], dtype=float),
         encoder=encoder,
         calibrated=calibrated_prediction(ds["label_logits"].values, ds["label_logits_cf"].values)
         if "label_logits_cf" in ds
@@ -288,35 +314,59 @@ def align_conditions(conditions: dict, reference: str) -> dict:
 
 @dataclass
 class Resamples:
-    """Bootstrap resamples drawn once and shared by every condition: rows (B, N) over `points`, (B, N_h) over
-    held-out points (positions into the condition arrays)."""
+    """Bootstrap resamples drawn once and shared by every condition: multiplicities (B, N) of the test points of
+    `points` and (B, N_h) of the held-out points (kicl.analysis.stats.bootstrap_counts), positions into the
+    condition arrays."""
 
     points: np.ndarray
     heldout: np.ndarray
     select: np.ndarray
-    boot_points: np.ndarray
-    boot_heldout: np.ndarray
+    counts_points: np.ndarray
+    counts_heldout: np.ndarray
     level: float
+
+    @property
+    def n_boot(self) -> int:
+        return len(self.counts_points)
+
+    def _rows(self, held: bool) -> tuple[np.ndarray, np.ndarray]:
+        return (self.heldout, self.counts_heldout) if held else (self.points, self.counts_points)
 
     def interval(self, values, held: bool = False) -> tuple[float, float, float]:
         """Mean of per-point `values` over points (or held-out points) with its percentile interval."""
-        rows = self.heldout if held else self.points
+        rows, counts = self._rows(held)
         values = np.asarray(values, dtype=float)[rows]
         if values.size == 0 or not np.isfinite(values).all():
             return (np.nan, np.nan, np.nan)
-        boot = values[self.boot_heldout if held else self.boot_points].mean(1)
-        tail = (1 - self.level) / 2
-        return (float(values.mean()), *map(float, np.quantile(boot, [tail, 1 - tail])))
+        return (float(values.mean()), *percentile_interval(counts @ values / len(values), self.level))
 
-    def paired(self, a, b, held: bool = False) -> tuple[float, float, float, float]:
-        """Mean(a − b) over the same resamples with interval and two-sided p-value."""
-        rows = self.heldout if held else self.points
-        diff = (np.asarray(a, dtype=float) - np.asarray(b, dtype=float))[rows]
-        if diff.size == 0 or not np.isfinite(diff).all():
+    def proportion(self, events, held: bool = False) -> tuple[float, float, float]:
+        """Share of points (or held-out points) where `events` holds, with its Wilson interval. `events` in [0, 1]
+        may be fractions (a mean of pairwise changes): their variance is at most the Bernoulli one at the same
+        mean, so the Wilson interval of (Σ events, n) is then conservative."""
+        rows, _ = self._rows(held)
+        values = np.asarray(events, dtype=float)[rows]
+        if values.size == 0 or not np.isfinite(values).all():
+            return (np.nan, np.nan, np.nan)
+        return (float(values.mean()), *wilson_interval(float(values.sum()), len(values), self.level))
+
+    def paired(self, a, b, held: bool = False, where=None) -> tuple[float, float, float, float]:
+        """Mean(a − b) of paired 0/1 outcomes over the points (within the mask `where`, e.g. the changed test
+        inputs), its percentile interval over the shared resamples, and the exact McNemar p-value (nothing is
+        re-selected inside a paired difference of two fixed predictions)."""
+        rows, counts = self._rows(held)
+        a, b = np.asarray(a, dtype=float)[rows], np.asarray(b, dtype=float)[rows]
+        keep = np.ones(len(rows), bool) if where is None else np.asarray(where, dtype=bool)[rows]
+        if not keep.any() or not np.isfinite(a[keep] - b[keep]).all():
             return (np.nan, np.nan, np.nan, np.nan)
-        boot = diff[self.boot_heldout if held else self.boot_points].mean(1)
-        tail = (1 - self.level) / 2
-        return (float(diff.mean()), *map(float, np.quantile(boot, [tail, 1 - tail])), paired_p_value(boot))
+        diff = np.where(keep, a - b, 0.0)
+        kept = counts @ keep.astype(float)
+        boot = (counts @ diff)[kept > 0] / kept[kept > 0]
+        return (
+            float(diff[keep].mean()),
+            *percentile_interval(boot, self.level),
+            mcnemar_p(a[keep] > 0.5, b[keep] > 0.5),
+        )
 
 
 def resamples(split: np.ndarray, bootstrap: dict | None, points: str = "all") -> Resamples:
@@ -338,8 +388,8 @@ def resamples(split: np.ndarray, bootstrap: dict | None, points: str = "all") ->
         points=rows,
         heldout=heldout,
         select=select,
-        boot_points=rng.integers(0, len(rows), (n_boot, len(rows))),
-        boot_heldout=rng.integers(0, len(heldout), (n_boot, len(heldout))),
+        counts_points=bootstrap_counts(rng, len(rows), n_boot),
+        counts_heldout=bootstrap_counts(rng, len(heldout), n_boot),
         level=level,
     )
 
@@ -404,7 +454,10 @@ def condition_metrics(conditions: dict, reference: str, res: Resamples, ties: st
         }
         _put(row, "accuracy", res.interval(correct))
         _put(row, "accuracy_diff", res.paired(correct, ref_correct))
-        _put(row, "yhat_change", res.interval(cond.prediction != ref.prediction))
+        _put(row, "yhat_change", res.proportion(cond.prediction != ref.prediction))
+        _put(row, "share_changed", res.proportion(cond.changed))
+        row["n_changed"] = int(np.nansum(cond.changed[res.points])) if np.isfinite(cond.changed).all() else np.nan
+        _put(row, "accuracy_diff_changed", res.paired(correct, ref_correct, where=cond.changed == 1))
         row["head_ref"] = head_name(cond, ref_head)
         _put(row, "head_ref_agreement", res.interval(cond.head_pred[:, ref_head] == cond.prediction, held=True))
         _put(row, "head_ref_accuracy", res.interval(cond.head_pred[:, ref_head] == cond.gold, held=True))
@@ -418,14 +471,18 @@ def condition_metrics(conditions: dict, reference: str, res: Resamples, ties: st
         if cond.calibrated is not None:
             _put(row, "calibrated_accuracy", res.interval(cond.calibrated == cond.gold))
             _put(row, "calibrated_accuracy_gain", res.paired(cond.calibrated == cond.gold, correct))
-            _put(row, "calibrated_yhat_change", res.interval(cond.calibrated != cond.prediction))
+            _put(row, "calibrated_yhat_change", res.proportion(cond.calibrated != cond.prediction))
         _put(row, "mean_demo_similarity", res.interval(cond.similarity))
         vote = reconstruct(np.where(cond.demo_label >= 0, 1.0, np.nan), cond.demo_label, cond.n_labels, ties)
         _put(row, "majority_shown_agreement", res.interval(vote == cond.prediction))
         _put(row, "wrong_label_share", _ratio_interval(cond.wrong_labels, cond.n_known, res))
         rows.append(row)
     frame = pd.DataFrame(rows)
-    frame.attrs.update(level=res.level, n_boot=len(res.boot_points))
+    # several conditions read against the one reference: Holm-adjusted p-values (the reference itself left out)
+    others = ~frame["is_reference"].to_numpy(bool)
+    frame["accuracy_diff_p_holm"] = np.nan
+    frame.loc[others, "accuracy_diff_p_holm"] = holm(frame.loc[others, "accuracy_diff_p"].to_numpy(float))
+    frame.attrs.update(level=res.level, n_boot=res.n_boot)
     return frame
 
 
@@ -434,9 +491,8 @@ def _ratio_interval(numerator, denominator, res: Resamples) -> tuple[float, floa
     num, den = np.asarray(numerator, float)[res.points], np.asarray(denominator, float)[res.points]
     if not np.isfinite(num).all() or den.sum() == 0:
         return (np.nan, np.nan, np.nan)
-    boot = num[res.boot_points].sum(1) / np.maximum(den[res.boot_points].sum(1), 1e-12)
-    tail = (1 - res.level) / 2
-    return (float(num.sum() / den.sum()), *map(float, np.quantile(boot, [tail, 1 - tail])))
+    boot = (res.counts_points @ num) / np.maximum(res.counts_points @ den, 1e-12)
+    return (float(num.sum() / den.sum()), *percentile_interval(boot, res.level))
 
 
 # ---------------------------------------------------------------------------------------------- order groups
@@ -455,17 +511,60 @@ def order_group_members(protocols: dict, reference: str) -> list[list[str]]:
     return sorted(found, key=lambda members: reference not in members)
 
 
+def pairwise_change(values: np.ndarray) -> np.ndarray:
+    """Per point (column): the share of pairs of rows (orderings) whose values differ. Unlike "not the same under
+    every ordering", its mean does not grow with the number of orderings."""
+    pairs = list(itertools.combinations(range(len(values)), 2))
+    return np.mean([values[i] != values[j] for i, j in pairs], axis=0)
+
+
+def redraw_reference(conditions: dict, reference: str, res: Resamples) -> dict:
+    """The reference scale of order sensitivity: the ŷ-change rate (Wilson interval) between the reference and a
+    condition that re-draws its demonstration set, i.e. differs from it only in SELECTION_KEYS with a random
+    strategy (REDRAW_STRATEGIES, e.g. class_balanced against random). Without one, a condition that re-selects
+    the set by another strategy (a larger change than a re-draw's); without that either, NaN. ``redraw_kind``
+    says which."""
+    base = _without(conditions[reference].protocol, SELECTION_KEYS)
+    same_rest = [
+        name
+        for name, cond in conditions.items()
+        if name != reference and _without(cond.protocol, SELECTION_KEYS) == base
+    ]
+    redraws = [n for n in same_rest if (conditions[n].protocol.get("demo_strategy") or "random") in REDRAW_STRATEGIES]
+    if redraws:
+        name, kind = redraws[0], "re-drawn random demonstration set"
+    elif same_rest:
+        name = same_rest[0]
+        kind = "no random re-draw in this run: a set re-selected by another strategy (larger than a re-draw's change)"
+    else:
+        out = {
+            "redraw_condition": "",
+            "redraw_kind": "none: no condition of this run differs from the reference only "
+            "in how the demonstrations are selected (add e.g. class_balanced)",
+        }
+        _put(out, "redraw_yhat_change", (np.nan, np.nan, np.nan))
+        return out
+    out = {"redraw_condition": name, "redraw_kind": kind}
+    _put(out, "redraw_yhat_change", res.proportion(conditions[name].prediction != conditions[reference].prediction))
+    return out
+
+
 def order_groups(conditions: dict, reference: str, res: Resamples) -> pd.DataFrame:
-    """Per order group: the share of test points whose ŷ is not the same under every ordering (and of held-out
-    points whose ỹ of the reference-chosen head is not), and the share with the same demonstration set."""
+    """Per order group: the mean pairwise ŷ-change rate over its orderings (and the share of points whose ŷ is
+    not the same under every ordering), the same for ỹ of the reference-chosen head on held-out points, the
+    share of points whose orderings show the same (pool index, shown label, input) triples, and the ŷ-change rate
+    under a re-drawn demonstration set as reference scale (redraw_reference). Proportions: Wilson intervals."""
     ref_head = choose_head(conditions[reference], res.select)
+    scale = redraw_reference(conditions, reference, res)
     rows = []
     members_list = order_group_members({n: c.protocol for n, c in conditions.items()}, reference)
     for number, members in enumerate(members_list):
         conds = [conditions[m] for m in members]
         yhat = np.stack([c.prediction for c in conds])
         ytilde = np.stack([c.head_pred[:, ref_head] for c in conds])
-        same_set = np.array([len({c.demo_sets[i] for c in conds}) == 1 for i in range(len(conds[0].gold))])
+        n_points = len(conds[0].gold)
+        same_triples = np.array([len({c.demo_triples[i] for c in conds}) == 1 for i in range(n_points)])
+        same_rows = np.array([len({c.demo_sets[i] for c in conds}) == 1 for i in range(n_points)])
         row = {
             "group": number,
             "main": reference in members,
@@ -475,10 +574,22 @@ def order_groups(conditions: dict, reference: str, res: Resamples) -> pd.DataFra
             "n_heldout": len(res.heldout),
             "head_ref": head_name(conds[0], ref_head),
         }
-        _put(row, "yhat_change", res.interval((yhat != yhat[0]).any(0)))
-        _put(row, "ytilde_change", res.interval((ytilde != ytilde[0]).any(0), held=True))
-        _put(row, "same_demo_set", res.interval(same_set))
-        rows.append(row)
+        _put(row, "yhat_pairwise_change", res.proportion(pairwise_change(yhat)))
+        _put(row, "yhat_any_change", res.proportion((yhat != yhat[0]).any(0)))
+        _put(row, "ytilde_pairwise_change", res.proportion(pairwise_change(ytilde), held=True))
+        _put(row, "ytilde_any_change", res.proportion((ytilde != ytilde[0]).any(0), held=True))
+        _put(row, "same_demo_set", res.proportion(same_triples))
+        _put(row, "same_demo_rows", res.proportion(same_rows))
+        n_other = int((~same_triples[res.points]).sum())
+        row["pairs_note"] = (
+            f"the orderings show other (pool index, shown label, input) triples on {n_other} of {len(res.points)} "
+            "test points: their ŷ changes mix order with label or input changes"
+            if n_other
+            else ""
+        )
+        if n_other:
+            log.warning("order group %s: %s", row["members"], row["pairs_note"])
+        rows.append(row | scale)
     columns = ["group", "main", "members", "n_orderings", "n", "n_heldout", "head_ref"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 
@@ -570,21 +681,19 @@ def is_sst2(task: str, aliases: dict | None = None) -> bool:
 def table1_analogue(
     metrics: pd.DataFrame, protocols: dict, reference: str, task: str, aliases: dict | None = None
 ) -> pd.DataFrame:
-    """Accuracy by test-input type with the paired drop to the reference; the paper's SST-2 numbers beside when
-    `task` is SST-2. Rows: the reference ('none') and every condition with other test inputs."""
+    """Accuracy by test-input type with the paired drop to the reference (McNemar p, Holm-adjusted over the
+    condition table), the share of test inputs the transform changed and the drop on the changed ones (an unchanged
+    input dilutes the overall drop); the paper's SST-2 numbers beside when `task` is SST-2. Rows: the reference
+    ('none') and every condition with other test inputs."""
     names = [reference] + [c for c in metrics["condition"] if c != reference and ood_type(protocols[c]) != "none"]
     frame = metrics.set_index("condition").loc[names].reset_index()
     frame["test_inputs"] = [ood_type(protocols[c]) for c in frame["condition"]]
     cols = ["condition", "test_inputs", "n"] + _with_intervals(["accuracy"])
-    cols += ["accuracy_diff", "accuracy_diff_low", "accuracy_diff_high", "accuracy_diff_p"]
-    out = frame[cols].rename(
-        columns={
-            "accuracy_diff": "drop",
-            "accuracy_diff_low": "drop_low",
-            "accuracy_diff_high": "drop_high",
-            "accuracy_diff_p": "drop_p",
-        }
-    )
+    cols += ["accuracy_diff", "accuracy_diff_low", "accuracy_diff_high", "accuracy_diff_p", "accuracy_diff_p_holm"]
+    cols += ["n_changed"] + _with_intervals(["share_changed"])
+    cols += ["accuracy_diff_changed", "accuracy_diff_changed_low", "accuracy_diff_changed_high"]
+    cols += ["accuracy_diff_changed_p"]
+    out = frame[cols].rename(columns=lambda c: c.replace("accuracy_diff", "drop"))
     sst2 = is_sst2(task, aliases)
     keys = [paper_table1_key(t) for t in out["test_inputs"]]
     out["paper_accuracy"] = [PAPER_TABLE1_SST2[k] if sst2 and k else np.nan for k in keys]
@@ -685,6 +794,6 @@ def compare_conditions(
         table1=table1_analogue(metrics, protocols, reference, task, aliases),
         heads=head_grids(conditions, heatmap_splits),
         level=res.level,
-        n_boot=len(res.boot_points),
+        n_boot=res.n_boot,
         points=points,
     )

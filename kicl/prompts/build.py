@@ -17,12 +17,15 @@ Demonstrations are drawn per test point by a strategy from :data:`STRATEGIES` wi
 select by a similarity (``nearest``/``farthest``/``similarity_band``: encoder cosine; ``bm25``; ``model_kernel``:
 the model's Eq. 9 kernel) get it from a similarity provider (:mod:`kicl.prompts.retrieval`). The condition's
 order, label, input and test-input controls (:mod:`kicl.prompts.controls`, :mod:`kicl.prompts.ood`) are then
-applied with their own seed streams, so they never change the chosen set or the test points.
+applied with their own seed streams, so they never change the chosen set or the test points. The label and input
+controls are applied to the chosen set in its native (selection) order, keyed by pool index, BEFORE the order
+control places it: two orderings of one condition show the same (pool index, input, shown label) triples.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,7 @@ from kicl.prompts.ood import (
     RewritesFileError,
     check_rewrites_file,
     inject_typos,
+    input_changed,
     rewrites_path,
     substitute_rare_words,
 )
@@ -62,6 +66,7 @@ from kicl.prompts.pieces import (
     split_trailing_spaces,
 )
 from kicl.prompts.retrieval import (
+    NEAR_COPY_ENCODER_STRATEGIES,
     SIMILARITY_KINDS,
     SORTED_ORDERS,
     EmbedFunction,
@@ -112,6 +117,17 @@ def check_template(template: dict, verbalizers: Sequence[str], where: str) -> No
         raise PromptError(f"{where}.template: output_prefix and delimiter must not be empty")
     if any(not word.strip() for word in verbalizers):
         raise PromptError(f"{where}.verbalizers: empty label word in {list(verbalizers)}")
+
+
+_URL_OR_USER = re.compile(r"https?://\S+|www\.\S+|@\w+")
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+
+
+def normalised_text(text: str) -> str:
+    """The text a near-copy shares with its original: lower case, without @user handles, URLs and punctuation,
+    whitespace collapsed ("@user Great movie!!" and "great movie" are the same)."""
+    text = _URL_OR_USER.sub(" ", str(text).lower())
+    return " ".join(_PUNCTUATION.sub(" ", text).split())
 
 
 @dataclass
@@ -365,6 +381,8 @@ def _similarity_providers(
                 "function was given"
             )
         providers["encoder"] = encoder_similarity(embed)
+    elif "encoder" not in providers and embed is not None:  # available: removes near-copies of ranking strategies
+        providers["encoder"] = encoder_similarity(embed)
     if "bm25" in needed and "bm25" not in providers:
         providers["bm25"] = bm25_similarity
     if "model_kernel" in needed and "model_kernel" not in providers:
@@ -495,15 +513,19 @@ def build_prompt_set(
 
     # the demonstrations are chosen on the ORIGINAL test inputs (every test-input control keeps them)
     select_kind = selection_similarity(strategy_name)
-    near_copies = select_kind == "encoder"  # near-copy removal by encoder cosine: encoder-selected strategies only
-    selection = None
+    selection, encoder_matrix = None, None
     if select_kind:
         pool = cap_pool(pool, protocol["retrieval_pool_size"], seed)
         selection = _similarities(providers, select_kind, originals, pool["text"].astype(str).tolist(), where)
         log.info("%s: %s similarity of %d test inputs to %d pool examples", where, select_kind, len(indices), len(pool))
+    if select_kind == "encoder":
+        encoder_matrix = selection
+    elif strategy_name in NEAR_COPY_ENCODER_STRATEGIES and "encoder" in providers:  # for the near-copy filter
+        encoder_matrix = _similarities(providers, "encoder", originals, pool["text"].astype(str).tolist(), where)
+    near_copies = encoder_matrix is not None  # near-copy removal by encoder cosine too (capped pools only)
     pool_position = {index: position for position, index in enumerate(pool.index)}
     dedup_similarity = float(protocol["dedup_similarity"])
-    pool_texts = pool["text"].astype(str).to_numpy()
+    pool_keys = np.array([normalised_text(text) for text in pool["text"].astype(str)])
     options = {"n_classes": n_classes, "similarity_band": protocol["similarity_band"]}
 
     # 1. the demonstration set of every test point: Generator([seed, test_index]) and nothing else
@@ -511,12 +533,13 @@ def build_prompt_set(
     for prompt_id, row_index in enumerate(indices):
         test = eval_table.iloc[int(row_index)]
         rng = np.random.default_rng([seed, int(row_index)])
-        # the test input itself never serves as its own demonstration: exact copies leave the pool for every
-        # strategy, near-copies (cosine >= protocol.dedup_similarity) for the encoder-selected strategies
-        remove = pool_texts == originals[prompt_id]
+        # the test input itself never serves as its own demonstration: copies up to case, @user handles, URLs,
+        # punctuation and whitespace leave the pool for every strategy, near-copies (encoder cosine >=
+        # protocol.dedup_similarity) for the ranking strategies when the encoder is given
+        remove = pool_keys == normalised_text(originals[prompt_id])
         similarities = None if selection is None else selection[prompt_id]
         if near_copies:
-            remove |= similarities >= dedup_similarity
+            remove |= encoder_matrix[prompt_id] >= dedup_similarity
         candidates = pool
         if remove.any():  # no copy in the pool: the pool is used as it is (prompts unchanged by this check)
             candidates = pool[~remove]
@@ -529,9 +552,9 @@ def build_prompt_set(
     # 2. encoder similarities of the chosen demonstrations, for the sorted orders (the set is already fixed)
     order_similarity = None
     if protocol["demo_order"] in SORTED_ORDERS:
-        if select_kind == "encoder":
+        if encoder_matrix is not None:
             order_similarity = [
-                {i: float(selection[p, pool_position[i]]) for i in chosen} for p, chosen in enumerate(chosen_sets)
+                {i: float(encoder_matrix[p, pool_position[i]]) for i in chosen} for p, chosen in enumerate(chosen_sets)
             ]
         else:
             union = sorted({i for chosen in chosen_sets for i in chosen})
@@ -541,9 +564,11 @@ def build_prompt_set(
                 {i: float(matrix[p, column[i]]) for i in chosen} for p, chosen in enumerate(chosen_sets)
             ]
 
-    def make_demos(ordered: list[int], row_index: int) -> tuple[list[Demo], list[dict]]:
-        """The demonstrations shown for an ordered set, with the label and input controls applied."""
-        true_labels = [int(pool.at[i, "label"]) for i in ordered]
+    def make_demos(native: list[int], ordered: list[int], row_index: int) -> tuple[list[Demo], list[dict]]:
+        """The demonstrations shown in prompt order ``ordered``, the label and input controls applied to the same
+        rows in their native (selection) order ``native`` and keyed by pool index: every ordering of one set shows
+        the same (input, shown label) pairs."""
+        true_labels = [int(pool.at[i, "label"]) for i in native]
         shown_labels = control_labels(
             true_labels,
             label_mode,
@@ -553,17 +578,16 @@ def build_prompt_set(
         )
         input_rng = control_rng(seed, row_index, INPUT_STREAM)
         if input_mode == "other_task":
-            positions = other_task_rows(len(ordered), len(other_pool), input_rng, str(protocol["other_task"]))
+            positions = other_task_rows(len(native), len(other_pool), input_rng, str(protocol["other_task"]))
             inputs = [(int(other_pool.index[j]), str(other_pool["text"].iloc[j]), None) for j in positions]
         else:
-            source = permuted_positions(len(ordered), input_rng) if input_mode == "permuted" else range(len(ordered))
-            inputs = [(ordered[j], str(pool.at[ordered[j], "text"]), true_labels[j]) for j in source]
-        demos = [Demo(index, label, text) for (index, text, _), label in zip(inputs, shown_labels)]
-        extras = [
-            {"true_label": true_label, "label_pool_index": int(label_row)}
-            for (_, _, true_label), label_row in zip(inputs, ordered)
-        ]
-        return demos, extras
+            source = permuted_positions(len(native), input_rng) if input_mode == "permuted" else range(len(native))
+            inputs = [(native[j], str(pool.at[native[j], "text"]), true_labels[j]) for j in source]
+        by_row = {
+            label_row: (Demo(index, label, text), {"true_label": true_label, "label_pool_index": int(label_row)})
+            for (index, text, true_label), label, label_row in zip(inputs, shown_labels, native)
+        }
+        return [by_row[i][0] for i in ordered], [by_row[i][1] for i in ordered]
 
     # 3. order, controls, tokens
     records, n_dropped_prompts, n_dropped_demos = [], 0, 0
@@ -579,7 +603,7 @@ def build_prompt_set(
             permutation_rng,
         )
         test_text = shown_tests[prompt_id]
-        demos, extras = make_demos(ordered, row_index)
+        demos, extras = make_demos(chosen, ordered, row_index)
         prompt = build_prompt(pieces, template, verbalizers, demos, test_text)
         while max_length is not None and len(prompt["input_ids"]) > max_length:
             message = (
@@ -591,8 +615,9 @@ def build_prompt_set(
                     message + ". Reduce protocol.n_demos, or set protocol.context_policy: drop to drop demonstrations "
                     "from the front until the prompt fits."
                 )
-            ordered = ordered[1:]  # the controls are applied anew to the kept demonstrations
-            demos, extras = make_demos(ordered, row_index)
+            ordered = ordered[1:]  # the controls are applied anew to the kept demonstrations (native order)
+            kept = set(ordered)
+            demos, extras = make_demos([i for i in chosen if i in kept], ordered, row_index)
             n_dropped_demos += 1
             prompt = build_prompt(pieces, template, verbalizers, demos, test_text)
         n_dropped_prompts += len(demos) < k
@@ -607,6 +632,7 @@ def build_prompt_set(
                 "n_demos": len(demos),
                 **prompt,
                 "original_test_text": originals[prompt_id],
+                "test_input_changed": input_changed(originals[prompt_id], test_text),
             }
         )
         # each kept demonstration's similarity to the test input (of the row chosen at its position), prompt order
@@ -657,6 +683,7 @@ def build_prompt_set(
         "labels": label_mode,
         "inputs": input_mode,
         "test_inputs": protocol["test_inputs"],
+        "n_test_inputs_changed": int(sum(r["test_input_changed"] for r in records)),
         "protocol": {key: protocol[key] for key in sorted(protocol)},
     }
     if label_mode == "abstract":
@@ -672,6 +699,7 @@ def build_prompt_set(
         meta["retrieval_encoder"] = protocol["retrieval_encoder"]
     if select_kind:
         meta["retrieval_pool_size"] = protocol["retrieval_pool_size"]
+    meta["near_copy_filter"] = "normalised_text+encoder" if near_copies else "normalised_text"
     if near_copies:
         meta["dedup_similarity"] = dedup_similarity
     return meta, records

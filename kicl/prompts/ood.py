@@ -19,6 +19,11 @@ every strategy keeps the reference condition's demonstrations and only the test 
 * ``rewrites``: ``protocol.rewrites_file`` (CSV or JSON Lines; ``{task}`` in the path is the task name) maps
   (``test_index``, ``type``) to the rewritten ``text``, for the type ``protocol.rewrite_type``
   (:func:`check_rewrites_file`); an optional ``original`` column must equal the eval split's text at that row.
+
+A transform can leave a test input unchanged (typos at a low rate on a text with few words of 3+ letters, no word
+with a rarer synonym, a rewrite equal to the original): each prompt records whether it changed
+(:func:`input_changed`, the record field ``test_input_changed``), so that Table 1 can report the drop on changed
+inputs beside the overall one.
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ ALL_REWRITE_COLUMNS = REWRITE_COLUMNS + REWRITE_OPTIONAL
 
 class RewritesFileError(PromptError):
     """A rewrites file that cannot be used; the message names the file and the first bad line."""
+
+
+def input_changed(original: str, shown: str) -> bool:
+    """Whether the test input as shown differs from the original (surrounding whitespace aside)."""
+    return str(shown).strip() != str(original).strip()
 
 
 # ---- typos -------------------------------------------------------------------------------------------

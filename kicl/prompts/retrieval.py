@@ -46,6 +46,11 @@ STRATEGY_SIMILARITY = {
 RANKING_STRATEGIES = ("nearest", "farthest", "bm25", "model_kernel")
 #: demonstration orders that sort the chosen set by encoder similarity to the test input
 SORTED_ORDERS = ("ascending", "descending")
+#: strategies whose (capped) pool also loses the near-copies of the test input by encoder cosine >=
+#: ``protocol.dedup_similarity``; every strategy loses those with the same normalised text
+#: (:func:`kicl.prompts.build.normalised_text`). random and class_balanced draw from the whole, uncapped pool, whose
+#: embedding would cost a pass over every pool text: normalised text only
+NEAR_COPY_ENCODER_STRATEGIES = ("nearest", "farthest", "similarity_band", "bm25", "model_kernel")
 
 
 def selection_similarity(strategy: str) -> str | None:
@@ -69,8 +74,11 @@ def needed_similarities(protocol: Mapping) -> frozenset[str]:
 
 
 def needs_encoder(protocol: Mapping) -> bool:
-    """Whether building the prompts needs the sentence encoder ``protocol.retrieval_encoder`` (its manifest)."""
-    return "encoder" in needed_similarities(protocol)
+    """Whether building the prompts needs the sentence encoder ``protocol.retrieval_encoder`` (its manifest): to
+    rank or sort by encoder cosine, or to remove near-copies of the test input from a ranking strategy's capped
+    pool (:data:`NEAR_COPY_ENCODER_STRATEGIES`)."""
+    strategy = protocol.get("demo_strategy") or "random"
+    return "encoder" in needed_similarities(protocol) or strategy in NEAR_COPY_ENCODER_STRATEGIES
 
 
 def needs_model_kernel(protocol: Mapping) -> bool:

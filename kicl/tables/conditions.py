@@ -2,8 +2,9 @@
 analogue (numbers from kicl.analysis.conditions). conditions.md also has the curves; conditions.tex holds the
 condition and order-group tables.
 
-Each condition gets a one-line reading computed from its paired difference to the reference, e.g.
-"nearest − paper: +0.120 [+0.030, +0.210], p = 0.010; the interval excludes 0".
+Each condition gets a one-line reading computed from its paired difference to the reference, decided by the
+Holm-adjusted McNemar p-value across the conditions read against the reference, e.g.
+"nearest − paper: +0.120 [+0.030, +0.210], McNemar p = 0.010, Holm p = 0.030 < 0.05: differs from paper".
 """
 
 from __future__ import annotations
@@ -41,15 +42,21 @@ def _get(row, name: str, signed: bool = False) -> str:
     return _ci(row[name], row[f"{name}_low"], row[f"{name}_high"], signed)
 
 
-def reading(row, reference: str) -> str:
-    """One line from a condition's paired difference of accuracy to the reference."""
+def reading(row, reference: str, alpha: float = 0.05) -> str:
+    """One line from a condition's paired difference of accuracy to the reference, decided by its Holm-adjusted
+    p-value at `alpha` (the table reads every condition against the one reference)."""
     if row["condition"] == reference:
         return f"{reference}: the reference condition"
     d, lo, hi, p = (row[f"accuracy_diff{s}"] for s in ("", "_low", "_high", "_p"))
     if not np.isfinite(d):
         return f"{row['condition']} − {reference}: no paired difference"
-    verdict = "the interval excludes 0" if lo > 0 or hi < 0 else "the interval contains 0"
-    return f"{row['condition']} − {reference}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {p:.3f}; {verdict}"
+    p_holm = row.get("accuracy_diff_p_holm", p)
+    verdict = (
+        f"Holm p = {p_holm:.3f} < {alpha:g}: differs from {reference}"
+        if p_holm < alpha
+        else f"Holm p = {p_holm:.3f} ≥ {alpha:g}: no difference shown"
+    )
+    return f"{row['condition']} − {reference}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], McNemar p = {p:.3f}, {verdict}"
 
 
 def _best_baseline(row) -> str:
@@ -74,7 +81,10 @@ def condition_table(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
                 "n": int(row["n"]),
                 "ICL accuracy": _get(row, "accuracy"),
                 f"Δ accuracy vs {reference}": "—" if is_ref else _get(row, "accuracy_diff", signed=True),
-                "p": "—" if is_ref or pd.isna(row["accuracy_diff_p"]) else f"{row['accuracy_diff_p']:.3f}",
+                "McNemar p": "—" if is_ref or pd.isna(row["accuracy_diff_p"]) else f"{row['accuracy_diff_p']:.3f}",
+                "Holm p": "—"
+                if is_ref or pd.isna(row.get("accuracy_diff_p_holm"))
+                else f"{row['accuracy_diff_p_holm']:.3f}",
                 "ŷ changed vs reference": "—" if is_ref else _get(row, "yhat_change"),
                 f"head chosen on {reference}: agreement": f"{row['head_ref']}: {_get(row, 'head_ref_agreement')}",
                 "re-chosen head: agreement": f"{row['head_own']}: {_get(row, 'head_own_agreement')}",
@@ -96,16 +106,23 @@ def condition_table(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
 def order_table(order: pd.DataFrame) -> pd.DataFrame:
     if order.empty:
         return pd.DataFrame({"order groups": ["none (no conditions differ only in order_seed / demo_order)"]})
+    rows = list(order.iterrows())
     return pd.DataFrame(
         {
             "orderings": order["members"],
             "main": np.where(order["main"], "yes", ""),
             "n": order["n"],
-            "ŷ not the same under every ordering": [_get(r, "yhat_change") for _, r in order.iterrows()],
-            "ỹ of the reference-chosen head not the same (held-out)": [
-                f"{r['head_ref']}: {_get(r, 'ytilde_change')}" for _, r in order.iterrows()
+            "ŷ changed, mean over pairs of orderings": [_get(r, "yhat_pairwise_change") for _, r in rows],
+            "ŷ not the same under every ordering": [_get(r, "yhat_any_change") for _, r in rows],
+            "ỹ of the reference-chosen head changed, pairs (held-out)": [
+                f"{r['head_ref']}: {_get(r, 'ytilde_pairwise_change')}" for _, r in rows
             ],
-            "same demonstration set": [_get(r, "same_demo_set") for _, r in order.iterrows()],
+            "same (input, shown label) pairs": [_get(r, "same_demo_set") for _, r in rows],
+            "ŷ changed under a re-drawn set (scale)": [
+                f"{r['redraw_condition']}: {_get(r, 'redraw_yhat_change')}" if r["redraw_condition"] else "—"
+                for _, r in rows
+            ],
+            "note": [r["pairs_note"] or "—" for _, r in rows],
         }
     )
 
@@ -118,7 +135,18 @@ def table1_table(table1: pd.DataFrame) -> pd.DataFrame:
             "n": table1["n"],
             "ICL accuracy": [_get(r, "accuracy") for _, r in table1.iterrows()],
             "drop vs original": [
-                "—" if r["test_inputs"] == "none" else f"{_get(r, 'drop', signed=True)}, p = {r['drop_p']:.3f}"
+                "—"
+                if r["test_inputs"] == "none"
+                else f"{_get(r, 'drop', signed=True)}, p = {r['drop_p']:.3f} (Holm {r['drop_p_holm']:.3f})"
+                for _, r in table1.iterrows()
+            ],
+            "inputs changed": [
+                "—" if r["test_inputs"] == "none" else _get(r, "share_changed") for _, r in table1.iterrows()
+            ],
+            "drop on changed inputs": [
+                "—"
+                if r["test_inputs"] == "none" or pd.isna(r["drop_changed"])
+                else f"{_get(r, 'drop_changed', signed=True)}, p = {r['drop_changed_p']:.3f}"
                 for _, r in table1.iterrows()
             ],
         }
@@ -146,7 +174,9 @@ def caption(results: ConditionResults, model: str = "") -> str:
         f"the same test points ({'all test points' if results.points == 'all' else 'held-out test points'} for "
         f"accuracy, Δ and ŷ changes; held-out points for heads, baselines and encoder KR). Brackets: {level}% "
         f"percentile-bootstrap intervals ({results.n_boot} resamples of test points, the same resamples for every "
-        "condition); p: two-sided paired bootstrap p-value. The reference-chosen head is chosen once on the "
+        "condition); Wilson intervals for ŷ-change rates. McNemar p: exact two-sided McNemar test of the paired "
+        "difference; Holm p: adjusted across the conditions read against the reference, which decides each "
+        "reading. The reference-chosen head is chosen once on the "
         "reference's select prompts; the re-chosen head on the condition's own select prompts (intervals "
         "conditional on the choice)."
     )
@@ -155,7 +185,7 @@ def caption(results: ConditionResults, model: str = "") -> str:
 def write_condition_tables(results: ConditionResults, paths: dict, model: str = "") -> None:
     """Write every file of TABLE_FILES (paths: key -> path)."""
     metrics = results.metrics.copy()
-    metrics["reading"] = [reading(r, results.reference) for _, r in metrics.iterrows()]
+    metrics["reading"] = [reading(r, results.reference, 1 - results.level) for _, r in metrics.iterrows()]
     metrics.insert(0, "task", results.task)
     if model:
         metrics.insert(0, "model", model)
@@ -180,14 +210,19 @@ def write_condition_tables(results: ConditionResults, paths: dict, model: str = 
     ]
     write_text_atomic(paths["md"], "\n".join(parts))
     order_caption = (
-        f"Order permutations ({results.task}): conditions differing only in order_seed / demo_order; share of test "
-        "points whose prediction is not the same under every ordering, and of held-out points whose reconstruction "
-        "by the reference-chosen head is not."
+        f"Order permutations ({results.task}): conditions differing only in order_seed / demo_order; the share of "
+        "test points whose prediction changes, averaged over pairs of orderings (comparable across group sizes), and "
+        "the share not the same under every ordering; the same for the reconstruction by the reference-chosen head on "
+        "held-out points; the share of test points whose orderings show the same (input, shown label) pairs; and, as "
+        "scale, the share whose prediction changes when the demonstration set is re-drawn (order_groups.csv: "
+        "redraw_kind says how it was measured). Wilson intervals."
     )
     write_text_atomic(paths["tex"], to_latex(table, text) + "\n" + to_latex(order_table(results.order), order_caption))
     t1_caption = (
         f"Table 1 analogue ({model + ', ' if model else ''}{results.task}): ICL accuracy by test-input type, drop = "
-        f"paired difference to the original inputs ({int(round(100 * results.level))}% bootstrap interval, p); "
+        f"paired difference to the original inputs ({int(round(100 * results.level))}% bootstrap interval, exact "
+        "McNemar p, Holm-adjusted across the conditions); inputs changed: share of test inputs the transform changed "
+        "(Wilson interval); drop on changed inputs: the paired difference on those only; "
         "paper: Han et al. Table 1 (GPT-J-6B on SST-2, inputs rewritten by GPT-3.5-turbo) where the task is SST-2."
     )
     t1 = table1_table(results.table1)

@@ -11,11 +11,19 @@ max(n) demonstrations from θ*) is shared by every n (nested prefixes). For each
 * ``head_vote``: the selected head's attention reconstruction, ỹ = argmax_c Σ_i a_i 1[y_i = c] with a_i the max
   last-row attention over demo i's span (x_i … y_i); the head (layer, head, over all n ≥ 1) is chosen by agreement
   with the transformer's prediction on the ``select`` prompts and scored on the ``heldout`` prompts;
+* ``position_only``: the selected head's position profile without its content, ỹ = argmax_c Σ_i w̄_i 1[y_i = c]
+  with w̄_i the head's mean a_i at slot i over the ``select`` prompts (per n): what the head's vote would give if
+  its weights depended on position only;
 * ``label_frequency`` (argmax = majority vote of the demo labels) and ``last_demo_label``: attention-free baselines.
 
 Metrics on the held-out prompts: ``acc_sampled`` (argmax = sampled y_test), ``acc_expected``
 (E P(argmax | x_test, θ*), same target with less variance), ``agree_posterior`` (argmax = exact-posterior
-argmax), ``agree_transformer`` and ``l1_posterior`` (‖p − P(· | prompt)‖₁, for methods with a distribution).
+argmax), ``agree_transformer`` and ``l1_posterior`` (‖p − P(· | prompt)‖₁, for methods with a distribution), each
+with its percentile-bootstrap interval (``{metric}_low``, ``{metric}_high``; ``eval.n_boot`` resamples of the held-out
+prompts at ``eval.level``, the same resamples for every method and n, :func:`kicl.analysis.stats.bootstrap_mean`).
+
+Seeds: the world, the test points and the pre-training corpus draw from the children of one
+``SeedSequence(seed).spawn(3)`` (:func:`kicl.theory.icl_world.seeded_stream`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kicl.analysis.stats import bootstrap_mean
 from kicl.fileio import write_csv_atomic, write_text_atomic
 from kicl.theory.icl_world import (
     DELIMITER,
@@ -37,6 +46,7 @@ from kicl.theory.icl_world import (
     kernel_features,
     sample_examples,
     second_moment,
+    seeded_stream,
     world_from_config,
 )
 from kicl.theory.kernel import clip_normalise, kernel_to_test, prefix_label_sums, regularised_inverse
@@ -44,14 +54,16 @@ from kicl.theory.posterior import oracle_predictive, posterior_from_weights
 
 log = logging.getLogger(__name__)
 
-METHODS = ("transformer", "exact_posterior", "task_known", "kernel_regression", "head_vote", "label_frequency",
-           "last_demo_label")  # fmt: skip
+METHODS = ("transformer", "exact_posterior", "task_known", "kernel_regression", "head_vote", "position_only",
+           "label_frequency", "last_demo_label")  # fmt: skip
+#: methods that give a label, not a distribution (no l1_posterior)
+LABEL_ONLY = ("head_vote", "position_only", "last_demo_label")
 METRICS = ("acc_sampled", "acc_expected", "agree_posterior", "agree_transformer", "l1_posterior")
 
 
 def draw_test_points(world: LabelWorld, n_points: int, x_len: int, max_demos: int, seed: int) -> dict:
     """Tasks, test inputs/labels and max_demos demonstrations per test point (numpy arrays)."""
-    rng = np.random.default_rng(seed)
+    rng = seeded_stream(seed, "test_points")
     tasks = rng.integers(0, world.n_tasks, size=n_points)
     test_x, test_y = sample_examples(world, tasks, x_len, rng)
     demo_x, demo_y = sample_examples(world, np.repeat(tasks, max_demos), x_len, rng)
@@ -129,6 +141,7 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
             entry["label_frequency"] = _vote(np.ones((len(tasks), n)), demo_y[:, :n], world.n_labels) / n
             entry["last_demo_label"] = np.eye(world.n_labels)[demo_y[:, n - 1]]
             entry["head_votes"] = _vote(attention, demo_y[:, :n], world.n_labels).argmax(-1)  # (P, L, H)
+            entry["attention"] = attention  # (P, L, H, n)
         per_n[n] = entry
     # head choice: agreement with the transformer's argmax on the select prompts, pooled over n >= 1
     if ns_pos:
@@ -147,7 +160,10 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
                     head_rows.append({"n": n, "split": split_name, "layer": lay, "head": hd,
                                       "agree_transformer": value, "selected": (lay, hd) == (layer, head)})  # fmt: skip
             per_n[n]["head_vote"] = np.eye(world.n_labels)[votes[:, layer, head]]
-    rows = []
+            profile = per_n[n]["attention"][split == "select", layer, head].mean(0)  # (n,) mean a_i per slot
+            position_votes = _vote(np.broadcast_to(profile, (len(tasks), n)), demo_y[:, :n], world.n_labels)
+            per_n[n]["position_only"] = np.eye(world.n_labels)[position_votes.argmax(-1)]
+    rows, values = [], []
     held = split == "heldout"
     for n in ns:
         entry = per_n[n]
@@ -157,17 +173,27 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
                 continue
             p = entry[method]
             pred = p.argmax(-1)
-            has_distribution = method not in ("head_vote", "last_demo_label")
-            rows.append({
-                "n": n, "method": method, "n_prompts": int(held.sum()),
-                "acc_sampled": float((pred == test_y)[held].mean()),
-                "acc_expected": float(np.take_along_axis(oracle, pred[:, None], axis=1)[held].mean()),
-                "agree_posterior": float((pred == truth)[held].mean()),
-                "agree_transformer": float((pred == model_pred)[held].mean()),
-                "l1_posterior": float(np.abs(p - entry["posterior"]).sum(-1)[held].mean()) if has_distribution
-                else float("nan"),
-            })  # fmt: skip
-    table = pd.DataFrame(rows)
+            per_prompt = {
+                "acc_sampled": pred == test_y,
+                "acc_expected": np.take_along_axis(oracle, pred[:, None], axis=1)[:, 0],
+                "agree_posterior": pred == truth,
+                "agree_transformer": pred == model_pred,
+                "l1_posterior": np.full(len(pred), np.nan)
+                if method in LABEL_ONLY
+                else np.abs(p - entry["posterior"]).sum(-1),
+            }
+            rows.append({"n": n, "method": method, "n_prompts": int(held.sum())})
+            values.append(np.stack([np.asarray(per_prompt[m], dtype=np.float64)[held] for m in METRICS], axis=1))
+    # one set of resamples of the held-out prompts for every method, n and metric (paired intervals)
+    mean, low, high = bootstrap_mean(np.stack(values, axis=1), ev["n_boot"], ev["seed"], ev["level"])
+    for r, row in enumerate(rows):
+        for m, metric in enumerate(METRICS):
+            row.update(
+                {metric: float(mean[r, m]), f"{metric}_low": float(low[r, m]), f"{metric}_high": float(high[r, m])}
+            )
+    table = pd.DataFrame(rows)[
+        ["n", "method", "n_prompts", *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high"))]
+    ]
     heads = pd.DataFrame(head_rows)
     if not heads.empty:
         selected = heads[heads["selected"]].iloc[0]
@@ -176,13 +202,19 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
-    """One metric as a methods × n markdown table."""
+    """One metric as a methods × n markdown table, each cell "value [low, high]"."""
     present = [m for m in METHODS if m in set(table["method"])]
-    wide = table.pivot(index="method", columns="n", values=metric).reindex(present)
-    header = "| method | " + " | ".join(f"n={n}" for n in wide.columns) + " |"
-    lines = [header, "|---|" + "---|" * len(wide.columns)]
-    for method, values in wide.iterrows():
-        cells = " | ".join("–" if np.isnan(v) else f"{v:.3f}" for v in values)
+    wide = {
+        s: table.pivot(index="method", columns="n", values=f"{metric}{s}").reindex(present)
+        for s in ("", "_low", "_high")
+    }
+    header = "| method | " + " | ".join(f"n={n}" for n in wide[""].columns) + " |"
+    lines = [header, "|---|" + "---|" * len(wide[""].columns)]
+    for method in present:
+        cells = " | ".join(
+            "–" if np.isnan(v) else f"{v:.3f} [{lo:.2f}, {hi:.2f}]"
+            for v, lo, hi in zip(wide[""].loc[method], wide["_low"].loc[method], wide["_high"].loc[method])
+        )
         lines.append(f"| {method} | {cells} |")
     return "\n".join(lines)
 

@@ -93,10 +93,22 @@ class LabelWorld:
         return " ".join(f"o{int(v)}" for v in content)
 
 
+#: the three samplers of the theory comparison and their child of ``SeedSequence(seed).spawn(3)``
+SEED_STREAMS = {"world": 0, "test_points": 1, "corpus": 2}
+
+
+def seeded_stream(seed: int, stream: str) -> np.random.Generator:
+    """The generator of one sampler (:data:`SEED_STREAMS`): child ``SEED_STREAMS[stream]`` of
+    ``numpy.random.SeedSequence(seed).spawn(3)``. The world, the test points and the pre-training corpus draw
+    independent streams even when their config seeds are equal (they used to share ``default_rng(0)``'s stream, so
+    e.g. the first batch's document tasks equalled the first test tasks; every number changed once with this)."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(3)[SEED_STREAMS[stream]])
+
+
 def world_from_config(cfg: dict) -> LabelWorld:
-    """The world of the ``theory_icl.world`` config section, drawn from ``numpy.default_rng(seed)``."""
+    """The world of the ``theory_icl.world`` config section, drawn from ``seeded_stream(seed, "world")``."""
     keys = ("n_tasks", "n_states", "n_content", "n_labels", "mix", "alpha_trans", "emit_noise", "label_noise")
-    return make_label_world(np.random.default_rng(cfg["seed"]), **{key: cfg[key] for key in keys})
+    return make_label_world(seeded_stream(cfg["seed"], "world"), **{key: cfg[key] for key in keys})
 
 
 def make_label_world(

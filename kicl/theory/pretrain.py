@@ -22,7 +22,14 @@ import numpy as np
 import pandas as pd
 
 from kicl.fileio import atomic_directory, write_csv_atomic
-from kicl.theory.icl_world import DELIMITER, MARKER, LabelWorld, sample_documents, world_from_config
+from kicl.theory.icl_world import (
+    DELIMITER,
+    MARKER,
+    LabelWorld,
+    sample_documents,
+    seeded_stream,
+    world_from_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +126,7 @@ def pretrain(cfg: dict, out_dir: str | Path, loss_csv: str | Path, threads: int 
     torch.set_flush_denormal(True)
     world = world_from_config(cfg["world"])
     torch.manual_seed(train["seed"])
-    rng = np.random.default_rng(train["seed"])
+    rng = seeded_stream(train["seed"], "corpus")
     model = AutoModelForCausalLM.from_config(model_config(world, model_cfg), attn_implementation=train["attention"])
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
