@@ -18,7 +18,8 @@ from kicl.analysis.baselines import (
     position_kernel,
     position_predictions,
 )
-from kicl.analysis.head_selection import head_ranking, nested_bootstrap, paired_p_value, selection_data
+from kicl.analysis.head_selection import head_ranking, nested_bootstrap, selection_data
+from kicl.analysis.stats import bootstrap_p
 from kicl.analysis.reconstruction import label_permutation_null, reconstruction_scores
 from kicl.analysis.votes import permute_within_prompts
 from kicl.store.reader import open_store
@@ -205,9 +206,9 @@ def test_nested_bootstrap_on_planted_store(planted_store):
     )
 
 
-def test_paired_p_value():
-    assert paired_p_value(np.full(99, 0.1)) == pytest.approx(2 / 100)
-    assert paired_p_value(np.r_[np.full(50, -0.1), np.full(50, 0.1)]) == 1.0
+def test_bootstrap_p():
+    assert bootstrap_p(np.full(99, 0.1)) == pytest.approx(2 / 100)
+    assert bootstrap_p(np.r_[np.full(50, -0.1), np.full(50, 0.1)]) == 1.0
 
 
 def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):

@@ -173,11 +173,6 @@ def _statistics(d: SelectionData, count_sel, count_held) -> tuple[dict, np.ndarr
     return scores, pick, preds
 
 
-def paired_p_value(diffs) -> float:
-    """Two-sided bootstrap p-value of a difference being 0 (kicl.analysis.stats.bootstrap_p)."""
-    return stats.bootstrap_p(diffs)
-
-
 def nested_bootstrap(d: SelectionData, n_boot: int, seed: int, level: float, nested: bool = True) -> dict:
     """Point estimates, intervals and paired differences for Table 2.
 
