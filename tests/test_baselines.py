@@ -19,8 +19,8 @@ from kicl.analysis.baselines import (
     position_predictions,
 )
 from kicl.analysis.head_selection import head_ranking, nested_bootstrap, selection_data
-from kicl.analysis.stats import bootstrap_p
 from kicl.analysis.reconstruction import label_permutation_null, reconstruction_scores
+from kicl.analysis.stats import bootstrap_p
 from kicl.analysis.votes import permute_within_prompts
 from kicl.store.reader import open_store
 from kicl.store.synthetic import Planted, make_synthetic_store

@@ -9,7 +9,7 @@ include the selection's own variability. `nested=False` keeps the head and the f
 and resamples held-out prompts only (intervals conditional on the choice).
 
 Paired comparisons (selected head − each baseline, and − encoder kernel regression) use the same
-resamples; the two-sided p-value is min(1, 2·min(#{Δ* ≤ 0}+1, #{Δ* ≥ 0}+1) / (B+1)).
+resamples; the two-sided p-value is kicl.analysis.stats.bootstrap_p.
 """
 
 from __future__ import annotations
