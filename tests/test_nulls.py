@@ -135,8 +135,9 @@ def test_fig4_pairs_p_is_centred_on_an_off_centre_null():
     assert out["r_null_centre"][0] > 0.7
 
 
-def fig4_store(path, kernel_weight, sim, labels, prediction, demo_text, seed=0):
+def fig4_store(path, kernel_weight, sim, labels, prediction, demo_text, seed=0, hubness=None):
     n_prompts, n_demos = sim.shape
+    extra = {} if hubness is None else {"demo_hubness": hubness.astype(np.float32)}
     kw = np.broadcast_to(kernel_weight[:, None], (n_prompts, len(POOLINGS)) + kernel_weight.shape[1:])
     return make_synthetic_store(
         path,
@@ -153,14 +154,25 @@ def fig4_store(path, kernel_weight, sim, labels, prediction, demo_text, seed=0):
             "demo_label": labels,
             "prediction": prediction,
             "demo_text": demo_text,
+            **extra,
         },
     )
 
 
-def fig4_head(path, head):
+def fig4_head(path, head, attrs=()):
     ds = open_store(path)
     result = simpred_correlation(ds, np.arange(ds.sizes["prompt"]), ["max"], "centred", n_permutations=99, n_boot=20)
-    return {key: float(result[key].sel(pooling="max").values[head]) for key in ("r", "partial_r", "partial_r_p_max")}
+    out = {key: float(result[key].sel(pooling="max").values[head]) for key in ("r", "partial_r", "partial_r_p_max")}
+    return out | {key: result.attrs[key] for key in attrs}
+
+
+def hub_inputs(rng, n_texts, vocab=200):
+    """P(o|x) of `n_texts` inputs: a shared Zipf background (share w ~ Beta(2, 2)) plus a sparse specific part."""
+    background = 1 / np.arange(1, vocab + 1) ** 1.1
+    background /= background.sum()
+    share = rng.beta(2, 2, n_texts)
+    specific = rng.dirichlet(np.full(vocab, 0.05), n_texts)
+    return share[:, None] * background + (1 - share[:, None]) * specific, share
 
 
 def test_fig4_label_match_head_has_no_significant_partial_r(tmp_path):
@@ -211,6 +223,39 @@ def test_fig4_hub_head_has_no_significant_partial_r(tmp_path):
     assert abs(hub_head["partial_r"]) < 0.1 and hub_head["partial_r_p_max"] > 0.05
     kernel_head = fig4_head(path, (1, 1))
     assert kernel_head["partial_r"] > 0.2 and kernel_head["partial_r_p_max"] < 0.05
+
+
+def test_fig4_stored_hubness_removes_a_hub_head_without_recurring_demonstrations(tmp_path):
+    """Every (prompt, demonstration) shows a different input, so the store estimate of hubness has no support; the
+    capture's exact demo_hubness (mean P(o|x_test_q)ᵀP(o|x_i) over the other prompts) still takes the hub head (weights
+    = the input's background share + noise, no test dependence) to no significant partial r, and a head that follows
+    sim_pred keeps its partial r. Without the stored value the hub head stays 'significant'."""
+    rng = np.random.default_rng(1)
+    n_prompts, n_demos = 300, 8
+    p_demo, share = hub_inputs(rng, n_prompts * n_demos)
+    p_demo, share = p_demo.reshape(n_prompts, n_demos, -1), share.reshape(n_prompts, n_demos)
+    p_test, _ = hub_inputs(rng, n_prompts)
+    sim = np.einsum("pv,pdv->pd", p_test, p_demo)
+    others = (p_test.sum(0) - p_test) / (n_prompts - 1)
+    hubness = np.einsum("pv,pdv->pd", others, p_demo)
+    kw = rng.uniform(0, 1, (n_prompts, 2, 2, n_demos))
+    kw[:, 0, 0] = share + 0.15 * rng.normal(size=(n_prompts, n_demos))
+    kw[:, 1, 1] = sim / sim.std() + 0.5 * rng.normal(size=(n_prompts, n_demos))
+    labels, prediction = rng.integers(0, 2, (n_prompts, n_demos)), rng.integers(0, 2, n_prompts)
+    text = np.char.add("unique text ", np.arange(n_prompts * n_demos).astype(str)).reshape(n_prompts, n_demos)
+    attrs = ("hubness_source", "hubness_coverage")
+    stored = tmp_path / "stored.zarr"
+    fig4_store(stored, kw, sim, labels, prediction, text, hubness=hubness)
+    hub_head = fig4_head(stored, (0, 0), attrs)
+    assert hub_head["hubness_source"] == "stored" and hub_head["hubness_coverage"] == 1.0
+    assert hub_head["r"] > 0.3  # the plain r is fooled
+    assert abs(hub_head["partial_r"]) < 0.1 and hub_head["partial_r_p_max"] > 0.05
+    kernel_head = fig4_head(stored, (1, 1))
+    assert kernel_head["partial_r"] > 0.2 and kernel_head["partial_r_p_max"] < 0.05
+    # the same pairs without the stored value: no input recurs, so the estimate covers nothing and the hub head wins
+    estimated = fig4_head(fig4_store(tmp_path / "estimated.zarr", kw, sim, labels, prediction, text), (0, 0), attrs)
+    assert estimated["hubness_source"] == "estimated" and estimated["hubness_coverage"] == 0.0
+    assert estimated["partial_r"] > 0.3 and estimated["partial_r_p_max"] < 0.05
 
 
 def test_demo_hubness_leaves_the_own_prompt_out():

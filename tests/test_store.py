@@ -92,18 +92,12 @@ def test_store_matches_eager_and_contract(toy):
     assert ds.prompt_text.values[0] == records[0]["text"]
 
 
-@pytest.mark.parametrize("context", ["raw", "template"])
-def test_sim_pred_is_eq9_on_inputs_alone(toy, tmp_path, context):
-    """sim_pred = P(o|x_test)ᵀ P(o|x_i), each input run on its own: raw text, or alone in the template."""
+def _eager_probs(toy, context: str) -> dict[str, np.ndarray]:
+    """P(o|x) (float64) of every test and demonstration text of the toy prompts from eager runs of the input alone."""
     from transformers import AutoTokenizer
 
     from kicl.prompts.build import query_ids
 
-    store = toy["store"]
-    if context == "template":
-        store = tmp_path / "template.zarr"
-        run_capture(toy["meta"], toy["prompts"], toy["manifest"], store, {**CAPTURE, "simpred_context": context})
-    ds = open_store(store)
     tokenizer = AutoTokenizer.from_pretrained(toy["manifest"]["path"])
     template = json.loads(toy["meta"].read_text())["template"]
     texts = sorted({r["test_text"] for r in toy["records"]} | {d["text"] for r in toy["records"] for d in r["demos"]})
@@ -114,13 +108,43 @@ def test_sim_pred_is_eq9_on_inputs_alone(toy, tmp_path, context):
         assert tokenizer.decode(sequences[0]) == f"Input: {texts[0]} Output:"
     _, reference = eager_reference(toy["manifest"]["path"], sequences)
     logits = {t: torch.tensor(ref["logits"], dtype=torch.float64) for t, ref in zip(texts, reference)}
-    probs = {t: torch.softmax(value, -1).numpy() for t, value in logits.items()}
+    return {t: torch.softmax(value, -1).numpy() for t, value in logits.items()}
+
+
+@pytest.mark.parametrize("context", ["raw", "template"])
+def test_sim_pred_is_eq9_on_inputs_alone(toy, tmp_path, context):
+    """sim_pred = P(o|x_test)ᵀ P(o|x_i), each input run on its own: raw text, or alone in the template."""
+    store = toy["store"]
+    if context == "template":
+        store = tmp_path / "template.zarr"
+        run_capture(toy["meta"], toy["prompts"], toy["manifest"], store, {**CAPTURE, "simpred_context": context})
+    ds = open_store(store)
+    probs = _eager_probs(toy, context)
     for i, record in enumerate(toy["records"]):
         p_test = probs[record["test_text"]]
         assert ds.test_top_token.values[i] == int(np.argmax(p_test))
         for d, demo in enumerate(record["demos"]):
             np.testing.assert_allclose(ds.sim_pred.values[i, d], p_test @ probs[demo["text"]], rtol=1e-4)
             assert ds.demo_top_token.values[i, d] == int(np.argmax(probs[demo["text"]]))
+
+
+def test_demo_hubness_is_the_mean_sim_pred_with_the_other_test_inputs(toy):
+    """demo_hubness[p, i] = mean over the other prompts q of P(o|x_test_q)ᵀ P(o|x_{p,i}), from eager P(o|x); NaN at
+    absent demonstrations."""
+    ds = open_store(toy["store"], needs=["demo_hubness", "sim_pred"])
+    probs = _eager_probs(toy, "raw")
+    tests = np.stack([probs[r["test_text"]] for r in toy["records"]])
+    hubness = ds["demo_hubness"].values
+    for p, record in enumerate(toy["records"]):
+        others = np.delete(tests, p, axis=0)
+        for d in range(ds.sizes["demo"]):
+            if d >= len(record["demos"]):
+                assert np.isnan(hubness[p, d])
+                continue
+            expected = np.mean(others @ probs[record["demos"][d]["text"]])
+            np.testing.assert_allclose(hubness[p, d], expected, rtol=1e-4)
+    # every shown demonstration has one, whether or not its input recurs in another prompt
+    assert np.isfinite(hubness).sum() == sum(len(r["demos"]) for r in toy["records"])
 
 
 def test_store_layout_is_prompt_chunked_and_compressed(toy):
@@ -277,9 +301,9 @@ def _declared_arrays(path) -> dict[str, tuple[tuple[str, ...], np.dtype]]:
     return {name: (tuple(array.metadata.dimension_names), array.dtype) for name, array in group.arrays()}
 
 
-def _assert_follows_schema(path, rotary: bool, with_kv: bool):
+def _assert_follows_schema(path, rotary: bool, with_kv: bool, hubness: bool = False):
     arrays = _declared_arrays(path)
-    expected = schema.forward_variables(rotary=rotary, with_kv=with_kv)
+    expected = schema.forward_variables(rotary=rotary, with_kv=with_kv, hubness=hubness)
     coordinates = {d.name for d in schema.DIMENSIONS if d.coordinate is not None}
     if not with_kv:
         coordinates -= {"kv_prompt", "offset"}
@@ -293,7 +317,7 @@ def _assert_follows_schema(path, rotary: bool, with_kv: bool):
 
 
 def test_capture_store_has_exactly_the_schema_arrays(toy):
-    _assert_follows_schema(toy["store"], rotary=True, with_kv=True)
+    _assert_follows_schema(toy["store"], rotary=True, with_kv=True, hubness=True)
 
 
 @pytest.mark.parametrize("kv_prompts", [0, 7])

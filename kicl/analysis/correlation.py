@@ -18,13 +18,14 @@ Beside r, per head:
   test inputs; sim_pred is an unnormalised inner product, so a demonstration with much background mass in
   P(o|x_i) has a large sim_pred with every test input). Both a_i and sim_pred are residualised on these
   covariates (within-prompt demeaned for `centred` / `per_prompt`, with an intercept for `pairs`) and
-  correlated. Hubness is estimated from the store itself (it holds no P(o|x) vectors): the sim_pred of the
-  same demonstration input relative to its prompt's mean sim_pred, averaged over the other prompts that show
-  it (`partial_covariates`); where no other prompt shows it, the mean is imputed and a missing-indicator enters
-  the design (`hubness_coverage` = share of pairs with an estimate, `hubness_support` = mean number of other
-  prompts behind one). The estimate is only as good as its support: with a demonstration pool much larger
-  than the demonstrations drawn (the default run), most inputs recur in 0–2 other prompts and the hubness
-  covariate removes little of a hub effect;
+  correlated. Hubness is the store's `demo_hubness` when it has one (written by the capture from the P(o|x)
+  vectors: exact, every demonstration; `hubness_source` = `stored`). Older stores hold no P(o|x) vectors, so
+  there it is estimated (`estimated`): the sim_pred of the same demonstration input relative to its prompt's
+  mean sim_pred, averaged over the other prompts that show it (`store_hubness`); where no other prompt shows
+  it, the mean is imputed and a missing-indicator enters the design (`hubness_coverage` = share of pairs with a
+  value, `hubness_support` = mean number of other prompts behind one). The estimate is only as good as its
+  support: with a demonstration pool much larger than the demonstrations drawn (the default run), most inputs
+  recur in 0–2 other prompts and the estimated covariate removes little of a hub effect;
 * a **permutation null**: sim_pred permuted among the demonstrations of each prompt
   (`analysis.correlation_permutations` times; the covariates stay in place, so the null also breaks any
   slot/length link of sim_pred), its central `level` interval per head, and a single-step studentised max-T
@@ -324,19 +325,36 @@ def demo_keys(ds: xr.Dataset) -> np.ndarray:
     return ds["demo_pool_index"].values.astype(str)
 
 
+def store_hubness(ds: xr.Dataset, sim: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Each demonstration's hubness (P, D) in every prompt of the store, its support and its source.
+
+    `stored`: the capture's exact `demo_hubness` (mean P(o|x_test_q)ᵀP(o|x_i) over all other prompts q; support
+    N − 1). `estimated` (stores without it): the demonstration's sim_pred relative to its prompt's mean sim_pred
+    (which removes the test input's scale), averaged over the other prompts that show the same input
+    (`demo_hubness`; NaN where none does). ``sim`` (P, D) is NaN at absent demonstrations."""
+    if "demo_hubness" in ds.variables:
+        hub = np.where(present, ds["demo_hubness"].values.astype(np.float64), np.nan)
+        support = np.where(np.isfinite(hub), ds.sizes["prompt"] - 1.0, 0.0)
+        return hub, support, "stored"
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hub, support = demo_hubness(sim / np.nanmean(sim, 1, keepdims=True), demo_keys(ds), present)
+    return hub, support, "estimated"
+
+
 def partial_covariates(ds: xr.Dataset, prompts) -> tuple[np.ndarray, list[str], dict]:
     """The partial-r covariates beyond slot and length, (P, D, e) for the sorted `prompts`, their names and the
-    hubness coverage: y_i one-hots (labels 1..K−1), 1[y_i = ŷ], and hubness: the demonstration's sim_pred relative
-    to its prompt's mean sim_pred (which removes the test input's scale), averaged over the other prompts of the
-    store that show the same input (`demo_hubness`), mean-imputed with a missing indicator, and that hubness times
-    the prompt's mean sim_pred (sim_pred ≈ test scale × demo hubness)."""
+    hubness record (`hubness_source`, `hubness_coverage`, `hubness_support`): y_i one-hots (labels 1..K−1),
+    1[y_i = ŷ], and the demonstration's hubness (`store_hubness`: stored exact, else estimated), mean-imputed with
+    a missing indicator, and that hubness times the prompt's mean sim_pred (sim_pred ≈ test scale × demo
+    hubness)."""
     labels = ds["demo_label"].values
     present = labels >= 0
     sim = np.where(present, ds["sim_pred"].values.astype(np.float64), np.nan)
+    hub, support, source = store_hubness(ds, sim, present)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         scale = np.nanmean(sim, 1, keepdims=True)
-        hub, support = demo_hubness(sim / scale, demo_keys(ds), present)
     hub, support, labels, present = hub[prompts], support[prompts], labels[prompts], present[prompts]
     scale = np.nan_to_num(scale[prompts])
     pred = ds["prediction"].values[prompts][:, None]
@@ -344,6 +362,7 @@ def partial_covariates(ds: xr.Dataset, prompts) -> tuple[np.ndarray, list[str], 
     columns["label_matches_prediction"] = labels == pred
     known = np.isfinite(hub)
     info = {
+        "hubness_source": source,
         "hubness_coverage": float(known.sum() / max(present.sum(), 1)),
         "hubness_support": float(support[known].mean()) if known.any() else 0.0,
     }
@@ -414,8 +433,8 @@ def simpred_correlation(
 
 POOL_FIELDS = ("r_max_t", "partial_r_max_t")
 RUN_FIELDS = (
-    "unit", "n_pairs", "n_prompts", "n_permutations", "n_boot", "level", "partial_covariates", "hubness_coverage",
-    "hubness_support",
+    "unit", "n_pairs", "n_prompts", "n_permutations", "n_boot", "level", "partial_covariates", "hubness_source",
+    "hubness_coverage", "hubness_support",
 )  # fmt: skip
 
 

@@ -65,25 +65,53 @@ def forward_batch(
     return result
 
 
+@dataclass(frozen=True)
+class SummedTestProbs:
+    """Σ_q P(o|x_test_q) over every prompt q of the store (float64, (vocab,)) and the number of prompts N."""
+
+    total: np.ndarray
+    n_prompts: int
+
+    @classmethod
+    def of(cls, prompts: Sequence[dict], simpred) -> SummedTestProbs:
+        """Sum the P(o|x_test) rows of ``prompts`` (``simpred(text)``: P(o|x), (vocab,)) in prompt order."""
+        total = None
+        for prompt in prompts:
+            row = np.asarray(simpred(prompt["test_text"]), dtype=np.float64)
+            total = row.copy() if total is None else total + row
+        return cls(total, len(prompts))
+
+    def others_mean(self, p_test: np.ndarray) -> np.ndarray | None:
+        """Mean P(o|x_test_q) over the prompts q other than the one with ``p_test`` (None when N = 1)."""
+        if self.n_prompts < 2:
+            return None
+        return (self.total - p_test.astype(np.float64)) / (self.n_prompts - 1)
+
+
 def prompt_shard(
-    model, shape: ModelShape, prompts: list[dict], meta: dict, options, n_demos: int, simpred
+    model, shape: ModelShape, prompts: list[dict], meta: dict, options, n_demos: int, simpred, test_sum: SummedTestProbs
 ) -> dict[str, np.ndarray]:
     """All per-prompt outputs of one shard of prompts (dict of arrays with the shard's prompts first).
 
     :func:`forward_shard` plus ``sim_pred``, ``test_top_token`` and ``demo_top_token`` from ``simpred(text)``
-    (P(o|x) of an input run on its own, a (vocab,) float32 array).
+    (P(o|x) of an input run on its own, a (vocab,) float32 array), and ``demo_hubness``: each demonstration's
+    mean P(o|x_test_q)ᵀ P(o|x_i) over the other prompts q of the store (``test_sum``; NaN when N = 1).
     """
     out = forward_shard(model, shape, prompts, meta, options, n_demos)
     n = len(prompts)
     out["sim_pred"] = np.full((n, n_demos), np.nan, np.float32)
+    out["demo_hubness"] = np.full((n, n_demos), np.nan, np.float32)
     out["demo_top_token"] = np.full((n, n_demos), -1, np.int64)
     out["test_top_token"] = np.empty(n, np.int64)
     for local, prompt in enumerate(prompts):
         p_test = simpred(prompt["test_text"])
+        others = test_sum.others_mean(p_test)
         out["test_top_token"][local] = int(np.argmax(p_test))
         for d, demo in enumerate(prompt["demos"]):
-            p_demo = simpred(demo["text"])
-            out["sim_pred"][local, d] = np.dot(p_test.astype(np.float64), p_demo.astype(np.float64))
+            p_demo = simpred(demo["text"]).astype(np.float64)
+            out["sim_pred"][local, d] = np.dot(p_test.astype(np.float64), p_demo)
+            if others is not None:
+                out["demo_hubness"][local, d] = np.dot(others, p_demo)
             out["demo_top_token"][local, d] = int(np.argmax(p_demo))
     return out
 

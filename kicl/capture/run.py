@@ -9,7 +9,8 @@ the key projection). Per-family knowledge is limited to kicl.capture.adapters.
 
 :func:`run_capture` drives a whole task: P(o|x) of every unique test/demonstration input run on its own
 (paper Eq. 9, kicl.capture.simpred), read from or added to the shared P(o|x) cache
-(kicl.capture.simpred_cache), then the prompts, in shards that a killed run resumes
+(kicl.capture.simpred_cache), the sum of every prompt's P(o|x_test) (behind ``demo_hubness``), then the
+prompts, in shards that a killed run resumes
 (:class:`kicl.store.writer.ShardDir`), then the Zarr store. ``capture.dtype: auto`` on a CPU with native
 bfloat16 is settled first by an agreement check (kicl.capture.dtype_check). The store's ``prediction`` is the
 argmax of the float32 label logits, whatever the model's dtype; ties go to the lowest label index (:func:`predict`).
@@ -37,6 +38,7 @@ import torch
 from kicl.capture.adapters import ModelShape, attention_modules, prerope_key_module
 from kicl.capture.batch import (
     BatchResult,
+    SummedTestProbs,
     content_free_logits,
     content_free_piece,
     forward_batch,
@@ -55,7 +57,9 @@ from kicl.store.writer import ForwardStoreWriter, ShardDir, atomic_directory, fo
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SHARD_FORMAT = 3  # bump when the content of the resumable shards changes, so that old shards are discarded
+SHARD_FORMAT = 4  # bump when the content of the resumable shards changes, so that old shards are discarded
+# per-prompt arrays of a shard copied into the store as they are
+SHARD_PER_PROMPT = ("label_logits", "kernel_weight", "sim_pred", "demo_hubness", "demo_top_token", "test_top_token")
 
 # names kept for callers of the single-module capture
 _attention_modules = attention_modules
@@ -217,13 +221,14 @@ def run_capture(
     log.info("%s: P(o|x) of %d unique inputs: %d reused from %s, %d computed", where, len(contexts), reused,
              cache.path, computed)  # fmt: skip
     simpred_record = {"cache": str(cache.path) if simpred_cache else None, "key": cache.key}
+    test_sum = SummedTestProbs.of(prompts, cache.row)  # behind demo_hubness: every prompt's test input, up front
 
     n_demos = max(len(p["demos"]) for p in prompts)
     content_free_ids = content_free_piece(tokenizer, meta, options.content_free) if options.calibration else None
     for index, name in enumerate(shard_names):
         members = prompts[index * options.shard_size : (index + 1) * options.shard_size]
         if name not in done:
-            arrays = prompt_shard(model, shape, members, meta, options, n_demos, cache.row)
+            arrays = prompt_shard(model, shape, members, meta, options, n_demos, cache.row, test_sum)
             if options.calibration:
                 arrays["label_logits_cf"] = content_free_logits(model, members, meta, options, content_free_ids)
             parts.write_arrays(name, arrays)
@@ -246,7 +251,7 @@ def _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, 
     """Write the finished store from the shards (under a temporary name, renamed at the end)."""
     n, width = len(prompts), max(len(p["input_ids"]) for p in prompts)
     n_kv = min(options.kv_prompts, n)
-    variables = forward_variables(shape.rotary, with_kv=n_kv > 0, calibrated=options.calibration)
+    variables = forward_variables(shape.rotary, with_kv=n_kv > 0, calibrated=options.calibration, hubness=True)
     sizes = {
         "prompt": n, "layer": shape.n_layers, "head": shape.n_heads, "kv_head": shape.n_kv_heads,
         "position": width, "label": len(meta["label_names"]), "demo": n_demos, "pooling": len(POOLINGS),
@@ -321,7 +326,7 @@ def _assemble(store_path, parts, shard_names, prompts, meta, manifest, options, 
             shard = parts.read_arrays(name)
             start = index * options.shard_size
             writer.write("attention", start, shard["attention"])
-            for key in ("label_logits", "kernel_weight", "sim_pred", "demo_top_token", "test_top_token"):
+            for key in SHARD_PER_PROMPT:
                 writer.write(key, start, shard[key])
             if options.calibration:
                 writer.write("label_logits_cf", start, shard["label_logits_cf"])

@@ -47,8 +47,9 @@ def open_store(path, needs=()) -> xr.Dataset:
         if needs != "all":
             raise ValueError(f"open_store: needs is a list of variable names or 'all', not {needs!r}")
         with_kv = ds.sizes.get("kv_prompt", 0) > 0
-        calibrated = "label_logits_cf" in ds
-        needs = forward_variables(rotary=bool(ds.attrs.get("rotary", False)), with_kv=with_kv, calibrated=calibrated)
+        calibrated, hubness = "label_logits_cf" in ds, "demo_hubness" in ds
+        rotary = bool(ds.attrs.get("rotary", False))
+        needs = forward_variables(rotary=rotary, with_kv=with_kv, calibrated=calibrated, hubness=hubness)
     check_variables(ds, needs, where=f"forward store {path}")
     return ds
 

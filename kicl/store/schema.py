@@ -18,9 +18,11 @@ import numpy as np
 from kicl.store.pooling import POOLINGS
 
 # when a variable is present: in every store, only when keys/values are kept (capture.kv_prompts > 0), only
-# then and for a model with rotary position embeddings, or only with capture.calibration
+# then and for a model with rotary position embeddings, only with capture.calibration, or in every capture since
+# that variable was added (older stores and synthetic test stores may lack it; readers fall back)
 ALWAYS, WITH_KV, ROTARY_KV, CALIBRATED = "always", "with kv", "with kv, rotary models", "with calibration"
-PRESENCE = (ALWAYS, WITH_KV, ROTARY_KV, CALIBRATED)
+CAPTURED = "captures (not older stores)"
+PRESENCE = (ALWAYS, WITH_KV, ROTARY_KV, CALIBRATED, CAPTURED)
 #: dtype strings a variable may have; "str" is a variable-length UTF-8 string
 DTYPES = ("float32", "int64", "str")
 FILLS = {"float32": float("nan"), "int64": -1, "str": ""}
@@ -109,6 +111,11 @@ VARIABLES: tuple[Variable, ...] = (
        "paper Eq. 9: P(o\\|x_test)ᵀ P(o\\|x_i), both next-token distributions over the whole vocabulary from the "
        "input run on its own (`capture.simpred_context`: `raw` text alone, or `template` = the input alone in the "
        "template, ending where the label would follow); each unique input is run once"),
+    _v("demo_hubness", _PD, "float32",
+       "the demonstration's mean `sim_pred` with the OTHER prompts' test inputs: (Σ_q P(o\\|x_test_q) − "
+       "P(o\\|x_test_p))ᵀ P(o\\|x_i) / (N − 1) over the N prompts of the store (NaN when N = 1); a hub input, "
+       "with much mass on frequent tokens, has a large `sim_pred` with every test input (Fig 4's partial-r "
+       "covariate; stores without it get a store estimate)", CAPTURED),
     _v("test_top_token", "prompt", "int64", "argmax_o P(o\\|x_test) for the test input"),
     _v("demo_top_token", _PD, "int64", "argmax_o P(o\\|x_i) for each demonstration input (Fig 5a target)"),
     _v("prompt_text", "prompt", "str", "the full prompt"),
@@ -138,10 +145,13 @@ def _check_declarations() -> None:
 _check_declarations()
 
 
-def forward_variables(rotary: bool, with_kv: bool, calibrated: bool = False) -> dict[str, Variable]:
-    """The data variables a forward store has (coordinates excluded), by name, in declaration order."""
+def forward_variables(
+    rotary: bool, with_kv: bool, calibrated: bool = False, hubness: bool = False
+) -> dict[str, Variable]:
+    """The data variables a forward store has (coordinates excluded), by name, in declaration order;
+    ``hubness``: with the variables every capture writes that older stores lack (``demo_hubness``)."""
     keep = {ALWAYS} | ({WITH_KV} if with_kv else set()) | ({ROTARY_KV} if with_kv and rotary else set())
-    keep |= {CALIBRATED} if calibrated else set()
+    keep |= ({CALIBRATED} if calibrated else set()) | ({CAPTURED} if hubness else set())
     return {v.name: v for v in VARIABLES if v.present in keep}
 
 

@@ -78,7 +78,8 @@ def make_synthetic_store(
     prediction is one too, so a head with random attention agrees with it at rate 1/n_labels; with one, the
     prediction is the label of a random demonstration of the prompt. `min_demos` < `n_demos` gives some prompts
     fewer demonstrations (missing demos: label -1, NaN weights, -1 positions). `overrides` (variable name ->
-    array of the declared shape) replaces generated variables before writing (e.g. another condition's ŷ).
+    array of the declared shape) replaces generated variables before writing (e.g. another condition's ŷ);
+    `demo_hubness` (P, D), which the store has only when given here, adds it (like a capture's store).
     """
     planted = planted or Planted()
     rng = np.random.default_rng(seed)
@@ -190,7 +191,11 @@ def make_synthetic_store(
     }
     if kv_prompts:
         data.update(keys=keys, values=values)
-    for name, values in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    with_hubness = "demo_hubness" in overrides
+    if with_hubness:
+        data["demo_hubness"] = np.full((n_prompts, n_demos), np.nan, np.float32)
+    for name, values in overrides.items():
         if name not in data or np.shape(values) != np.shape(data[name]):
             raise ValueError(f"synthetic store override {name!r}: not a variable of shape {np.shape(data.get(name))}")
         data[name] = np.asarray(values).astype(data[name].dtype)
@@ -210,7 +215,8 @@ def make_synthetic_store(
     }
     path = Path(path)
     with atomic_directory(path) as tmp:
-        writer = ForwardStoreWriter(tmp, sizes, coords, forward_variables(rotary=False, with_kv=kv_prompts > 0), attrs)
+        variables = forward_variables(rotary=False, with_kv=kv_prompts > 0, hubness=with_hubness)
+        writer = ForwardStoreWriter(tmp, sizes, coords, variables, attrs)
         for name, values in data.items():
             writer.write(name, 0, values)
         writer.finalize()
