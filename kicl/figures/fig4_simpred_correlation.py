@@ -68,13 +68,15 @@ def correlation_figure(
             low = result[f"{key}_low"].sel(pooling=pool).values[lay, head]
             high = result[f"{key}_high"].sel(pooling=pool).values[lay, head]
             notes[name] = f"CI [{low:.3f}, {high:.3f}]; null max|T| {level:.0%}: {threshold:.2f} sd"
+    stored = result.attrs.get("hubness_source") == "stored"
+    hubness = "exact, from the capture" if stored else f"{result.attrs['hubness_coverage']:.0%} of pairs estimated"
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()] + [np.zeros(1)])
     bound = float(np.abs(finite).max()) or 1.0
     head_heatmaps(
         grids,
         png,
         f"{title}\nPearson r(kernel weight, sim_pred) {UNIT_TEXT[unit]}; partial r controls slot, |x_i|, y_i, "
-        f"1[y_i = ŷ] and demo hubness ({result.attrs['hubness_coverage']:.0%} of pairs estimated);\n"
+        f"1[y_i = ŷ] and demo hubness ({hubness});\n"
         f"{result.attrs['n_prompts']} prompts ({'+'.join(splits)}), {result.attrs['n_pairs']} pairs; dots: family-wise "
         f"p ≤ {1 - level:.2g} (max |T| over heads, each centred on its null; {n_permutations} within-prompt "
         "permutations)",
