@@ -20,7 +20,7 @@ rule causal_ablation:
         "benchmarks/out/causal_ablation/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/forward.yaml"
-    threads: 2
+    threads: capture_threads(2)
     resources:
         gpu=forward_gpus,
     params:

@@ -131,9 +131,16 @@ def prompt_encoder_cache(wildcards):
     return f"results/embeddings/{encoder}" if encoder else None
 
 
+def capture_threads(default):
+    """Cores of a job whose torch computes stored numbers: capture.intra_op_threads (0: `default`)."""
+    return config["capture"].get("intra_op_threads", 1) or default
+
+
 def prompt_threads(wildcards):
-    """Two threads when the prompts need the model's own kernel (forward passes), else one."""
-    return 2 if needs_model_kernel(PROTOCOLS[wildcards.condition]) else 1
+    """The capture's threads when the prompts need the model's own kernel (forward passes), else one."""
+    return (
+        capture_threads(2) if needs_model_kernel(PROTOCOLS[wildcards.condition]) else 1
+    )
 
 
 def model_kernel_capture(wildcards):

@@ -147,8 +147,7 @@ def run_ablation(
     conds = conditions(scores, settings["k"], modes, settings["random_draws"], settings["seed"])
     store_logits = ds["label_logits"].values
     label_ids = torch.as_tensor(meta["label_token_ids"], dtype=torch.long)
-    if threads:
-        torch.set_num_threads(threads)
+    options.fix_threads(threads)
     register_capture_attention()
     model = load_model(manifest, dtype=options.dtype, device=options.device, attn_implementation=CAPTURE_ATTENTION)
     started = time.perf_counter()
