@@ -43,7 +43,11 @@ def subset_prompts(meta_path: Path, prompts_path: Path, n: int, folder: Path) ->
     folder.mkdir(parents=True, exist_ok=True)
     chosen = [{**record, "prompt_id": row} for row, record in enumerate(chosen)]
     meta = json.loads(meta_path.read_text())
-    meta.update(n_prompts=len(chosen), n_select=min(n, meta.get("n_select", n)), n_heldout=len(chosen) - min(n, meta.get("n_select", n)))
+    meta.update(
+        n_prompts=len(chosen),
+        n_select=min(n, meta.get("n_select", n)),
+        n_heldout=len(chosen) - min(n, meta.get("n_select", n)),
+    )
     (folder / "meta.json").write_text(json.dumps(meta))
     (folder / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
     return folder / "meta.json", folder / "prompts.jsonl"

@@ -279,7 +279,6 @@ def test_contextual_calibration_logits_are_the_content_free_prompt(tmp_path):
     np.testing.assert_array_equal(calibrated_prediction(logits, content_free), [1, 0, 0])
 
 
-
 def test_job_threads_do_not_reach_the_numbers(tmp_path, monkeypatch):
     """The job's core count (the rule's threads) must not reach the numbers: whatever ``threads`` the job
     passes, every shard is computed at capture.intra_op_threads (default 1) and the stores are identical.
