@@ -122,6 +122,8 @@ def summarise(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: flo
                 row.update(top_vs_random_row(group, random, n_boot, seed, level))
         rows.append(row)
     out = pd.DataFrame(rows)
+    if "random_draws" in out:
+        out["random_draws"] = out["random_draws"].astype("Int64")
     for name in METRICS:
         column = f"{name}_rank_p"
         if column in out:

@@ -9,7 +9,7 @@ from kicl.analysis.ablation import METRICS, summarise
 from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, figure_style, log2_axis, plt, save_figure
 
 RANKING_STYLE = {
-    "top": (MAIN_COLOR, "o", "top-k by agreement"),
+    "top": (MAIN_COLOR, "o", "top-k (select-prompt rank)"),
     "random": (BASELINE_COLORS[0], "s", "random k, layer-matched (mean of draws)"),
     "bottom": (BASELINE_COLORS[1], "^", "bottom-k"),
 }
@@ -27,7 +27,7 @@ def _draw(summary: pd.DataFrame, png, title: str) -> None:
     modes = [m for m in ("zero", "mean", "knockout") if m in set(summary["mode"])]
     base = summary[summary.ranking == "none"]
     fig, axes = plt.subplots(
-        len(METRICS), len(modes), figsize=(3.2 * len(modes), 2.4 * len(METRICS)), squeeze=False, sharex=True
+        len(METRICS), len(modes), figsize=(max(5.0, 3.2 * len(modes)), 2.4 * len(METRICS)), squeeze=False, sharex=True
     )
     for col, mode in enumerate(modes):
         for row, metric in enumerate(METRICS):
@@ -59,9 +59,10 @@ def _draw(summary: pd.DataFrame, png, title: str) -> None:
     level = int(round(100 * float(summary["level"].iloc[0])))
     draws = summary.loc[summary.ranking == "random", "n_draws"]
     fig.suptitle(
-        f"{title}\nbands {level}%: top/bottom bootstrap over prompts (flips: Wilson); random: mean of "
-        f"{int(draws.max()) if len(draws) else 0} draws, two-level bootstrap (draws, prompts); dotted: range over "
-        "draws; p: rank of the top-k effect among the draws"
+        f"{title}\nbands {level}%: top/bottom bootstrap over prompts (flips: Wilson)\nrandom: mean of "
+        f"{int(draws.max()) if len(draws) else 0} draws, two-level bootstrap (draws, prompts), dotted: their range"
+        "\np: rank of the top-k effect among the draws' paired effects",
+        fontsize=8,
     )
     save_figure(fig, png)
 
