@@ -782,6 +782,14 @@ def forward_runtime(wildcards, input, threads, attempt):
     from kicl.workflow.resources import forward_runtime_minutes
 
     model, work, dtype, device = _forward_workload(wildcards, input)
+    compute_threads = capture_threads(
+        threads
+    )  # torch's threads, whatever the job's cores
     return forward_runtime_minutes(
-        model, work, dtype=dtype, device=device, threads=threads, attempt=attempt
+        model,
+        work,
+        dtype=dtype,
+        device=device,
+        threads=compute_threads,
+        attempt=attempt,
     )
