@@ -782,9 +782,8 @@ def forward_runtime(wildcards, input, threads, attempt):
     from kicl.workflow.resources import forward_runtime_minutes
 
     model, work, dtype, device = _forward_workload(wildcards, input)
-    compute_threads = capture_threads(
-        threads
-    )  # torch's threads, whatever the job's cores
+    # torch's threads, whatever the job's cores
+    compute_threads = capture_threads(threads)
     return forward_runtime_minutes(
         model,
         work,
