@@ -16,6 +16,12 @@ mean, 3 random draws) then runs on the 1-thread store of each dtype at 1 and 2 t
 change of an accuracy over the conditions, and the prompts whose ŷ differs. ``--model-dir`` points at another
 converted model folder (e.g. a tiny random Llama) when the workflow's is not there. Prints a Markdown table;
 JSON to benchmarks/out/noise_floor.json.
+
+Measured (SmolLM2-135M, trec, 6 + 6 prompts, 2-core AMD EPYC with avx512_bf16, torch 2.13 / oneDNN 3.12):
+every difference is exactly 0 in bfloat16 and float32 (kernel weights, label logits, sim_pred, ŷ, causal
+accuracies and margins), so on this CPU the thread count does not reach the numbers; capture.intra_op_threads
+guards CPUs whose kernels split a reduction by thread. Under a loaded machine (load 5 on 2 cores) the 2-thread
+runs took 3-4 times as long as the 1-thread ones (capture 48.9 s against 11.9 s).
 """
 
 from __future__ import annotations
