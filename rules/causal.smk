@@ -1,8 +1,9 @@
 # Causal test of the kernel heads (issue 13), for the tasks in causal.tasks: on the held-out prompts, ablate
-# the top-k heads by reconstruction agreement with ŷ on the select prompts (ranked from the forward store),
-# k layer-matched random heads and the bottom-k, at the last token (zero, mean, attention knockout of the
-# label tokens). causal_ablation needs the model (the forward env); fig_causal_ablation summarises it with
-# bootstrap intervals and draws it.
+# the top-k heads by reconstruction of ŷ on the select prompts (ranked from the forward store), seeded sets
+# of k layer-matched random heads outside the top k and the bottom-k, at the last token (zero, mean, attention
+# knockout of the label tokens). causal_ablation needs the model (the forward env; torch at
+# capture.intra_op_threads); fig_causal_ablation turns it into paired effects, the rank p-value of the top-k
+# effect among the random draws and two-level intervals, and draws it.
 
 
 rule causal_ablation:
@@ -20,7 +21,7 @@ rule causal_ablation:
         "benchmarks/out/causal_ablation/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/forward.yaml"
-    threads: 2
+    threads: capture_threads(2)
     resources:
         gpu=forward_gpus,
     params:

@@ -143,9 +143,16 @@ def prompt_encoder_cache(wildcards):
     return f"results/embeddings/{encoder}" if encoder else None
 
 
+def capture_threads(default):
+    """Cores of a job whose torch computes stored numbers: capture.intra_op_threads (0: `default`)."""
+    return config["capture"].get("intra_op_threads", 1) or default
+
+
 def prompt_threads(wildcards):
-    """Two threads when the prompts need the model's own kernel (forward passes), else one."""
-    return 2 if needs_model_kernel(PROTOCOLS[wildcards.condition]) else 1
+    """The capture's threads when the prompts need the model's own kernel (forward passes), else one."""
+    return (
+        capture_threads(2) if needs_model_kernel(PROTOCOLS[wildcards.condition]) else 1
+    )
 
 
 def model_kernel_capture(wildcards):
@@ -809,6 +816,13 @@ def forward_runtime(wildcards, input, threads, attempt):
     from kicl.workflow.resources import forward_runtime_minutes
 
     model, work, dtype, device = _forward_workload(wildcards, input)
+    # torch's threads, whatever the job's cores
+    compute_threads = capture_threads(threads)
     return forward_runtime_minutes(
-        model, work, dtype=dtype, device=device, threads=threads, attempt=attempt
+        model,
+        work,
+        dtype=dtype,
+        device=device,
+        threads=compute_threads,
+        attempt=attempt,
     )

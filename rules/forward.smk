@@ -19,7 +19,7 @@ rule dtype_check:
         "benchmarks/out/dtype_check/{model}.tsv"
     conda:
         "../envs/forward.yaml"
-    threads: 2
+    threads: capture_threads(2)
     params:
         capture=lookup(dpath="capture", within=config),
         tasks=dtype_check_tasks,
@@ -38,7 +38,7 @@ rule forward_pass:
         "benchmarks/out/forward_pass/{model}/{task}/{condition}.tsv"
     conda:
         "../envs/forward.yaml"
-    threads: 2
+    threads: capture_threads(2)
     resources:
         mem_mb=forward_mem_mb,
         runtime=forward_runtime,

@@ -11,7 +11,15 @@ from forward_fixtures import make_model_folder, make_prompts
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kicl.analysis.ablation import summarise, top_vs_random  # noqa: E402
-from kicl.capture.ablation import conditions, layer_matched_draw, margins, rank_heads, run_ablation  # noqa: E402
+from kicl.analysis.stats import two_level_bootstrap  # noqa: E402
+from kicl.capture.ablation import (  # noqa: E402
+    cohen_kappa,
+    conditions,
+    layer_matched_draw,
+    margins,
+    rank_heads,
+    run_ablation,
+)
 
 
 def test_rank_and_random_draws_are_seeded_and_layer_matched():
@@ -28,13 +36,41 @@ def test_rank_and_random_draws_are_seeded_and_layer_matched():
         assert len(c.heads) == c.k == len(set(c.heads))
         if c.ranking == "random":
             top = next(t for t in first if t.ranking == "top" and t.k == c.k)
-            assert sorted(layer for layer, _ in c.heads) == sorted(layer for layer, _ in top.heads)
+            assert not set(c.heads) & set(top.heads), "a random draw reuses a top-k head"
+            if c.off_layer == 0:
+                assert sorted(layer for layer, _ in c.heads) == sorted(layer for layer, _ in top.heads)
     draws = {c.heads for c in first if c.ranking == "random" and c.k == 8}
     assert len(draws) > 1
-    # a layer whose heads are all taken falls back to all of its heads
-    assert layer_matched_draw([(0, h) for h in range(5)], 5, np.random.default_rng(0)) == [(0, h) for h in range(5)]
     with pytest.raises(ValueError, match="causal.k"):
-        conditions(scores, [31], ["zero"], 1, 0)
+        conditions(scores, [16], ["zero"], 1, 0)  # 16 of 30 heads leave no 16 others
+
+
+def test_random_draws_never_overlap_the_top_set_and_count_off_layer_heads():
+    """A layer whose heads are (nearly) all in the top set gives what it has; the rest come from the nearest
+    layer, counted as off_layer, and never from the top set."""
+    top = [(1, h) for h in range(5)] + [(2, 0), (2, 1), (2, 2), (2, 3)]
+    for seed in range(20):
+        drawn, off_layer = layer_matched_draw(top, 5, np.random.default_rng(seed), n_layers=4)
+        assert not set(drawn) & set(top) and len(set(drawn)) == len(top)
+        assert off_layer == 5 + 3  # layer 1 has no other head, layer 2 one
+        assert sum(layer == 2 for layer, _ in drawn) >= 1
+        assert {layer for layer, _ in drawn} <= {0, 2, 3}
+    # ranked scores: the top-9 set of this layout, as conditions() sees it
+    scores = np.zeros((4, 5))
+    for layer, head in top:
+        scores[layer, head] = 1.0
+    random = [c for c in conditions(scores, [9], ["zero"], 19, 0) if c.ranking == "random"]
+    assert len(random) == 19 and all(c.off_layer == 8 for c in random)
+    assert all(not set(c.heads) & set(top) for c in random)
+
+
+def test_cohen_kappa_does_not_reward_majority_heads():
+    y_hat = np.array([0] * 8 + [1] * 2)
+    majority = np.zeros((10, 1), int)  # always the majority label: agreement 0.8, kappa 0
+    informative = y_hat[:, None].copy()
+    informative[0] = 1  # agreement 0.9
+    kappa = cohen_kappa(np.hstack([majority, informative]), y_hat)
+    assert kappa[0] == 0 and 0.7 < kappa[1] < 0.8
 
 
 def test_margins():
@@ -76,7 +112,8 @@ def test_run_ablation_against_the_store(tiny_store):
     assert set(summary["ranking"]) == {"none", "top", "random", "bottom"}
     row = summary[(summary.ranking == "none")].iloc[0]
     assert row["flip_share"] == 0 and row["accuracy_lo"] <= row["accuracy"] <= row["accuracy_hi"]
-    assert set(top_vs_random(summary).columns) >= {"mode", "k", "separated"}
+    assert set(top_vs_random(summary).columns) >= {"mode", "k", "accuracy_rank_p", "accuracy_vs_random_lo"}
+    assert (frame.loc[frame["ranking"] == "random", "off_layer"] >= 0).all()
 
 
 def test_no_ablation_in_the_forward_batches_reproduces_store_logits_exactly(tiny_store):
@@ -100,3 +137,92 @@ def test_no_ablation_in_the_forward_batches_reproduces_store_logits_exactly(tiny
             logits = session.run([prompts[i]["input_ids"] for i in order], "right")
             got[order] = logits[:, meta["label_token_ids"]].numpy()
     np.testing.assert_array_equal(got, ds["label_logits"].values)
+
+
+def _planted_store(store, path, select_head, heldout_head):
+    """A copy of ``store`` whose kernel weights make ``select_head`` the perfect reconstructor of ŷ on the
+    select prompts and ``heldout_head`` the perfect one on the held-out prompts (each the worst on the other
+    split): a ranking that looks at held-out prompts picks ``heldout_head`` first."""
+    import xarray as xr
+
+    from kicl.store.reader import string_values
+
+    ds = xr.open_zarr(store).load()
+    split = string_values(ds["split"])
+    labels, pred = ds["demo_label"].values, ds["prediction"].values
+    match = (labels == pred[:, None]).astype(np.float32)
+    weights = np.full(ds["kernel_weight"].shape, 0.01, np.float32)
+    for rows, good, bad in (
+        (split == "select", select_head, heldout_head),
+        (split == "heldout", heldout_head, select_head),
+    ):
+        weights[rows, :, good[0], good[1], :] = match[rows][:, None, :]
+        weights[rows, :, bad[0], bad[1], :] = 1 - match[rows][:, None, :]
+    ds["kernel_weight"].values[:] = weights
+    for variable in ds.variables.values():
+        variable.encoding.clear()
+    ds.to_zarr(path, mode="w")
+    return path
+
+
+def test_the_causal_ranking_uses_select_prompts_only(tiny_store):
+    """Planted: head L0H1 reconstructs ŷ perfectly on the select prompts, L2H3 on the held-out ones. The
+    top-1 set must be L0H1 (a ranking on held-out prompts, the leak, would give L2H3), for both scores."""
+    root, manifest, meta, prompts, store = tiny_store
+    planted = _planted_store(store, root / "planted.zarr", (0, 1), (2, 3))
+    for rank_by in ("agreement", "kappa"):
+        causal = {"k": [1], "modes": ["zero"], "random_draws": 2, "rank_by": rank_by}
+        run_ablation(meta, prompts, manifest, planted, root / "lp.csv", root / "lh.csv", causal=causal)
+        heads = pd.read_csv(root / "lh.csv")
+        assert heads.loc[heads.ranking == "top", "heads"].tolist() == ["L0H1"], rank_by
+        assert heads.loc[heads.ranking == "bottom", "heads"].tolist() != ["L0H1"]
+
+
+def _planted_frame(top_effect: float, draw_effects, n_prompts: int = 60, seed: int = 0) -> pd.DataFrame:
+    """A per-prompt ablation table: no ablation always correct; the top set wrong on a share ``top_effect`` of
+    the prompts, random draw r on a share ``draw_effects[r]`` (other prompts per draw)."""
+    rng = np.random.default_rng(seed)
+    rows = [dict(mode="zero", ranking="none", k=0, draw=0, prompt=p, correct=1, flipped=0, margin_change=0.0)
+            for p in range(n_prompts)]  # fmt: skip
+    sets = [("top", 0, top_effect)] + [("random", r, e) for r, e in enumerate(draw_effects)]
+    for ranking, draw, share in sets:
+        wrong = set(rng.choice(n_prompts, size=int(round(share * n_prompts)), replace=False).tolist())
+        rows += [dict(mode="zero", ranking=ranking, k=2, draw=draw, prompt=p, correct=int(p not in wrong),
+                      flipped=int(p in wrong), margin_change=-2.0 * (p in wrong))
+                 for p in range(n_prompts)]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_rank_p_and_two_level_interval_on_planted_draws():
+    """19 draws: a top set more harmful than every draw has p = 1/20; one in the middle of the draws has
+    p near 1/2; the two-level interval of top - random covers the planted difference and widens when the
+    draws disagree (between-draw variance) though their mean is the same."""
+    spread = list(np.linspace(0.0, 0.2, 19))
+    strong = summarise(_planted_frame(0.5, spread), n_boot=400)
+    top = strong[strong.ranking == "top"].iloc[0]
+    assert top["accuracy_rank_p"] == pytest.approx(1 / 20) and top["flip_share_rank_p"] == pytest.approx(1 / 20)
+    assert top["accuracy_vs_random"] == pytest.approx(-0.4, abs=0.02)
+    assert top["accuracy_vs_random_lo"] < -0.4 < top["accuracy_vs_random_hi"] < 0
+    assert top["random_draws"] == 19
+    middle = summarise(_planted_frame(0.1, spread), n_boot=400)
+    assert 0.4 <= middle.loc[middle.ranking == "top", "accuracy_rank_p"].iloc[0] <= 0.65
+    width = {}
+    for name, draws in (("alike", [0.3] * 19), ("spread", list(np.linspace(0.0, 0.6, 19)))):
+        table = top_vs_random(summarise(_planted_frame(0.3, draws, n_prompts=200), n_boot=400))
+        width[name] = float(table["accuracy_vs_random_hi"].iloc[0] - table["accuracy_vs_random_lo"].iloc[0])
+    assert width["spread"] > 1.2 * width["alike"]
+    # flip share without any flip: a Wilson interval, not [0, 0]
+    none = strong[strong.ranking == "none"].iloc[0]
+    assert none["flip_share"] == 0 and none["flip_share_hi"] > 0.03
+
+
+def test_two_level_bootstrap_resamples_draws_and_prompts():
+    per_draw = np.array([[0.0] * 10, [1.0] * 10])  # the draws differ, the prompts do not
+    means, _ = two_level_bootstrap(per_draw, n_boot=500, seed=0)
+    assert means.std() > 0.2  # draws resampled
+    per_draw = np.tile(np.arange(10.0), (3, 1))  # the prompts differ, the draws do not
+    means, paired = two_level_bootstrap(per_draw, n_boot=500, seed=0, paired=np.arange(10.0))
+    np.testing.assert_allclose(means, paired)  # the same prompt resamples for both
+    assert means.std() > 0.3
+    with pytest.raises(ValueError, match="one value per prompt"):
+        two_level_bootstrap(per_draw, paired=np.arange(3.0))

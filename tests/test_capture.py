@@ -277,3 +277,40 @@ def test_contextual_calibration_logits_are_the_content_free_prompt(tmp_path):
     logits = np.log(np.array([[0.6, 0.4], [0.6, 0.4], [0.2, 0.8]]))
     content_free = np.log(np.array([[0.7, 0.3], [0.5, 0.5], [0.1, 0.9]]))
     np.testing.assert_array_equal(calibrated_prediction(logits, content_free), [1, 0, 0])
+
+
+def test_job_threads_do_not_reach_the_numbers(tmp_path, monkeypatch):
+    """The job's core count (the rule's threads) must not reach the numbers: whatever ``threads`` the job
+    passes, every shard is computed at capture.intra_op_threads (default 1) and the stores are identical.
+    (On this repo's 2-core AMD test machine 1 and 2 threads give bit-identical bfloat16 numbers, see
+    benchmarks/noise_floor.py, so the thread count seen inside the computation is what is asserted.)"""
+    import kicl.capture.run as run
+    from kicl.store.reader import open_store
+
+    manifest = make_model_folder(tmp_path / "model", "llama", seed=2)
+    meta, prompts = make_prompts(tmp_path / "prompts", tmp_path / "model", n_prompts=4)
+    seen, original = [], run.prompt_shard
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run, "prompt_shard", recording)
+    before = torch.get_num_threads()
+    stores = {}
+    try:
+        for threads in (1, 2):
+            capture = {"dtype": "bfloat16", "kv_prompts": 2}
+            path = run.run_capture(meta, prompts, manifest, tmp_path / f"t{threads}.zarr", capture, threads=threads)
+            stores[threads] = open_store(path, needs="all")
+        assert set(seen) == {1}, f"the capture computed at {sorted(set(seen))} threads"
+        seen.clear()
+        capture = {"dtype": "bfloat16", "kv_prompts": 0, "intra_op_threads": 0}  # 0: the job's threads, as before
+        run.run_capture(meta, prompts, manifest, tmp_path / "job.zarr", capture, threads=2)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+    for name in stores[1].data_vars:
+        np.testing.assert_array_equal(stores[1][name].values, stores[2][name].values, err_msg=name)
+    with pytest.raises(CaptureError, match="capture.intra_op_threads"):
+        CaptureOptions.from_config({"intra_op_threads": -1})

@@ -4,6 +4,8 @@ Which test for which number (docs/decision-rule.md says why):
 
 * a paired difference of two fixed 0/1 predictors on the same prompts (nothing re-selected): the exact McNemar
   test (`mcnemar_p`), or a sign-flip permutation for real-valued paired differences (`sign_flip_p`);
+* an effect against exchangeable random draws (random head sets): the Monte-Carlo rank p-value (`rank_p`)
+  and the two-level bootstrap, draws then prompts (`two_level_bootstrap`);
 * a number whose computation re-selects something (a head, a fitted baseline): the percentile bootstrap with
   the selection repeated in every resample (`bootstrap_counts`, `percentile_interval`, `bootstrap_p`);
 * a proportion: the Wilson interval (`wilson_interval`), or Clopper–Pearson where exact coverage is wanted;
@@ -50,6 +52,27 @@ def bootstrap_mean(values, *, n_boot: int, seed: int, level: float, axis: int = 
     return (float(mean), low, high) if np.ndim(mean) == 0 else (mean, low, high)
 
 
+def two_level_bootstrap(per_draw, n_boot: int = 1000, seed: int = 0, paired=None) -> tuple:
+    """Resampled means of `per_draw` (R draws x n prompts): the draws resampled with replacement, then the
+    prompts (one prompt resample shared by every draw, so the spread of both levels counts). With `paired`
+    (n values on the same prompts, e.g. the top-k set's per-prompt effects) its mean over the same prompt
+    resamples comes too. Returns ((B,) draw-mean resamples, (B,) paired resamples or None)."""
+    per_draw = np.asarray(per_draw, dtype=np.float64)
+    if per_draw.ndim != 2 or 0 in per_draw.shape:
+        raise ValueError(f"per_draw must be a non-empty (draws, prompts) array, got shape {per_draw.shape}")
+    n_draws, n = per_draw.shape
+    rng = np.random.default_rng(seed)
+    draw_counts = bootstrap_counts(rng, n_draws, n_boot)
+    prompt_counts = bootstrap_counts(rng, n, n_boot)
+    means = np.einsum("br,rj,bj->b", draw_counts, per_draw, prompt_counts) / (n_draws * n)
+    if paired is None:
+        return means, None
+    paired = np.asarray(paired, dtype=np.float64)
+    if paired.shape != (n,):
+        raise ValueError(f"paired must hold one value per prompt ({n}), got shape {paired.shape}")
+    return means, prompt_counts @ paired / n
+
+
 def bootstrap_p(diffs) -> float:
     """Two-sided bootstrap p-value of a difference being 0: min(1, 2·min(#{Δ* ≤ 0}+1, #{Δ* ≥ 0}+1)/(B+1))."""
     diffs = np.asarray(diffs)
@@ -94,7 +117,7 @@ def wilson_interval(k, n, level: float = 0.95) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
 
 
 def clopper_pearson(k, n, level: float = 0.95) -> tuple[float, float]:

@@ -1,11 +1,13 @@
 """The causal test of the kernel heads (issue 13): ablate heads and watch the ICL prediction on held-out prompts.
 
-Heads are ranked by how often their kernel-regression reconstruction ỹ agrees with ŷ on the ``select``
-prompts (kicl.analysis.reconstruction.head_reconstruction, one pooling). For each k of ``causal.k``:
+Heads are ranked on the ``select`` prompts alone (never the held-out ones the ablation is scored on) by how
+well their kernel-regression reconstruction ỹ (one pooling) matches ŷ: raw agreement (the paper's Fig 3 score)
+or Cohen's κ (``causal.rank_by``). For each k of ``causal.k``:
 
 * ``top``: the k best heads; ``bottom``: the k worst; ``random``: ``causal.random_draws`` seeded draws of k
-  heads with the top-k's layer distribution (the same number of heads in each layer, drawn among that
-  layer's other heads when it has enough, else among all of them).
+  heads with the top-k's layer distribution, never a top-k head (the same number of heads in each layer,
+  drawn among that layer's heads outside the top k; a layer with too few of them gives all it has and the
+  rest come from the nearest layers, counted in the ``off_layer`` column).
 * modes, all at the last real token, where ŷ is read: ``zero`` (the head's output set to zero), ``mean``
   (replaced by its mean last-token output over the first ``causal.mean_prompts`` select prompts),
   ``knockout`` (the last token's attention to the demonstrations' label tokens removed in those heads and
@@ -13,8 +15,9 @@ prompts (kicl.analysis.reconstruction.head_reconstruction, one pooling). For eac
 
 An intervention at the last token leaves every earlier position unchanged, so each batch's prefix runs once
 (:meth:`kicl.capture.session.CaptureSession.prefill`) and every condition costs one cached step of one token
-per prompt. Output: one CSV row per (condition, held-out prompt) with the prediction and the label-logit margin
-(logit of the gold label minus the largest other label logit); kicl.analysis.ablation summarises it.
+per prompt. Output: one CSV row per (condition, held-out prompt; the first ``causal.n_prompts``) with the
+prediction and the label-logit margin (logit of the gold label minus the largest other label logit);
+kicl.analysis.ablation turns it into paired per-draw effects, a rank p-value and two-level intervals.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("zero", "mean", "knockout")
 RANKINGS = ("top", "random", "bottom")
+RANK_BY = ("agreement", "kappa")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Condition:
     k: int
     draw: int
     heads: tuple[tuple[int, int], ...]
+    off_layer: int = 0  # random draws: heads drawn outside their layer (it had too few heads outside the top-k)
 
 
 def rank_heads(scores: np.ndarray) -> list[tuple[int, int]]:
@@ -57,35 +62,84 @@ def rank_heads(scores: np.ndarray) -> list[tuple[int, int]]:
     return [(int(i // n_heads), int(i % n_heads)) for i in order]
 
 
-def layer_matched_draw(chosen, n_heads: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """As many heads per layer as ``chosen`` has there, drawn uniformly among that layer's other heads when it
-    has enough of them, else among all of its heads."""
-    per_layer: dict[int, list[int]] = {}
-    for layer, head in chosen:
-        per_layer.setdefault(layer, []).append(head)
-    drawn = []
+def cohen_kappa(y_tilde: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
+    """Cohen's κ of each head's ỹ (P, ...) against ŷ (P,): agreement beyond what the two label marginals give
+    by chance (0 when ŷ or ỹ is constant), so a head that always names the majority label scores 0."""
+    y_tilde, y_hat = np.asarray(y_tilde), np.asarray(y_hat)
+    labels = np.union1d(np.unique(y_tilde), np.unique(y_hat))
+    hat = y_hat.reshape((-1,) + (1,) * (y_tilde.ndim - 1))
+    observed = (y_tilde == hat).mean(0)
+    chance = sum((y_tilde == y).mean(0) * (y_hat == y).mean() for y in labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = (observed - chance) / (1 - chance)
+    return np.where(chance < 1, kappa, 0.0)
+
+
+def head_scores(ds, select, pooling: str, rank_by: str) -> np.ndarray:
+    """(layer, head) ranking scores of the ``select`` prompts alone: raw agreement of ỹ with ŷ (the paper's
+    Fig 3 score) or Cohen's κ against ŷ."""
+    from kicl.analysis.reconstruction import head_predictions
+
+    select = np.sort(np.asarray(select, dtype=int))
+    y_tilde = head_predictions(ds, select, [pooling])[:, 0]
+    y_hat = ds["prediction"].values[select]
+    if rank_by == "agreement":
+        return (y_tilde == y_hat[:, None, None]).mean(0)
+    if rank_by == "kappa":
+        return cohen_kappa(y_tilde, y_hat)
+    raise CaptureError(f"causal.rank_by: {rank_by!r} is not one of {RANK_BY}")
+
+
+def layer_matched_draw(
+    chosen, n_heads: int, rng: np.random.Generator, n_layers: int | None = None
+) -> tuple[list[tuple[int, int]], int]:
+    """As many heads per layer as ``chosen`` has there, drawn uniformly among that layer's heads outside
+    ``chosen``; a layer with too few of them gives all it has and the rest come from the nearest layers (lower
+    first at equal distance) that still have heads outside ``chosen``. Never a head of ``chosen``.
+    ``n_layers``: the model's layers (default: up to the last layer of ``chosen``). Returns (heads, how many
+    were drawn outside their layer)."""
+    chosen = set(chosen)
+    n_layers = n_layers or 1 + max(layer for layer, _ in chosen)
+    free = {layer: [h for h in range(n_heads) if (layer, h) not in chosen] for layer in range(n_layers)}
+    per_layer: dict[int, int] = {}
+    for layer, _ in chosen:
+        per_layer[layer] = per_layer.get(layer, 0) + 1
+    drawn, short = [], []
     for layer in sorted(per_layer):
-        taken = per_layer[layer]
-        others = [h for h in range(n_heads) if h not in taken]
-        pool = others if len(others) >= len(taken) else list(range(n_heads))
-        drawn += [(layer, int(h)) for h in rng.choice(pool, size=len(taken), replace=False)]
-    return sorted(drawn)
+        need, pool = per_layer[layer], free[layer]
+        take = rng.choice(pool, size=min(need, len(pool)), replace=False).tolist()
+        drawn += [(layer, int(h)) for h in take]
+        free[layer] = [h for h in pool if h not in take]
+        short += [layer] * (need - len(take))
+    for layer in short:
+        near = sorted((layer_ for layer_ in free if free[layer_]), key=lambda other: (abs(other - layer), other))
+        if not near:
+            raise CaptureError(f"causal.k: {len(chosen)} heads leave too few other heads for a random draw")
+        head = int(rng.choice(free[near[0]]))
+        free[near[0]].remove(head)
+        drawn.append((near[0], head))
+    return sorted(drawn), len(short)
 
 
 def conditions(scores: np.ndarray, ks, modes, random_draws: int, seed: int) -> list[Condition]:
-    """Every (mode, ranking, k, draw) with its heads; random draws use Generator([seed, k, draw])."""
+    """Every (mode, ranking, k, draw) with its heads; random draws use Generator([seed, k, draw]) and never
+    contain a top-k head."""
     n_layers, n_heads = scores.shape
     ranked = rank_heads(scores)
     out = []
     for k in ks:
-        if not 1 <= k <= len(ranked):
-            raise CaptureError(f"causal.k: {k} is not between 1 and the model's {len(ranked)} heads")
-        sets = [("top", 0, ranked[:k]), ("bottom", 0, ranked[::-1][:k])]
+        if not 1 <= k <= len(ranked) // 2:
+            raise CaptureError(
+                f"causal.k: {k} is not between 1 and half the model's {len(ranked)} heads "
+                "(random draws take k heads outside the top k)"
+            )
+        sets = [("top", 0, ranked[:k], 0), ("bottom", 0, ranked[::-1][:k], 0)]
         for draw in range(random_draws):
             rng = np.random.default_rng([seed, k, draw])
-            sets.append(("random", draw, layer_matched_draw(ranked[:k], n_heads, rng)))
+            heads, off_layer = layer_matched_draw(ranked[:k], n_heads, rng, n_layers)
+            sets.append(("random", draw, heads, off_layer))
         for mode in modes:
-            out += [Condition(mode, ranking, k, draw, tuple(sorted(heads))) for ranking, draw, heads in sets]
+            out += [Condition(mode, r, k, d, tuple(sorted(h)), off) for r, d, h, off in sets]
     return out
 
 
@@ -118,7 +172,6 @@ def run_ablation(
 
     ``causal``/``capture``: the config sections (defaults from the schema). Returns the per-prompt frame.
     """
-    from kicl.analysis.reconstruction import head_reconstruction
     from kicl.data.models import load_model, read_manifest
     from kicl.store.reader import open_store
 
@@ -140,15 +193,16 @@ def run_ablation(
     select, heldout = np.flatnonzero(split == "select"), np.flatnonzero(split == "heldout")
     if not len(select) or not len(heldout):
         raise CaptureError(f"{where}: the causal test needs select and heldout prompts (protocol.n_select/n_heldout)")
+    if settings["n_prompts"] is not None:
+        heldout = heldout[: settings["n_prompts"]]
     if options.dtype == AUTO_BF16:  # dtype auto: the dtype the forward pass settled on (kicl.capture.dtype_check)
         options = replace(options, dtype=ds.attrs.get("capture", {}).get("dtype", "float32"))
     pooling = settings["pooling"]
-    scores = head_reconstruction(ds, select, [pooling])["agree_pred"].sel(pooling=pooling).values
+    scores = head_scores(ds, select, pooling, settings["rank_by"])  # select prompts only: no held-out leak
     conds = conditions(scores, settings["k"], modes, settings["random_draws"], settings["seed"])
     store_logits = ds["label_logits"].values
     label_ids = torch.as_tensor(meta["label_token_ids"], dtype=torch.long)
-    if threads:
-        torch.set_num_threads(threads)
+    options.fix_threads(threads)
     register_capture_attention()
     model = load_model(manifest, dtype=options.dtype, device=options.device, attn_implementation=CAPTURE_ATTENTION)
     started = time.perf_counter()
@@ -230,17 +284,17 @@ def run_ablation(
             "mode": c.mode, "ranking": c.ranking, "k": c.k, "draw": c.draw, "prompt": heldout, "gold": gold,
             "base_pred": base_pred, "pred": pred, "correct": (pred == gold).astype(int),
             "flipped": (pred != base_pred).astype(int), "margin": margins(values, gold),
-            "margin_change": margins(values, gold) - base_margin,
+            "margin_change": margins(values, gold) - base_margin, "off_layer": c.off_layer,
         }))  # fmt: skip
     frame = pd.concat(frames, ignore_index=True)
     frame.attrs["seconds"] = seconds
     with atomic_path(out_csv) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     heads = pd.DataFrame(
-        [{"mode": c.mode, "ranking": c.ranking, "k": c.k, "draw": c.draw,
+        [{"mode": c.mode, "ranking": c.ranking, "k": c.k, "draw": c.draw, "off_layer": c.off_layer,
           "heads": " ".join(f"L{layer}H{head}" for layer, head in c.heads)} for c in conds if c.mode == modes[0]]
     )  # fmt: skip
-    heads["pooling"], heads["no_ablation_max_abs_diff"] = pooling, diff
+    heads["pooling"], heads["rank_by"], heads["no_ablation_max_abs_diff"] = pooling, settings["rank_by"], diff
     heads["seconds_means"], heads["seconds_prefixes"] = round(mean_seconds, 2), round(prefill_seconds, 2)
     heads["seconds_per_condition"] = round(step_seconds / max(1, len(conds)), 3)
     with atomic_path(heads_csv) as tmp:

@@ -123,16 +123,13 @@ def write_dtype_decision(manifest, capture: dict, prompt_files: dict, out_json, 
     """
     import json
 
-    import torch
-
     from kicl.data.models import read_manifest
     from kicl.fileio import write_text_atomic
     from kicl.prompts.files import read_prompt_set
 
-    if threads:
-        torch.set_num_threads(threads)
     manifest = read_manifest(manifest)
     options = CaptureOptions.from_config(capture, manifest)
+    options.fix_threads(threads)
     if options.dtype == AUTO_BF16:
         sets = {}
         for name, (meta_path, prompts_path) in prompt_files.items():

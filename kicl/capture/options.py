@@ -38,6 +38,7 @@ class CaptureOptions:
     dtype_check_max_kernel_diff: float
     calibration: bool
     content_free: str
+    intra_op_threads: int
 
     @classmethod
     def from_config(cls, capture: dict | None = None, manifest: dict | None = None) -> CaptureOptions:
@@ -75,3 +76,16 @@ class CaptureOptions:
             raise CaptureError("capture.dtype_check_min_agreement must be within [0, 1]")
         if self.dtype_check_max_kernel_diff < 0:
             raise CaptureError("capture.dtype_check_max_kernel_diff must be >= 0")
+        if self.intra_op_threads < 0:
+            raise CaptureError(f"capture.intra_op_threads must be >= 0, got {self.intra_op_threads}")
+
+    def fix_threads(self, job_threads: int | None = None) -> int:
+        """Set torch's intra-op threads for a job that computes stored numbers and return them:
+        ``intra_op_threads`` whatever the job's cores (the reductions inside a matmul, and so the last bits of
+        every number, depend on the thread count), or with 0 the job's ``job_threads`` (torch's own default when
+        None): faster on many cores, but the numbers then depend on the machine."""
+        import torch
+
+        threads = self.intra_op_threads or job_threads or torch.get_num_threads()
+        torch.set_num_threads(threads)
+        return threads

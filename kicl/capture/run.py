@@ -182,6 +182,8 @@ def run_capture(
     check of this job's own prompts.
     ``simpred_cache``: root of the shared P(o|x) cache (e.g. ``results/simpred/{model}``; kicl.capture.simpred_cache),
     kept after the run; None keeps P(o|x) in the parts folder, for this job alone.
+    ``threads``: the job's cores; torch computes with ``capture.intra_op_threads`` unless that is 0
+    (:meth:`CaptureOptions.fix_threads`).
     """
     from kicl.data.models import load_tokenizer, read_manifest
 
@@ -190,8 +192,7 @@ def run_capture(
     manifest = read_manifest(manifest)
     options = CaptureOptions.from_config(capture, manifest)
     meta, prompts = read_prompts(meta_path, prompts_path)
-    if threads:
-        torch.set_num_threads(threads)
+    options.fix_threads(threads)
     tokenizer = load_tokenizer(manifest)
     where = f"task {meta.get('task')!r}, model {meta.get('model')!r}"
     longest = _check_prompts_fit(manifest, meta, prompts, where)

@@ -62,6 +62,7 @@ def cache_key_fields(manifest: dict, options: CaptureOptions, template: dict | N
         "device_type": options.device.split(":")[0],
         "padding_side": options.padding_side,
         "simpred_context": options.simpred_context,
+        "intra_op_threads": options.intra_op_threads,
         "template": template if options.simpred_context == "template" else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -179,7 +180,6 @@ def model_kernel_similarity(
     prompts yet to check against). Returns (len(test_texts), len(pool_texts)) float64; the pool is read in
     blocks of ``pool_block`` rows.
     """
-    import torch
 
     from kicl.capture.options import AUTO_BF16
     from kicl.data.models import load_tokenizer, read_manifest
@@ -192,8 +192,7 @@ def model_kernel_similarity(
         from dataclasses import replace
 
         options = replace(options, dtype="float32")
-    if threads:
-        torch.set_num_threads(threads)
+    options.fix_threads(threads)
     cache = SimpredCache(cache_root, manifest, options, load_tokenizer(manifest), {"template": template})
     reused, computed = cache.fill([*test_texts, *pool_texts])
     log.info("model kernel: P(o|x) of %d unique texts, %d reused from %s, %d computed", reused + computed,
