@@ -73,3 +73,13 @@ def test_bootstrap_mean_interval_covers_and_shrinks():
     mean, low, high = stats.bootstrap_mean(values, n_boot=500, seed=0, level=0.95)
     assert low < 1.0 < high and high - low < 0.3
     assert stats.bootstrap_p(np.r_[np.ones(99), -np.ones(1)]) == pytest.approx(4 / 101)
+
+
+def test_bias_corrected_interval_moves_with_the_resamples_offset():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0.05, 0.02, 2000)  # resamples sit 0.03 above the point estimate 0.02
+    low, high = stats.bias_corrected_interval(samples, 0.02, 0.9)
+    plain_low, plain_high = stats.percentile_interval(samples, 0.9)
+    assert low < plain_low - 0.02 and high < plain_high - 0.02
+    centred_low, centred_high = stats.bias_corrected_interval(samples, float(np.median(samples)), 0.9)
+    assert centred_low == pytest.approx(plain_low, abs=0.002) and centred_high == pytest.approx(plain_high, abs=0.002)

@@ -4,7 +4,9 @@ Cross-fitting: the store's two splits are two folds. On each fold the head whose
 chosen, the attention-free competitors (kicl.analysis.competitors) are fitted, and the best of them is chosen
 (the label-sequence model by inner cross-validation, the fixed rules in-fold); both are then scored on the other
 fold. Every prompt is thus scored held-out, and n is the whole store. A nested bootstrap (prompts resampled
-within each fold, every choice and fit repeated) gives the 1 − 2α intervals that the criteria read:
+within each fold, every choice and fit repeated) gives the 1 − 2α intervals that the criteria read; they are
+bias-corrected (BC), because a competitor refitted on a resample (~63% distinct prompts) is weaker than the one
+fitted on all prompts, which shifts the resampled Δ upward — in the head's favour — if left uncorrected:
 
 * **advantage**: Δ = agreement(head) − agreement(best competitor) with ŷ. Met if the interval lies above 0
   and does not lie inside ±margin; missed if it lies below 0 or inside ±margin (two one-sided tests); else open.
@@ -196,7 +198,7 @@ def decide(d: DecisionData, rule: DecisionRule) -> dict:
     level = 1 - 2 * rule.alpha
     n = len(d.pred)
     delta, discordance = float(point["difference"][0]), float(point["discordance"][0])
-    low, high = stats.percentile_interval(boot["difference"], level)
+    low, high = stats.bias_corrected_interval(boot["difference"], delta, level)
     result = {
         "n": n,
         "heads": [divmod(int(h), d.n_heads) for h in point["heads"][0]],
@@ -219,8 +221,9 @@ def decide(d: DecisionData, rule: DecisionRule) -> dict:
         result.update(invariance=np.nan, invariance_low=np.nan, invariance_high=np.nan, label_invariance=OPEN)
         result["invariance_n_to_decide"] = np.nan
     else:
-        inv_low, inv_high = stats.percentile_interval(boot["invariance"], level)
-        result.update(invariance=float(point["invariance"][0]), invariance_low=inv_low, invariance_high=inv_high)
+        invariance = float(point["invariance"][0])
+        inv_low, inv_high = stats.bias_corrected_interval(boot["invariance"], invariance, level)
+        result.update(invariance=invariance, invariance_low=inv_low, invariance_high=inv_high)
         result["label_invariance"] = invariance_status(inv_low, inv_high, rule.invariance_threshold)
         distance = abs(result["invariance"] - rule.invariance_threshold)  # interval width shrinks as 1/√n
         half = (inv_high - inv_low) / 2
