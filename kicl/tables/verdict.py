@@ -156,9 +156,10 @@ def write_verdict(model, condition, stores: dict, partners: dict, rule: Decision
     caption = (
         f"Decision rule (docs/decision-rule.md), {model} / {condition}. Cross-fitted: the head and the best "
         "attention-free competitor are chosen on one split and scored on the other, both ways, so n counts every "
-        f"prompt. Δ = head − best competitor in agreement with ŷ, {level}% bias-corrected nested-bootstrap interval; advantage met "
-        f"if it lies above 0 and not inside ±{rule.margin}, missed if below 0 or inside ±{rule.margin}. Label "
-        f"invariance: the head's residual weight correlation between gold and flipped labels, met if its {level}% "
+        f"prompt. Δ = head − best competitor in agreement with ŷ, {level}% bias-corrected nested-bootstrap "
+        f"interval; advantage met if it lies above 0 and not inside ±{rule.margin}, missed if below 0 or inside "
+        f"±{rule.margin}. Label invariance: the head's residual weight correlation between gold and flipped "
+        f"labels, met if its {level}% "
         f"interval lies at or above {rule.invariance_threshold}, missed if below. MDD: minimum detectable Δ at "
         f"{rule.power:.0%} power; n≈: prompts that would decide an open advantage. Vote ties: share of prompts "
         "whose unweighted label vote ties (broken by the rule fitted on the other split). verdict.csv also gives, "
