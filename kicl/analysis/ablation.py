@@ -61,7 +61,9 @@ def _set_row(group: pd.DataFrame, n_boot: int, seed: int, level: float) -> dict:
             low, high = wilson_interval(values.sum(), len(values), level)
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = values.mean(), low, high
         else:
-            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = bootstrap_mean(values, n_boot, seed, level)
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = bootstrap_mean(
+                values, n_boot=n_boot, seed=seed, level=level
+            )
     return row
 
 

@@ -185,7 +185,7 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
             rows.append({"n": n, "method": method, "n_prompts": int(held.sum())})
             values.append(np.stack([np.asarray(per_prompt[m], dtype=np.float64)[held] for m in METRICS], axis=1))
     # one set of resamples of the held-out prompts for every method, n and metric (paired intervals)
-    mean, low, high = bootstrap_mean(np.stack(values, axis=1), ev["n_boot"], ev["seed"], ev["level"])
+    mean, low, high = bootstrap_mean(np.stack(values, axis=1), n_boot=ev["n_boot"], seed=ev["seed"], level=ev["level"])
     for r, row in enumerate(rows):
         for m, metric in enumerate(METRICS):
             row.update(
