@@ -573,6 +573,10 @@ def verdict_inputs(wildcards):
             inputs[f"partner_{task}"] = path.format(
                 model=wildcards.model, task=task, condition=PARTNER
             )
+    if needs_dtype_check(
+        wildcards.model
+    ):  # its float32-vs-bfloat16 numbers: the noise floor
+        inputs["dtype_check"] = f"results/dtype_check/{wildcards.model}.json"
     return inputs
 
 

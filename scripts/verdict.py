@@ -17,4 +17,5 @@ write_verdict(
     pooling=snakemake.params.pooling,
     ties=snakemake.params.vote_ties,
     out={"csv": snakemake.output.csv, "md": snakemake.output.md, "heads": snakemake.output.heads},
+    dtype_check=named.get("dtype_check"),
 )

@@ -1,5 +1,6 @@
 """Attention-free baselines, the Fig 3 permutation null, head selection on select / scoring on heldout, verdicts."""
 
+import json
 import pkgutil
 import subprocess
 import sys
@@ -228,7 +229,11 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     table2("m", {"t": planted_store}, {}, tab / "table2.csv", tab / "table2.md", tab / "table2.tex", n_boot=50)
     out = {"csv": tab / "verdict.csv", "md": tab / "verdict.md", "heads": tab / "verdict_heads.csv"}
     rule = DecisionRule.from_config({**defaults_for("analysis")["decision"], "n_boot": 50, "inner_folds": 2})
-    write_verdict("m", "paper", {"t": planted_store}, {}, rule, "max", "fitted", out)
+    check = {"candidate": "bfloat16", "chosen": "bfloat16", "prompts": 16, "prediction_agreement": 1.0}
+    check |= {"max_kernel_diff": 0.042, "mean_kernel_diff": 0.0007, "max_label_logit_diff": 0.46}
+    (tab / "dtype.json").write_text(json.dumps(check))
+    write_verdict("m", "paper", {"t": planted_store}, {}, rule, "max", "fitted", out, tab / "dtype.json")
+    assert "largest |Δ kernel weight| 0.042" in (tab / "verdict.md").read_text()
     entries = [
         {"what": "Fig 3", "rule": "fig3_reconstruction", "files": [str(f) for f in figs]},
         {"what": "Verdict", "rule": "verdict", "files": [str(tab / "verdict.csv"), str(tab / "verdict.md")]},

@@ -8,6 +8,9 @@ and the selected head's label invariance. A second CSV holds every head's number
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -139,9 +142,24 @@ def verdict_markdown(table: pd.DataFrame) -> str:
     return to_markdown(view)
 
 
-def write_verdict(model, condition, stores: dict, partners: dict, rule: DecisionRule, pooling, ties, out) -> None:
+def noise_floor_line(dtype_check) -> str:
+    """The forward pass's numeric noise floor from the dtype check's float32-vs-bfloat16 comparison."""
+    check = json.loads(Path(dtype_check).read_text())
+    return (
+        f"Numeric noise floor: float32 against {check['candidate']} on the first {check['prompts']} prompts "
+        f"(results/dtype_check): ŷ agreement {check['prediction_agreement']:.3f}, largest |Δ kernel weight| "
+        f"{check['max_kernel_diff']:.3f} (mean {check['mean_kernel_diff']:.4f}), largest |Δ label logit| "
+        f"{check['max_label_logit_diff']:.2f}; stores computed in {check['chosen']}. The thread count does not reach "
+        "the numbers (capture.intra_op_threads; benchmarks/noise_floor.py)."
+    )
+
+
+def write_verdict(
+    model, condition, stores: dict, partners: dict, rule: DecisionRule, pooling, ties, out, dtype_check=None
+) -> None:
     """verdict.csv, verdict.md and verdict_heads.csv (paths in `out`) for the stores {task: path}; a task with a
-    store in `partners` (its label-flip condition) gets the label-invariance criterion."""
+    store in `partners` (its label-flip condition) gets the label-invariance criterion; `dtype_check` (the JSON
+    of the dtype_check rule, if it ran) adds the numeric noise floor."""
     rows, heads = [], []
     for task, store in stores.items():
         data = load_decision_data(store, pooling, partners.get(task), ties)
@@ -166,4 +184,5 @@ def write_verdict(model, condition, stores: dict, partners: dict, rule: Decision
         "as a diagnostic of where the selected heads look, their agreement when the weight is read from the input "
         "span alone or from the label token alone."
     )
-    write_text_atomic(out["md"], caption + "\n\n" + verdict_markdown(table))
+    floor = "\n\n" + noise_floor_line(dtype_check) if dtype_check else ""
+    write_text_atomic(out["md"], caption + floor + "\n\n" + verdict_markdown(table))
