@@ -44,7 +44,7 @@ import pandas as pd
 
 from kicl.analysis.baselines import demo_label_matrix, fixed_predictions, position_kernel, position_predictions
 from kicl.analysis.stats import bootstrap_counts, holm, mcnemar_p, percentile_interval, wilson_interval
-from kicl.analysis.votes import reconstruct
+from kicl.analysis.votes import reconstruct, resolve_ties
 from kicl.prompts.files import read_meta, read_prompt_records
 from kicl.store.reader import label_names, open_store, string_values
 
@@ -238,6 +238,8 @@ def load_condition(
         if (frame["gold"].to_numpy() != ds["gold"].values).any():
             raise ConditionError(f"condition {name!r}: {kr_csv} and the store {store} disagree on gold labels")
         encoder = {c.removeprefix("pred_"): frame[c].to_numpy() for c in frame.columns if c.startswith("pred_")}
+    select = string_values(ds["split"]) == "select"
+    fitted_ties = resolve_ties(ties, ds["prediction"].values[select], len(label_names(ds)))
     return Condition(
         name=name,
         protocol=dict(protocol or {}),
@@ -246,7 +248,7 @@ def load_condition(
         gold=ds["gold"].values.astype(np.int64),
         prediction=ds["prediction"].values.astype(np.int64),
         demo_label=demo_label,
-        head_pred=reconstruct(kw, demo_label, len(label_names(ds)), ties).reshape(n, n_layers * n_heads),
+        head_pred=reconstruct(kw, demo_label, len(label_names(ds)), fitted_ties).reshape(n, n_layers * n_heads),
         kernel_weight=kw.reshape(n, n_layers * n_heads, -1),
         n_layers=n_layers,
         n_heads=n_heads,
@@ -417,6 +419,7 @@ def protocol_difference(protocol: dict, reference: dict) -> str:
 
 def baseline_predictions(cond: Condition, head: int, ties: str, select: np.ndarray) -> dict:
     """Attention-free baselines for every test point, fitted on `select` (position-only kernel of `head`)."""
+    ties = resolve_ties(ties, cond.prediction[select], cond.n_labels)
     fixed = fixed_predictions(
         cond.demo_label,
         cond.n_labels,
@@ -473,7 +476,8 @@ def condition_metrics(conditions: dict, reference: str, res: Resamples, ties: st
             _put(row, "calibrated_accuracy_gain", res.paired(cond.calibrated == cond.gold, correct))
             _put(row, "calibrated_yhat_change", res.proportion(cond.calibrated != cond.prediction))
         _put(row, "mean_demo_similarity", res.interval(cond.similarity))
-        vote = reconstruct(np.where(cond.demo_label >= 0, 1.0, np.nan), cond.demo_label, cond.n_labels, ties)
+        shown_ties = resolve_ties(ties, cond.prediction[res.select], cond.n_labels)
+        vote = reconstruct(np.where(cond.demo_label >= 0, 1.0, np.nan), cond.demo_label, cond.n_labels, shown_ties)
         _put(row, "majority_shown_agreement", res.interval(vote == cond.prediction))
         _put(row, "wrong_label_share", _ratio_interval(cond.wrong_labels, cond.n_known, res))
         rows.append(row)

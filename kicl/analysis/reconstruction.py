@@ -243,11 +243,12 @@ def reconstruction_scores(
     """Everything Fig 3 shows for `prompts`: per-head scores, the position-only kernel per head, the
     attention-free baselines (fitted on `fit_split`), the position-keeping null (marks) and the label null."""
     prompts = np.sort(np.asarray(prompts, dtype=int))
-    scores = head_reconstruction(ds, prompts, pools, batch_size, ties)
     fit = np.flatnonzero(np.isin([str(s) for s in ds["split"].values.tolist()], [fit_split]))
     if len(fit) == 0:
         raise ValueError(f"the store has no '{fit_split}' prompts to fit the baselines on (protocol.n_select)")
     n_labels = len(label_names(ds))
+    ties = resolve_ties(ties, ds["prediction"].values[fit], n_labels)  # one fitted rule for heads, baselines, nulls
+    scores = head_reconstruction(ds, prompts, pools, batch_size, ties)
     labels = ds["demo_label"].values[prompts]
     refs = {"agree_pred": ds["prediction"].values[prompts], "acc_gold": ds["gold"].values[prompts]}
     fixed = fixed_predictions(
@@ -262,7 +263,8 @@ def reconstruction_scores(
     label_null = label_permutation_null(ds, prompts, pools, n_permutations, seed, quantile, ties, observed=scores)
     pos_null = position_null(ds, prompts, pools, n_permutations, seed, quantile, ties, observed=scores)
     scores = xr.merge([scores, label_null, pos_null], combine_attrs="no_conflicts")
-    scores.attrs.update(n_prompts=len(prompts), fit_split=fit_split, ties=ties)
+    rule = ties if isinstance(ties, str) else "fitted on " + fit_split
+    scores.attrs.update(n_prompts=len(prompts), fit_split=fit_split, ties=rule)
     return scores
 
 

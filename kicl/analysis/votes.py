@@ -2,8 +2,13 @@
 
 a_i is a kernel weight per demonstration (a head's pooled attention, an encoder similarity, a constant, a
 per-slot mean). Missing demonstrations (label −1, NaN weight) add nothing. Exact ties, including all-zero
-votes, go to the lowest label id (numpy argmax); `reconstruct(..., ties="recent")` gives them instead to the
-tied label that occurs latest in the prompt.
+votes, follow the tie rule `ties`:
+
+* ``"fitted"`` (the default of `analysis.vote_ties`): the tied label the model predicts most often on the
+  fitting prompts (`select`), an attention-free rule fitted like the constant baseline (vote → constant
+  fallback). Callers with the fitting prompts at hand turn it into a priority array (`resolve_ties`);
+* ``"lowest"``: the lowest label id (numpy argmax), which credits whichever class happens to have id 0;
+* ``"recent"``: the tied label that occurs latest in the prompt.
 """
 
 from __future__ import annotations
