@@ -83,3 +83,13 @@ def test_bias_corrected_interval_moves_with_the_resamples_offset():
     assert low < plain_low - 0.02 and high < plain_high - 0.02
     centred_low, centred_high = stats.bias_corrected_interval(samples, float(np.median(samples)), 0.9)
     assert centred_low == pytest.approx(plain_low, abs=0.002) and centred_high == pytest.approx(plain_high, abs=0.002)
+
+
+def test_bias_corrected_p_agrees_with_the_interval():
+    rng = np.random.default_rng(1)
+    samples = rng.normal(0.05, 0.02, 4000)
+    for point in (0.02, 0.035, 0.05):  # p from about 0.9 down to 0.01: inside what 4000 resamples resolve
+        p = stats.bias_corrected_p(samples, point)
+        assert p > 0.005
+        low, high = stats.bias_corrected_interval(samples, point, 1 - p)
+        assert min(abs(low), abs(high)) == pytest.approx(0.0, abs=0.002)  # the interval at level 1 - p touches 0

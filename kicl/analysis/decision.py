@@ -209,7 +209,7 @@ def decide(d: DecisionData, rule: DecisionRule) -> dict:
         "difference": delta,
         "difference_low": low,
         "difference_high": high,
-        "p_value": stats.bootstrap_p(boot["difference"]),
+        "p_value": stats.bias_corrected_p(boot["difference"], delta),
         "discordance": discordance,
         "mdd": stats.mdd(discordance, n, 2 * rule.alpha, rule.power),
         "n_to_decide": prompts_to_decide(delta, discordance, rule),

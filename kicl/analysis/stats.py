@@ -54,6 +54,18 @@ def bias_corrected_interval(samples, point: float, level: float) -> tuple[float,
     return float(low), float(high)
 
 
+def bias_corrected_p(samples, point: float) -> float:
+    """Two-sided p-value of 0 matching `bias_corrected_interval`: 2·min(a, 1 − a), where a is the BC level whose
+    lower bound reaches 0 (the interval at level 1 − p just touches 0)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    n = len(samples)
+    below = ((samples < point).sum() + 0.5 * (samples == point).sum()) / n
+    z0 = _scipy.norm.ppf(np.clip(below, 1 / n, 1 - 1 / n))
+    at_zero = np.clip(((samples < 0).sum() + 0.5 * (samples == 0).sum()) / n, 1 / (n + 1), n / (n + 1))
+    side = _scipy.norm.cdf(_scipy.norm.ppf(at_zero) - 2 * z0)
+    return float(min(1.0, 2 * min(side, 1 - side)))
+
+
 def bootstrap_mean(values, *, n_boot: int, seed: int, level: float, axis: int = 0) -> tuple:
     """Mean of `values` along `axis` with its percentile-bootstrap interval over that axis -> (mean, low, high)."""
     values = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
