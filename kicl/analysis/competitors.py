@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from kicl.analysis.baselines import last_demo_label
-from kicl.analysis.votes import is_tie, label_votes
+from kicl.analysis.votes import argmax_votes, is_tie, label_votes, tie_priority
 
 COMPETITORS = ("constant", "vote", "recency", "position", "label_sequence")
 
@@ -65,30 +65,12 @@ def label_sequence_predict(features, beta) -> np.ndarray:
     return np.einsum("pkf,rf->rpk", np.asarray(features, dtype=np.float64), beta).argmax(2)
 
 
-def _weighted_majority(values, weights, n_labels: int) -> np.ndarray:
-    onehot = (np.asarray(values)[:, None] == np.arange(n_labels)).astype(np.float64)
-    return (np.atleast_2d(weights) @ onehot).argmax(1)
-
-
-def _priorities(pred, weights, n_labels: int) -> np.ndarray:
-    """(R, K) fitted tie rules: the weighted ŷ frequencies on the fitting prompts (lower ids first on ties)."""
-    onehot = (np.asarray(pred)[:, None] == np.arange(n_labels)).astype(np.float64)
-    return np.atleast_2d(weights) @ onehot - np.arange(n_labels) / (n_labels + 1.0)
-
-
-def vote_with_priority(votes, priority) -> np.ndarray:
-    """argmax over the last axis of votes (R, P, K) with one tie priority (R, K) per resample."""
-    best = votes.max(-1, keepdims=True)
-    tied = np.isclose(votes, best, rtol=1e-12, atol=1e-12)
-    return np.where(tied, priority[:, None, :], -np.inf).argmax(-1)
-
-
 def rule_predictions(demo_label, pred, fit_weights, head_kw, n_labels: int) -> dict:
     """(R, P) predictions of constant, vote, recency and position on all prompts, fitted with `fit_weights`
     (R, P): zero weight = not a fitting prompt. `head_kw` (R, P, D): each resample's head's kernel weights."""
     w = np.atleast_2d(fit_weights)
     n_rows, n = w.shape
-    priority = _priorities(pred, w, n_labels)
+    priority = tie_priority(pred, n_labels, w)  # (R, K): one fitted rule per resample
     ones = np.where(np.asarray(demo_label) >= 0, 1.0, np.nan)
     votes = np.broadcast_to(label_votes(ones, demo_label, n_labels), (n_rows, n, n_labels))
     kw = np.where(np.isfinite(head_kw), head_kw, 0.0)
@@ -96,10 +78,10 @@ def rule_predictions(demo_label, pred, fit_weights, head_kw, n_labels: int) -> d
     slot_mean = np.einsum("rp,rpd->rd", w, kw) / np.maximum(np.einsum("rp,rpd->rd", w, present), 1e-12)
     onehot = (np.asarray(demo_label)[..., None] == np.arange(n_labels)).astype(np.float64)  # (P, D, K)
     return {
-        "constant": np.repeat(_weighted_majority(pred, w, n_labels)[:, None], n, 1),
-        "vote": vote_with_priority(votes, priority),
+        "constant": np.repeat(priority.argmax(1)[:, None], n, 1),  # the majority ŷ (ties: lowest id)
+        "vote": argmax_votes(votes, demo_label, priority[:, None, :]),
         "recency": np.broadcast_to(last_demo_label(demo_label), (n_rows, n)),
-        "position": vote_with_priority(np.einsum("rd,pdk->rpk", slot_mean, onehot), priority),
+        "position": argmax_votes(np.einsum("rd,pdk->rpk", slot_mean, onehot), demo_label, priority[:, None, :]),
     }
 
 

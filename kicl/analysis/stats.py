@@ -41,13 +41,18 @@ def percentile_interval(samples, level: float, axis: int = 0) -> tuple:
     return (float(low), float(high)) if np.ndim(low) == 0 else (low, high)
 
 
+def _bias_z0(samples: np.ndarray, point: float) -> float:
+    """z0 = Φ⁻¹(share of resamples below the point estimate, ties counted half), kept off the extremes."""
+    below = ((samples < point).sum() + 0.5 * (samples == point).sum()) / len(samples)
+    return float(_scipy.norm.ppf(np.clip(below, 1 / len(samples), 1 - 1 / len(samples))))
+
+
 def bias_corrected_interval(samples, point: float, level: float) -> tuple[float, float]:
     """Efron's bias-corrected (BC) percentile interval: the percentile interval of bootstrap `samples` with its
     quantiles moved by how far the resamples sit off the point estimate (z0 = Φ⁻¹(share of resamples below it)).
     Needed where refits on resamples (which hold ~63% distinct prompts) are weaker than the fit on all prompts."""
     samples = np.asarray(samples, dtype=np.float64)
-    below = ((samples < point).sum() + 0.5 * (samples == point).sum()) / len(samples)
-    z0 = _scipy.norm.ppf(np.clip(below, 1 / len(samples), 1 - 1 / len(samples)))
+    z0 = _bias_z0(samples, point)
     z = _scipy.norm.ppf((1 - level) / 2)
     quantiles = _scipy.norm.cdf([2 * z0 + z, 2 * z0 - z])
     low, high = np.quantile(samples, quantiles)
@@ -59,8 +64,7 @@ def bias_corrected_p(samples, point: float) -> float:
     lower bound reaches 0 (the interval at level 1 − p just touches 0)."""
     samples = np.asarray(samples, dtype=np.float64)
     n = len(samples)
-    below = ((samples < point).sum() + 0.5 * (samples == point).sum()) / n
-    z0 = _scipy.norm.ppf(np.clip(below, 1 / n, 1 - 1 / n))
+    z0 = _bias_z0(samples, point)
     at_zero = np.clip(((samples < 0).sum() + 0.5 * (samples == 0).sum()) / n, 1 / (n + 1), n / (n + 1))
     side = _scipy.norm.cdf(_scipy.norm.ppf(at_zero) - 2 * z0)
     return float(min(1.0, 2 * min(side, 1 - side)))

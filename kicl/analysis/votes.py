@@ -33,11 +33,13 @@ def last_occurrence(demo_label: np.ndarray, n_labels: int) -> np.ndarray:
     return np.where(hit, slots[None, :, None], -1).max(1)
 
 
-def tie_priority(predictions, n_labels: int) -> np.ndarray:
+def tie_priority(predictions, n_labels: int, weights=None) -> np.ndarray:
     """The fitted tie rule: (K,) priority of each label = how often the model predicts it on the fitting prompts
-    (`predictions`, −1 ignored), with a small bonus for lower ids so that the order is total."""
+    (`predictions`, −1 ignored), with a small bonus for lower ids so that the order is total. With prompt
+    multiplicities `weights` (R, P): one rule per row, (R, K)."""
     predictions = np.asarray(predictions, dtype=int)
-    counts = np.bincount(predictions[predictions >= 0], minlength=n_labels)[:n_labels].astype(np.float64)
+    onehot = (predictions[:, None] == np.arange(n_labels)).astype(np.float64)  # −1 matches no label
+    counts = onehot.sum(0) if weights is None else np.atleast_2d(weights) @ onehot
     return counts - np.arange(n_labels) / (n_labels + 1.0)
 
 
@@ -56,14 +58,15 @@ def is_tie(votes: np.ndarray) -> np.ndarray:
 
 def argmax_votes(votes: np.ndarray, demo_label: np.ndarray, ties="lowest") -> np.ndarray:
     """argmax over the last axis of `votes` (P, ..., K) with the tie rule `ties`: "lowest", "recent", or a
-    (K,) priority array (see the module docstring; "fitted" must be turned into one by `tie_priority`)."""
+    priority array over the K labels that broadcasts against `votes` (see the module docstring; "fitted" must be
+    turned into one by `tie_priority`)."""
     if isinstance(ties, str) and ties == "lowest":
         return votes.argmax(-1)
     best = votes.max(-1, keepdims=True)
     tied = np.isclose(votes, best, rtol=1e-12, atol=1e-12)
     if not isinstance(ties, str):
         priority = np.asarray(ties, dtype=np.float64)
-        if priority.shape != votes.shape[-1:]:
+        if priority.shape[-1:] != votes.shape[-1:]:
             raise ValueError(f"a tie priority needs one value per label ({votes.shape[-1]}), got {priority.shape}")
         return np.where(tied, priority, -np.inf).argmax(-1)
     if ties == "fitted":
