@@ -21,21 +21,13 @@ include: "rules/figures.smk"
 include: "rules/tables.smk"
 include: "rules/causal.smk"
 include: "rules/ablation.smk"
+include: "rules/report.smk"
 
 
+# Under a cluster executor (profiles/slurm), rules marked `localrule: True` run on the submitting machine:
+# downloads (compute nodes often have no internet) and small tables, which cost less than a job's start-up.
 rule all:
     default_target: True
     input:
         final_outputs(),
-
-
-# Under a cluster executor (profiles/slurm) these run on the submitting machine instead of as Slurm jobs:
-# trivial aggregation and small tables, which cost less than a job's start-up (10-30 s), and task
-# preparation, which may download from the Hugging Face Hub (compute nodes often have no internet).
-# Other stages mark their own download rules with `localrule: True`.
-localrules:
-    all,
-    prepare_task,
-    theory_table3_tables,
-    table_encoder_kr,
-    report_summary,
+    localrule: True

@@ -8,10 +8,10 @@
 
 rule causal_ablation:
     input:
-        meta="results/prompts/{model}/{task}/{condition}/meta.json",
-        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
-        model="resources/models/{model}.json",
-        store="results/forward/{model}/{task}/{condition}.zarr",
+        meta=PROMPT_META,
+        prompts=PROMPTS,
+        model=MODEL_MANIFEST,
+        store=FORWARD_STORE,
     output:
         prompts="results/causal/{model}/{task}/{condition}/ablation_prompts.csv",
         heads="results/causal/{model}/{task}/{condition}/ablation_heads.csv",
@@ -35,19 +35,15 @@ rule fig_causal_ablation:
     input:
         prompts="results/causal/{model}/{task}/{condition}/ablation_prompts.csv",
     output:
-        png=report(
-            "results/figures/{model}/{task}/{condition}/fig_causal_ablation.png",
-            caption="../report/fig_causal_ablation.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Causal ablation", "output": "curves"},
+        png=cell_report(
+            f"{FIGURE_DIR}/fig_causal_ablation.png",
+            "fig_causal_ablation.rst",
+            {"figure": "Causal ablation", "output": "curves"},
         ),
-        csv=report(
-            "results/figures/{model}/{task}/{condition}/fig_causal_ablation.csv",
-            caption="../report/figure_csv.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Causal ablation", "output": "data (CSV)"},
+        csv=cell_report(
+            f"{FIGURE_DIR}/fig_causal_ablation.csv",
+            "figure_csv.rst",
+            {"figure": "Causal ablation", "output": "data (CSV)"},
         ),
     log:
         "logs/fig_causal_ablation/{model}/{task}/{condition}.log",

@@ -18,14 +18,30 @@ if _config_problems:
 validate(config, schema="../schemas/config.schema.yaml")
 
 
-def theory_outputs():
-    return [
-        "results/theory/table3.csv",
-        "results/theory/table3.md",
-        "results/theory/table3.html",
-        "results/theory/table3.png",
-        "results/theory/table3_figure.csv",
-    ]
+# ---- Paths that several rules and input functions share (one spelling each)
+PROMPT_DIR = "results/prompts/{model}/{task}/{condition}"
+PROMPTS = PROMPT_DIR + "/prompts.jsonl"
+PROMPT_META = PROMPT_DIR + "/meta.json"
+TASK_SPLIT = "resources/tasks/{task}/{split}.parquet"
+FORWARD_STORE = "results/forward/{model}/{task}/{condition}.zarr"
+MODEL_MANIFEST = "resources/models/{model}.json"
+ENCODER_MANIFEST = "resources/encoders/{encoder}.json"
+DTYPE_CHECK = "results/dtype_check/{model}.json"
+ENCODER_KR = "results/encoder_kr/{encoder}/{model}/{task}/{condition}.csv"
+EMBEDDINGS = "results/encoders/{encoder}/{model}/{task}/{condition}.npz"
+FIGURE_DIR = "results/figures/{model}/{task}/{condition}"
+TABLE_DIR = "results/tables/{model}/{condition}"
+
+
+def cell_report(path, caption, labels, category="{task}", subcategory=None):
+    """A report() entry of a per-cell output: the task as category, 'model / condition' as subcategory."""
+    return report(
+        path,
+        caption=f"../report/{caption}",
+        category=category,
+        subcategory=subcategory or "{model} / {condition}",
+        labels=labels,
+    )
 
 
 # ---- Tasks, models, encoders and prompts (rules/data.smk, rules/models.smk, rules/prompts.smk)
@@ -116,15 +132,6 @@ for _name in SELECTED_CONDITIONS:
 _condition_problems += partner_problems(PROTOCOLS, REFERENCE, PARTNER)
 if _condition_problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_condition_problems))
-
-
-def task_conditions():
-    """(task, condition) of every prompt set the run builds, reference first."""
-    return [
-        (task, condition)
-        for condition in SELECTED_CONDITIONS
-        for task in CONDITION_TASKS[condition]
-    ]
 
 
 def condition_protocol_of(wildcards):
@@ -328,45 +335,25 @@ def prompt_inputs(wildcards):
     demo_strategy ranks by a sentence encoder, also that encoder's manifest."""
     spec = config["tasks"][wildcards.task]
     inputs = {
-        "eval": f"resources/tasks/{wildcards.task}/{spec['eval_split']}.parquet",
-        "demo": f"resources/tasks/{wildcards.task}/{spec['demo_split']}.parquet",
-        "model": f"resources/models/{wildcards.model}.json",
+        "eval": TASK_SPLIT.format(task=wildcards.task, split=spec["eval_split"]),
+        "demo": TASK_SPLIT.format(task=wildcards.task, split=spec["demo_split"]),
+        "model": MODEL_MANIFEST.format(model=wildcards.model),
     }
     protocol = PROTOCOLS[wildcards.condition]
     encoder = _retrieval_encoder(protocol)
     if encoder:
-        inputs["encoder"] = f"resources/encoders/{encoder}.json"
+        inputs["encoder"] = ENCODER_MANIFEST.format(encoder=encoder)
     if protocol["inputs"] == "other_task":
         other = config["tasks"][protocol["other_task"]]
-        inputs["other_demo"] = (
-            f"resources/tasks/{protocol['other_task']}/{other['demo_split']}.parquet"
+        inputs["other_demo"] = TASK_SPLIT.format(
+            task=protocol["other_task"], split=other["demo_split"]
         )
     if protocol["test_inputs"] == "rewrites":
         inputs["rewrites"] = str(rewrites_path(protocol, wildcards.task))
     if needs_model_kernel(protocol) and needs_dtype_check(wildcards.model):
         # the model's own kernel in the dtype its forward passes use, so their P(o|x) cache entries are shared
-        inputs["dtype"] = f"results/dtype_check/{wildcards.model}.json"
+        inputs["dtype"] = DTYPE_CHECK.format(model=wildcards.model)
     return inputs
-
-
-def expand_conditions(patterns, **wildcards):
-    """``patterns`` expanded over every selected (task, condition) and over the other ``wildcards`` (lists)."""
-    files = [
-        path
-        for task, condition in task_conditions()
-        for path in expand(
-            patterns, task=task, condition=condition, allow_missing=True, **wildcards
-        )
-    ]
-    return list(dict.fromkeys(files))
-
-
-def prompt_outputs():
-    return expand_conditions(
-        "results/prompts/{model}/{task}/{condition}/{file}",
-        model=SELECTED_MODELS,
-        file=["meta.json", "prompts.jsonl"],
-    )
 
 
 # ---- Forward pass (rules/forward.smk)
@@ -403,27 +390,27 @@ def dtype_check_tasks(wildcards):
 
 
 def dtype_check_inputs(wildcards):
-    prompts = [
-        f"results/prompts/{wildcards.model}/{task}/{REFERENCE}"
+    """The model manifest and the reference prompts of the tasks its dtype check runs."""
+    cells = [
+        dict(model=wildcards.model, task=task, condition=REFERENCE)
         for task in dtype_check_tasks(wildcards)
     ]
     return {
-        "model": f"resources/models/{wildcards.model}.json",
-        "metas": [f"{folder}/meta.json" for folder in prompts],
-        "prompts": [f"{folder}/prompts.jsonl" for folder in prompts],
+        "model": MODEL_MANIFEST.format(model=wildcards.model),
+        "metas": [PROMPT_META.format(**cell) for cell in cells],
+        "prompts": [PROMPTS.format(**cell) for cell in cells],
     }
 
 
 def forward_inputs(wildcards):
     """The prompt files and the model manifest; the model's dtype decision where capture.dtype auto needs one."""
-    folder = f"results/prompts/{wildcards.model}/{wildcards.task}/{wildcards.condition}"
     inputs = {
-        "meta": f"{folder}/meta.json",
-        "prompts": f"{folder}/prompts.jsonl",
-        "model": f"resources/models/{wildcards.model}.json",
+        "meta": PROMPT_META.format(**wildcards),
+        "prompts": PROMPTS.format(**wildcards),
+        "model": MODEL_MANIFEST.format(model=wildcards.model),
     }
     if needs_dtype_check(wildcards.model):
-        inputs["dtype"] = f"results/dtype_check/{wildcards.model}.json"
+        inputs["dtype"] = DTYPE_CHECK.format(model=wildcards.model)
     return inputs
 
 
@@ -454,88 +441,13 @@ if _causal_unknown:
     )
 
 
-def causal_outputs():
-    """The ablation curves (figure + CSV) of every selected model on the causal tasks, reference condition."""
-    return expand(
-        "results/figures/{model}/{task}/{condition}/fig_causal_ablation.{ext}",
-        model=SELECTED_MODELS,
-        task=CAUSAL_TASKS,
-        condition=REFERENCE,
-        ext=["png", "csv"],
-    )
-
-
-# ---- Figures and tables (rules/figures.smk, rules/tables.smk); options from config `analysis:` only
-
-
-#: (what, rule) of every figure and table in the report, in reading order; the summary page lists them
-REPORT_ITEMS = [
-    ("Table 3 (theory)", "theory_table3_tables"),
-    ("Table 3 figure (theory)", "theory_table3_figure"),
-    ("Fig 2: averaged attention map", "fig2_attention_map"),
-    ("Fig 25: one prompt's attention map", "fig25_single_prompt_map"),
-    ("Fig 3a/3b: reconstruction accuracy per head", "fig3_reconstruction"),
-    ("Fig 4: kernel weight vs sim_pred correlation", "fig4_simpred_correlation"),
-    ("Fig 5a/5b: key and value probes", "fig5_kv_probes"),
-    ("Table 2: kernel regression vs ICL", "table2"),
-    ("Verdict: selected head vs attention-free baselines", "verdict"),
-    ("Conditions side by side (ablations)", "ablation_table"),
-    ("Causal test: ablating the kernel heads", "fig_causal_ablation"),
-    ("Table 2 encoder rows alone", "table_encoder_kr"),
-]
-FIGURE_RULES = [
-    "fig2_attention_map",
-    "fig25_single_prompt_map",
-    "fig3_reconstruction",
-    "fig4_simpred_correlation",
-]
-if config["capture"].get("kv_prompts", 0) > 0:
-    FIGURE_RULES.append("fig5_kv_probes")
-TABLE_RULES = ["table2", "verdict"] + (
-    ["table_encoder_kr"] if SELECTED_ENCODERS else []
-)
-#: the figure and table rules that `all` runs for the non-reference conditions too
-CONDITION_OUTPUTS = list(config["ablation"]["outputs"])
-
-
-def _rule_outputs(name):
-    """Every output of a rule, expanded over the selected models, encoders and (task, condition) pairs; for a
-    non-reference condition only if ablation.outputs names the rule."""
-    patterns = [str(path) for path in getattr(rules, name).output]
-    pairs = [
-        (task, condition)
-        for task, condition in task_conditions()
-        if condition == REFERENCE or name in CONDITION_OUTPUTS
-    ]
-    files = [
-        path
-        for task, condition in pairs
-        for path in expand(
-            patterns,
-            model=SELECTED_MODELS,
-            task=task,
-            condition=condition,
-            encoder=SELECTED_ENCODERS,
-            allow_missing=True,
-        )
-    ]
-    return list(dict.fromkeys(files))
-
-
-def figure_outputs():
-    return [path for name in FIGURE_RULES for path in _rule_outputs(name)]
-
-
-def table_outputs():
-    return [path for name in TABLE_RULES for path in _rule_outputs(name)]
-
-
 def single_prompt_rescale_len(wildcards):
     """Fig 25: None (one column per token) unless analysis.single_prompt_rescale asks for Fig 2's layout."""
     analysis = config["analysis"]
     return analysis["rescale_len"] if analysis["single_prompt_rescale"] else None
 
 
+# ---- Inputs of the per-(model, condition) tables (rules/tables.smk), named by task (and encoder)
 def condition_task_list(wildcards):
     """The tasks behind a (model, condition) table: the condition's tasks; the world's task for the
     theory_icl model."""
@@ -544,51 +456,40 @@ def condition_task_list(wildcards):
     return CONDITION_TASKS[wildcards.condition]
 
 
-def encoder_task_pairs(wildcards):
-    """[encoder, task] for every selected encoder and every task of the table, in encoder_kr_csvs order."""
-    return [
-        [encoder, task]
+def encoder_kr_inputs(wildcards):
+    """Encoder-KR predictions of the table's tasks, named kr_<encoder>_<task>."""
+    return {
+        f"kr_{encoder}_{task}": ENCODER_KR.format(
+            encoder=encoder, task=task, **wildcards
+        )
         for encoder in SELECTED_ENCODERS
         for task in condition_task_list(wildcards)
-    ]
+    }
 
 
-def encoder_kr_csvs(wildcards):
-    return [
-        f"results/encoder_kr/{encoder}/{wildcards.model}/{task}/{wildcards.condition}.csv"
-        for encoder, task in encoder_task_pairs(wildcards)
-    ]
+def table2_inputs(wildcards):
+    """Forward stores of the table's tasks (store_<task>) and their encoder-KR predictions."""
+    stores = {
+        f"store_{task}": FORWARD_STORE.format(task=task, **wildcards)
+        for task in condition_task_list(wildcards)
+    }
+    return stores | encoder_kr_inputs(wildcards)
 
 
 def verdict_inputs(wildcards):
     """Named stores of the condition's tasks (store_<task>) and, for the reference, of its label-flip partner
-    (partner_<task>)."""
-    path = "results/forward/{model}/{task}/{condition}.zarr"
+    (partner_<task>); the dtype check's float32-vs-bfloat16 numbers (the noise floor) where there is one.
+    """
     inputs = {}
     for task in condition_task_list(wildcards):
-        inputs[f"store_{task}"] = path.format(
-            model=wildcards.model, task=task, condition=wildcards.condition
-        )
+        inputs[f"store_{task}"] = FORWARD_STORE.format(task=task, **wildcards)
         if PARTNER and wildcards.condition == REFERENCE:
-            inputs[f"partner_{task}"] = path.format(
+            inputs[f"partner_{task}"] = FORWARD_STORE.format(
                 model=wildcards.model, task=task, condition=PARTNER
             )
-    if needs_dtype_check(
-        wildcards.model
-    ):  # its float32-vs-bfloat16 numbers: the noise floor
-        inputs["dtype_check"] = f"results/dtype_check/{wildcards.model}.json"
+    if needs_dtype_check(wildcards.model):
+        inputs["dtype_check"] = DTYPE_CHECK.format(model=wildcards.model)
     return inputs
-
-
-def table2_inputs(wildcards):
-    """Every forward store of the condition's tasks for the model, and their encoder-KR predictions."""
-    return {
-        "stores": [
-            f"results/forward/{wildcards.model}/{task}/{wildcards.condition}.zarr"
-            for task in condition_task_list(wildcards)
-        ],
-        "kr": encoder_kr_csvs(wildcards),
-    }
 
 
 # ---- Ablation stage (rules/ablation.smk): the conditions of a (model, task) side by side
@@ -604,22 +505,6 @@ ABLATION_TASKS = (
 )
 
 
-#: the files of the ablation stage (kicl.figures.conditions.OUTPUT_FILES; tests/test_workflow_conditions.py checks it)
-ABLATION_FILES = [
-    "conditions.csv",
-    "conditions.md",
-    "conditions.tex",
-    "order_groups.csv",
-    "table1.csv",
-    "table1.md",
-    "table1.tex",
-    "conditions.png",
-    "conditions_figure.csv",
-    "heads.png",
-    "heads.csv",
-]
-
-
 def ablation_head_maps(wildcards):
     """The conditions of ablation.head_maps that run, in that order ([] = every condition)."""
     chosen = [c for c in config["ablation"]["head_maps"] if c in ABLATION_CONDITIONS]
@@ -630,149 +515,143 @@ def ablation_inputs(wildcards):
     """Per condition of the ablation: its forward store, prompt file and encoder-KR predictions."""
     inputs = {}
     for condition in ABLATION_CONDITIONS:
-        inputs[f"store_{condition}"] = (
-            f"results/forward/{wildcards.model}/{wildcards.task}/{condition}.zarr"
-        )
-        inputs[f"prompts_{condition}"] = (
-            f"results/prompts/{wildcards.model}/{wildcards.task}/{condition}/prompts.jsonl"
-        )
+        cell = dict(model=wildcards.model, task=wildcards.task, condition=condition)
+        inputs[f"store_{condition}"] = FORWARD_STORE.format(**cell)
+        inputs[f"prompts_{condition}"] = PROMPTS.format(**cell)
         for encoder in SELECTED_ENCODERS[:1]:
-            inputs[f"kr_{condition}"] = (
-                f"results/encoder_kr/{encoder}/{wildcards.model}/{wildcards.task}/{condition}.csv"
-            )
-            inputs[f"emb_{condition}"] = (
-                f"results/encoders/{encoder}/{wildcards.model}/{wildcards.task}/{condition}.npz"
-            )
+            inputs[f"kr_{condition}"] = ENCODER_KR.format(encoder=encoder, **cell)
+            inputs[f"emb_{condition}"] = EMBEDDINGS.format(encoder=encoder, **cell)
     return inputs
 
 
-def ablation_outputs():
-    """The ablation stage's table and figure (with their CSVs) per model and ablation task (rules/ablation.smk)."""
-    return expand(
-        "results/ablation/{model}/{task}/{name}",
-        model=SELECTED_MODELS,
-        task=ABLATION_TASKS,
-        name=ABLATION_FILES,
-    )
+# ---- The run grid and its targets: which cells each rule runs on, computed once
+#: (model, task, condition) of every forward store of run.models x each selected condition's tasks
+GRID = [
+    (model, task, condition)
+    for condition in SELECTED_CONDITIONS
+    for task in CONDITION_TASKS[condition]
+    for model in SELECTED_MODELS
+]
+#: the theory_icl chain (its trained model on the world's task, reference condition): one more cell
+PAIR_CELLS = [(*THEORY_ICL_PAIR, REFERENCE)] if THEORY_ICL_PAIR else []
+REFERENCE_CELLS = [cell for cell in GRID if cell[2] == REFERENCE]
+#: figure and table rules that `all` runs for the non-reference conditions too
+CONDITION_OUTPUTS = list(config["ablation"]["outputs"])
+FIGURE_RULES = [
+    "fig2_attention_map",
+    "fig25_single_prompt_map",
+    "fig3_reconstruction",
+    "fig4_simpred_correlation",
+] + (["fig5_kv_probes"] if config["capture"].get("kv_prompts", 0) > 0 else [])
+TABLE_RULES = ["table2", "verdict"] + (
+    ["table_encoder_kr"] if SELECTED_ENCODERS else []
+)
+#: stages that run on chosen tasks of the reference condition only
+STAGE_CELLS = {
+    "fig_causal_ablation": [c for c in REFERENCE_CELLS if c[1] in CAUSAL_TASKS],
+    "ablation_table": [c for c in REFERENCE_CELLS if c[1] in ABLATION_TASKS],
+}
+THEORY_ICL_RULES = (
+    ["theory_icl_loss_figure", "theory_icl_compare", "theory_icl_figure"]
+    if THEORY_ICL_PAIR
+    else []
+)
+#: every rule whose outputs `all` asks for (the summary page lists the report items among them)
+RUN_RULES = (
+    ["theory_table3", "theory_table3_tables", "theory_table3_figure"]
+    + THEORY_ICL_RULES
+    + FIGURE_RULES
+    + TABLE_RULES
+    + [name for name, cells in STAGE_CELLS.items() if cells]
+)
+#: (what, rule) of every figure and table in the report, in reading order; the summary page lists them
+REPORT_ITEMS = [
+    ("Table 3 (theory)", "theory_table3_tables"),
+    ("Table 3 figure (theory)", "theory_table3_figure"),
+    ("Fig 2: averaged attention map", "fig2_attention_map"),
+    ("Fig 25: one prompt's attention map", "fig25_single_prompt_map"),
+    ("Fig 3a/3b: reconstruction accuracy per head", "fig3_reconstruction"),
+    ("Fig 4: kernel weight vs sim_pred correlation", "fig4_simpred_correlation"),
+    ("Fig 5a/5b: key and value probes", "fig5_kv_probes"),
+    ("Table 2: kernel regression vs ICL", "table2"),
+    ("Verdict: selected head vs attention-free baselines", "verdict"),
+    ("Conditions side by side (ablations)", "ablation_table"),
+    ("Causal test: ablating the kernel heads", "fig_causal_ablation"),
+    ("Table 2 encoder rows alone", "table_encoder_kr"),
+]
+
+
+def rule_cells(name):
+    """The cells a rule runs on: a stage's own; else the grid's reference cells, its other conditions where
+    ablation.outputs names the rule, and the theory_icl cell for the figure and table rules.
+    """
+    if name in STAGE_CELLS:
+        return STAGE_CELLS[name]
+    grid = [c for c in GRID if c[2] == REFERENCE or name in CONDITION_OUTPUTS]
+    return grid + (PAIR_CELLS if name in FIGURE_RULES + TABLE_RULES else [])
+
+
+def expand_cells(patterns, cells):
+    """``patterns`` over ``cells`` and the selected encoders, without repeats (patterns may lack wildcards)."""
+    files = [
+        path
+        for model, task, condition in cells
+        for path in expand(
+            patterns,
+            model=model,
+            task=task,
+            condition=condition,
+            encoder=SELECTED_ENCODERS,
+            allow_missing=True,
+        )
+    ]
+    return list(dict.fromkeys(files))
+
+
+def rule_outputs(name, cells=None):
+    """Every output of rule ``name`` over ``cells`` (default: the cells it runs on)."""
+    patterns = [str(path) for path in getattr(rules, name).output]
+    return expand_cells(patterns, rule_cells(name) if cells is None else cells)
+
+
+def theory_icl_outputs():
+    """The trained-transformer stage and, on its model and task, the chain's figures, Table 2 and verdict."""
+    chain = [rule_outputs(name, PAIR_CELLS) for name in FIGURE_RULES + TABLE_RULES]
+    own = [rule_outputs(name) for name in THEORY_ICL_RULES]
+    return list(dict.fromkeys(sum(own + chain, [])))
 
 
 def summary_inputs():
-    return (
-        theory_outputs()
-        + figure_outputs()
-        + table_outputs()
-        + [path for name in FIGURE_RULES + TABLE_RULES for path in pair_outputs(name)]
-        + causal_outputs()
-        + ablation_outputs()
-    )
+    """Every figure and table of the run (the summary page waits for them all)."""
+    return list(dict.fromkeys(sum([rule_outputs(name) for name in RUN_RULES], [])))
 
 
 def summary_entries(wildcards):
-    """What the summary page lists: each report item, the rule that made it and its files."""
-    made = set(
-        FIGURE_RULES + TABLE_RULES + ["theory_table3_tables", "theory_table3_figure"]
-    )
-    if CAUSAL_TASKS:
-        made.add("fig_causal_ablation")
-    if ABLATION_TASKS:
-        made.add("ablation_table")
-    special = {
-        "fig_causal_ablation": (causal_outputs, CAUSAL_TASKS),
-        "ablation_table": (ablation_outputs, ABLATION_TASKS),
-    }
+    """What the summary page lists: each report item this run makes, its rule, files and benchmark files."""
     entries = []
     for what, name in REPORT_ITEMS:
-        if name not in made or not hasattr(rules, name):
+        if name not in RUN_RULES:
             continue
         proxy = getattr(rules, name)
         benchmark = str(proxy.benchmark) if proxy.rule.benchmark else None
-        outputs, tasks = special.get(name, (lambda: _entry_files(name), None))
         entries.append(
             {
                 "what": what,
                 "rule": name,
-                "files": outputs(),
+                "files": rule_outputs(name),
                 "benchmark": benchmark,
-                "benchmarks": _benchmark_files(benchmark, tasks),
+                "benchmarks": (
+                    expand_cells(benchmark, rule_cells(name)) if benchmark else []
+                ),
             }
         )
     return entries
 
 
-def _entry_files(name):
-    """A figure or table rule's files on the summary page: the run's grid and the theory_icl pair."""
-    pair = pair_outputs(name) if name in FIGURE_RULES + TABLE_RULES else []
-    return list(dict.fromkeys(_rule_outputs(name) + pair))
-
-
-def _benchmark_files(pattern, tasks=None):
-    """The benchmark files of a rule's jobs in this run (per task and condition where the pattern has them)."""
-    if not pattern:
-        return []
-    pairs = [
-        (task, condition)
-        for task, condition in task_conditions()
-        if tasks is None or (task in tasks and condition == REFERENCE)
-    ]
-    files = [
-        path
-        for task, condition in pairs
-        for path in expand(
-            pattern,
-            model=SELECTED_MODELS,
-            task=task,
-            condition=condition,
-            encoder=SELECTED_ENCODERS,
-        )
-    ]
-    return list(dict.fromkeys(files))
-
-
-def theory_icl_outputs():
-    """The trained-transformer stage and, on its model and task, the chain's prompts and figures (Figs 2-5)
-    and its Table 2 and verdict, in the reference condition."""
-    if not THEORY_ICL_PAIR:
-        return []
-    model, task = THEORY_ICL_PAIR
-    own = [
-        "results/theory_icl/training_loss.png",
-        "results/theory_icl/training_loss_figure.csv",
-        "results/theory_icl/comparison.csv",
-        "results/theory_icl/comparison.md",
-        "results/theory_icl/comparison.png",
-        "results/theory_icl/comparison_figure.csv",
-    ]
-    chain = [path for name in FIGURE_RULES + TABLE_RULES for path in pair_outputs(name)]
-    return own + list(dict.fromkeys(chain))
-
-
-def pair_outputs(name):
-    """The outputs of a figure or table rule on the theory_icl model and task (reference condition)."""
-    if not THEORY_ICL_PAIR:
-        return []
-    model, task = THEORY_ICL_PAIR
-    files = expand(
-        [str(p) for p in getattr(rules, name).output],
-        model=model,
-        task=task,
-        condition=REFERENCE,
-        encoder=SELECTED_ENCODERS,
-        allow_missing=True,
-    )
-    return list(dict.fromkeys(files))
-
-
 def final_outputs():
-    return (
-        theory_outputs()
-        + theory_icl_outputs()
-        + prompt_outputs()
-        + figure_outputs()
-        + table_outputs()
-        + causal_outputs()
-        + ablation_outputs()
-        + ["results/summary/index.html"]
-    )
+    """`all`: every prompt set of the grid, every rule of RUN_RULES and the summary page."""
+    prompts = expand_cells([PROMPT_META, PROMPTS], GRID)
+    return prompts + summary_inputs() + ["results/summary/index.html"]
 
 
 # ---- Cluster resources of the forward pass (profiles/slurm). Called by Snakemake when it schedules a
@@ -783,8 +662,8 @@ def _forward_workload(wildcards, input):
 
     from kicl.workflow.resources import model_size, prompt_workload
 
-    manifest_path = f"resources/models/{wildcards.model}.json"
-    prompts_path = f"results/prompts/{wildcards.model}/{wildcards.task}/{wildcards.condition}/prompts.jsonl"
+    manifest_path = MODEL_MANIFEST.format(model=wildcards.model)
+    prompts_path = PROMPTS.format(**wildcards)
     for path in (manifest_path, prompts_path):
         if path not in input:
             raise WorkflowError(

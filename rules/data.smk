@@ -21,9 +21,10 @@ rule prepare_task:
     input:
         unpack(task_split_input),
     output:
-        "resources/tasks/{task}/{split}.parquet",
+        TASK_SPLIT,
     log:
         "logs/prepare_task/{task}/{split}.log",
+    localrule: True
     conda:
         "../envs/data.yaml"
     params:

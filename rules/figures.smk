@@ -7,21 +7,17 @@
 
 rule fig2_attention_map:
     input:
-        store="results/forward/{model}/{task}/{condition}.zarr",
+        store=FORWARD_STORE,
     output:
-        png=report(
-            "results/figures/{model}/{task}/{condition}/fig2_attention_map.png",
-            caption="../report/fig2_attention_map.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 2", "output": "attention map"},
+        png=cell_report(
+            f"{FIGURE_DIR}/fig2_attention_map.png",
+            "fig2_attention_map.rst",
+            {"figure": "Fig 2", "output": "attention map"},
         ),
-        csv=report(
-            "results/figures/{model}/{task}/{condition}/fig2_attention_map.csv",
-            caption="../report/figure_csv.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 2", "output": "data (CSV)"},
+        csv=cell_report(
+            f"{FIGURE_DIR}/fig2_attention_map.csv",
+            "figure_csv.rst",
+            {"figure": "Fig 2", "output": "data (CSV)"},
         ),
     log:
         "logs/fig2_attention_map/{model}/{task}/{condition}.log",
@@ -42,21 +38,17 @@ rule fig2_attention_map:
 
 rule fig25_single_prompt_map:
     input:
-        store="results/forward/{model}/{task}/{condition}.zarr",
+        store=FORWARD_STORE,
     output:
-        png=report(
-            "results/figures/{model}/{task}/{condition}/fig25_single_prompt_map.png",
-            caption="../report/fig25_single_prompt_map.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 25", "output": "single-prompt map"},
+        png=cell_report(
+            f"{FIGURE_DIR}/fig25_single_prompt_map.png",
+            "fig25_single_prompt_map.rst",
+            {"figure": "Fig 25", "output": "single-prompt map"},
         ),
-        csv=report(
-            "results/figures/{model}/{task}/{condition}/fig25_single_prompt_map.csv",
-            caption="../report/figure_csv.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 25", "output": "data (CSV)"},
+        csv=cell_report(
+            f"{FIGURE_DIR}/fig25_single_prompt_map.csv",
+            "figure_csv.rst",
+            {"figure": "Fig 25", "output": "data (CSV)"},
         ),
     log:
         "logs/fig25_single_prompt_map/{model}/{task}/{condition}.log",
@@ -76,28 +68,22 @@ rule fig25_single_prompt_map:
 
 rule fig3_reconstruction:
     input:
-        store="results/forward/{model}/{task}/{condition}.zarr",
+        store=FORWARD_STORE,
     output:
-        png_pred=report(
-            "results/figures/{model}/{task}/{condition}/fig3a_reconstruction_vs_prediction.png",
-            caption="../report/fig3a_reconstruction.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 3a", "output": "ỹ vs ŷ"},
+        png_pred=cell_report(
+            f"{FIGURE_DIR}/fig3a_reconstruction_vs_prediction.png",
+            "fig3a_reconstruction.rst",
+            {"figure": "Fig 3a", "output": "ỹ vs ŷ"},
         ),
-        png_gold=report(
-            "results/figures/{model}/{task}/{condition}/fig3b_reconstruction_vs_gold.png",
-            caption="../report/fig3b_reconstruction.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 3b", "output": "ỹ vs gold"},
+        png_gold=cell_report(
+            f"{FIGURE_DIR}/fig3b_reconstruction_vs_gold.png",
+            "fig3b_reconstruction.rst",
+            {"figure": "Fig 3b", "output": "ỹ vs gold"},
         ),
-        csv=report(
-            "results/figures/{model}/{task}/{condition}/fig3_reconstruction.csv",
-            caption="../report/figure_csv.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 3a/3b", "output": "data (CSV)"},
+        csv=cell_report(
+            f"{FIGURE_DIR}/fig3_reconstruction.csv",
+            "figure_csv.rst",
+            {"figure": "Fig 3a/3b", "output": "data (CSV)"},
         ),
     log:
         "logs/fig3_reconstruction/{model}/{task}/{condition}.log",
@@ -120,21 +106,17 @@ rule fig3_reconstruction:
 
 rule fig4_simpred_correlation:
     input:
-        store="results/forward/{model}/{task}/{condition}.zarr",
+        store=FORWARD_STORE,
     output:
-        png=report(
-            "results/figures/{model}/{task}/{condition}/fig4_simpred_correlation.png",
-            caption="../report/fig4_simpred_correlation.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 4", "output": "correlation heat-map"},
+        png=cell_report(
+            f"{FIGURE_DIR}/fig4_simpred_correlation.png",
+            "fig4_simpred_correlation.rst",
+            {"figure": "Fig 4", "output": "correlation heat-map"},
         ),
-        csv=report(
-            "results/figures/{model}/{task}/{condition}/fig4_simpred_correlation.csv",
-            caption="../report/figure_csv.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 4", "output": "data (CSV)"},
+        csv=cell_report(
+            f"{FIGURE_DIR}/fig4_simpred_correlation.csv",
+            "figure_csv.rst",
+            {"figure": "Fig 4", "output": "data (CSV)"},
         ),
     log:
         "logs/fig4_simpred_correlation/{model}/{task}/{condition}.log",
@@ -157,28 +139,22 @@ rule fig4_simpred_correlation:
 
 rule fig5_kv_probes:
     input:
-        store="results/forward/{model}/{task}/{condition}.zarr",
+        store=FORWARD_STORE,
     output:
-        png_keys=report(
-            "results/figures/{model}/{task}/{condition}/fig5a_key_probes.png",
-            caption="../report/fig5a_key_probes.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 5a", "output": "key probes"},
+        png_keys=cell_report(
+            f"{FIGURE_DIR}/fig5a_key_probes.png",
+            "fig5a_key_probes.rst",
+            {"figure": "Fig 5a", "output": "key probes"},
         ),
-        png_values=report(
-            "results/figures/{model}/{task}/{condition}/fig5b_value_probes.png",
-            caption="../report/fig5b_value_probes.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 5b", "output": "value probes"},
+        png_values=cell_report(
+            f"{FIGURE_DIR}/fig5b_value_probes.png",
+            "fig5b_value_probes.rst",
+            {"figure": "Fig 5b", "output": "value probes"},
         ),
-        csv=report(
-            "results/figures/{model}/{task}/{condition}/fig5_kv_probes.csv",
-            caption="../report/figure_csv.rst",
-            category="{task}",
-            subcategory="{model} / {condition}",
-            labels={"figure": "Fig 5a/5b", "output": "data (CSV)"},
+        csv=cell_report(
+            f"{FIGURE_DIR}/fig5_kv_probes.csv",
+            "figure_csv.rst",
+            {"figure": "Fig 5a/5b", "output": "data (CSV)"},
         ),
     log:
         "logs/fig5_kv_probes/{model}/{task}/{condition}.log",

@@ -12,7 +12,7 @@ rule dtype_check:
     input:
         unpack(dtype_check_inputs),
     output:
-        "results/dtype_check/{model}.json",
+        DTYPE_CHECK,
     log:
         "logs/dtype_check/{model}.log",
     benchmark:
@@ -31,7 +31,7 @@ rule forward_pass:
     input:
         unpack(forward_inputs),
     output:
-        directory("results/forward/{model}/{task}/{condition}.zarr"),
+        directory(FORWARD_STORE),
     log:
         "logs/forward_pass/{model}/{task}/{condition}.log",
     benchmark:

@@ -25,7 +25,7 @@ rule model_manifest:
     input:
         unpack(model_manifest_input),
     output:
-        "resources/models/{model}.json",
+        MODEL_MANIFEST,
     log:
         "logs/model_manifest/{model}.log",
     localrule: True
@@ -56,7 +56,7 @@ rule encoder_manifest:
     input:
         unpack(encoder_manifest_input),
     output:
-        "resources/encoders/{encoder}.json",
+        ENCODER_MANIFEST,
     log:
         "logs/encoder_manifest/{encoder}.log",
     localrule: True

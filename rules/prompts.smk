@@ -6,8 +6,8 @@ rule build_prompts:
     input:
         unpack(prompt_inputs),
     output:
-        meta="results/prompts/{model}/{task}/{condition}/meta.json",
-        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
+        meta=PROMPT_META,
+        prompts=PROMPTS,
     log:
         "logs/build_prompts/{model}/{task}/{condition}.log",
     conda:

@@ -1,14 +1,14 @@
-# Table 2 and its sentence-encoder rows, plus the report's summary page. Encoder kernel regression needs
+# Table 2, its sentence-encoder rows and the verdict. Encoder kernel regression needs
 # only the prompt files and the encoders (no forward pass): every unique text of a prompt file is embedded
 # once per encoder, then each prompt's test input votes with its own demonstrations' labels.
 
 
 rule embed_prompt_texts:
     input:
-        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
-        encoder="resources/encoders/{encoder}.json",
+        prompts=PROMPTS,
+        encoder=ENCODER_MANIFEST,
     output:
-        "results/encoders/{encoder}/{model}/{task}/{condition}.npz",
+        EMBEDDINGS,
     log:
         "logs/embed_prompt_texts/{encoder}/{model}/{task}/{condition}.log",
     benchmark:
@@ -25,11 +25,11 @@ rule embed_prompt_texts:
 
 rule encoder_kernel_regression:
     input:
-        prompts="results/prompts/{model}/{task}/{condition}/prompts.jsonl",
-        meta="results/prompts/{model}/{task}/{condition}/meta.json",
-        embeddings="results/encoders/{encoder}/{model}/{task}/{condition}.npz",
+        prompts=PROMPTS,
+        meta=PROMPT_META,
+        embeddings=EMBEDDINGS,
     output:
-        "results/encoder_kr/{encoder}/{model}/{task}/{condition}.csv",
+        ENCODER_KR,
     log:
         "logs/encoder_kernel_regression/{encoder}/{model}/{task}/{condition}.log",
     conda:
@@ -44,21 +44,19 @@ rule table2:
     input:
         unpack(table2_inputs),
     output:
-        csv=report(
-            "results/tables/{model}/{condition}/table2.csv",
-            caption="../report/table2.rst",
+        csv=cell_report(
+            f"{TABLE_DIR}/table2.csv",
+            "table2.rst",
+            {"table": "Table 2", "output": "CSV"},
             category="Table 2",
-            subcategory="{model} / {condition}",
-            labels={"table": "Table 2", "output": "CSV"},
         ),
-        md=report(
-            "results/tables/{model}/{condition}/table2.md",
-            caption="../report/table2.rst",
+        md=cell_report(
+            f"{TABLE_DIR}/table2.md",
+            "table2.rst",
+            {"table": "Table 2", "output": "Markdown"},
             category="Table 2",
-            subcategory="{model} / {condition}",
-            labels={"table": "Table 2", "output": "Markdown"},
         ),
-        tex="results/tables/{model}/{condition}/table2.tex",
+        tex=f"{TABLE_DIR}/table2.tex",
     log:
         "logs/table2/{model}/{condition}.log",
     benchmark:
@@ -67,7 +65,7 @@ rule table2:
         "../envs/analysis.yaml"
     params:
         tasks=condition_task_list,
-        kr_keys=encoder_task_pairs,
+        encoders=SELECTED_ENCODERS,
         pooling=lookup(dpath="analysis/table_pooling", within=config),
         tau=lookup(dpath="analysis/encoder_tau", within=config),
         aliases=lookup(dpath="analysis/paper_aliases", within=config),
@@ -80,29 +78,29 @@ rule table2:
 
 rule table_encoder_kr:
     input:
-        kr=encoder_kr_csvs,
+        unpack(encoder_kr_inputs),
     output:
-        csv=report(
-            "results/tables/{model}/{condition}/encoder_kr.csv",
-            caption="../report/table_encoder_kr.rst",
+        csv=cell_report(
+            f"{TABLE_DIR}/encoder_kr.csv",
+            "table_encoder_kr.rst",
+            {"table": "encoder KR", "output": "CSV"},
             category="Table 2",
-            subcategory="{model} / {condition}",
-            labels={"table": "encoder KR", "output": "CSV"},
         ),
-        md=report(
-            "results/tables/{model}/{condition}/encoder_kr.md",
-            caption="../report/table_encoder_kr.rst",
+        md=cell_report(
+            f"{TABLE_DIR}/encoder_kr.md",
+            "table_encoder_kr.rst",
+            {"table": "encoder KR", "output": "Markdown"},
             category="Table 2",
-            subcategory="{model} / {condition}",
-            labels={"table": "encoder KR", "output": "Markdown"},
         ),
-        tex="results/tables/{model}/{condition}/encoder_kr.tex",
+        tex=f"{TABLE_DIR}/encoder_kr.tex",
     log:
         "logs/table_encoder_kr/{model}/{condition}.log",
+    localrule: True
     conda:
         "../envs/analysis.yaml"
     params:
-        kr_keys=encoder_task_pairs,
+        tasks=condition_task_list,
+        encoders=SELECTED_ENCODERS,
         tau=lookup(dpath="analysis/encoder_tau", within=config),
         aliases=lookup(dpath="analysis/paper_aliases", within=config),
         bootstrap=lookup(dpath="analysis/bootstrap", within=config),
@@ -114,21 +112,19 @@ rule verdict:
     input:
         unpack(verdict_inputs),
     output:
-        csv=report(
-            "results/tables/{model}/{condition}/verdict.csv",
-            caption="../report/verdict.rst",
+        csv=cell_report(
+            f"{TABLE_DIR}/verdict.csv",
+            "verdict.rst",
+            {"table": "verdict", "output": "CSV"},
             category="Table 2",
-            subcategory="{model} / {condition}",
-            labels={"table": "verdict", "output": "CSV"},
         ),
-        md=report(
-            "results/tables/{model}/{condition}/verdict.md",
-            caption="../report/verdict.rst",
+        md=cell_report(
+            f"{TABLE_DIR}/verdict.md",
+            "verdict.rst",
+            {"table": "verdict", "output": "Markdown"},
             category="Table 2",
-            subcategory="{model} / {condition}",
-            labels={"table": "verdict", "output": "Markdown"},
         ),
-        heads="results/tables/{model}/{condition}/verdict_heads.csv",
+        heads=f"{TABLE_DIR}/verdict_heads.csv",
     log:
         "logs/verdict/{model}/{condition}.log",
     benchmark:
@@ -142,25 +138,3 @@ rule verdict:
         vote_ties=lookup(dpath="analysis/vote_ties", within=config),
     script:
         "../scripts/verdict.py"
-
-
-rule report_summary:
-    input:
-        summary_inputs(),
-    output:
-        html=report(
-            "results/summary/index.html",
-            caption="../report/summary.rst",
-            category="Summary",
-            labels={"page": "figures and tables"},
-        ),
-        md="results/summary/summary.md",
-    log:
-        "logs/report_summary.log",
-    conda:
-        "../envs/analysis.yaml"
-    params:
-        entries=summary_entries,
-        benchmarks="benchmarks/out",
-    script:
-        "../scripts/report_summary.py"

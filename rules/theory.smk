@@ -34,6 +34,7 @@ rule theory_table3_tables:
         ),
     log:
         "logs/theory_table3_tables.log",
+    localrule: True
     conda:
         "../envs/theory.yaml"
     script:

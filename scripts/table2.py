@@ -5,10 +5,12 @@ from kicl.workflow.logs import log_to
 log_to(snakemake.log[0])
 from kicl.tables.table2 import table2
 
+named = dict(snakemake.input.items())  # store_<task>, kr_<encoder>_<task>
+tasks, encoders = snakemake.params.tasks, snakemake.params.encoders
 table2(
     snakemake.wildcards.model,
-    dict(zip(snakemake.params.tasks, snakemake.input.stores)),
-    dict(zip(map(tuple, snakemake.params.kr_keys), snakemake.input.kr)),
+    {task: named[f"store_{task}"] for task in tasks},
+    {(encoder, task): named[f"kr_{encoder}_{task}"] for encoder in encoders for task in tasks},
     snakemake.output.csv,
     snakemake.output.md,
     snakemake.output.tex,

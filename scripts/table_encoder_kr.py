@@ -5,9 +5,11 @@ from kicl.workflow.logs import log_to
 log_to(snakemake.log[0])
 from kicl.tables.table2 import encoder_table
 
+named = dict(snakemake.input.items())  # kr_<encoder>_<task>
+tasks, encoders = snakemake.params.tasks, snakemake.params.encoders
 encoder_table(
     snakemake.wildcards.model,
-    dict(zip(map(tuple, snakemake.params.kr_keys), snakemake.input.kr)),
+    {(encoder, task): named[f"kr_{encoder}_{task}"] for encoder in encoders for task in tasks},
     snakemake.output.csv,
     snakemake.output.md,
     snakemake.output.tex,
