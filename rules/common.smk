@@ -271,9 +271,29 @@ for _kind, _name in zip(("models", "tasks"), THEORY_ICL_PAIR):
         )
 
 
+# ---- The run grid: every (model, task, condition) cell of a forward store, computed once
+#: run.models x each selected condition's tasks
+GRID = [
+    (model, task, condition)
+    for condition in SELECTED_CONDITIONS
+    for task in CONDITION_TASKS[condition]
+    for model in SELECTED_MODELS
+]
+#: the theory_icl chain (its trained model on the world's task, reference condition): one more cell
+PAIR_CELLS = [(*THEORY_ICL_PAIR, REFERENCE)] if THEORY_ICL_PAIR else []
+CELLS = GRID + PAIR_CELLS
+REFERENCE_CELLS = [cell for cell in GRID if cell[2] == REFERENCE]
+
+
+def cell_tasks(model, condition):
+    """The tasks of a (model, condition) in the run: a condition's tasks; the world's task for the
+    theory_icl model."""
+    return [t for m, t, c in CELLS if m == model and c == condition]
+
+
 wildcard_constraints:
-    task=_alternatives(list(dict.fromkeys(SELECTED_TASKS + THEORY_ICL_PAIR[1:]))),
-    model=_alternatives(list(dict.fromkeys(SELECTED_MODELS + THEORY_ICL_PAIR[:1]))),
+    task=_alternatives(list(dict.fromkeys(cell[1] for cell in CELLS))),
+    model=_alternatives(list(dict.fromkeys(cell[0] for cell in CELLS))),
     encoder=_alternatives(ENCODERS_IN_USE),
     condition=_alternatives(SELECTED_CONDITIONS),
     split=r"[A-Za-z0-9_]+",
@@ -382,11 +402,8 @@ def needs_dtype_check(model):
 
 
 def dtype_check_tasks(wildcards):
-    """The tasks whose reference prompts the model's dtype check runs: the world's task for the theory_icl
-    model, else every selected task."""
-    if THEORY_ICL_PAIR and wildcards.model == THEORY_ICL_PAIR[0]:
-        return THEORY_ICL_PAIR[1:]
-    return SELECTED_TASKS
+    """The tasks whose reference prompts the model's dtype check runs (the world's task for theory_icl's)."""
+    return cell_tasks(wildcards.model, REFERENCE)
 
 
 def dtype_check_inputs(wildcards):
@@ -449,11 +466,8 @@ def single_prompt_rescale_len(wildcards):
 
 # ---- Inputs of the per-(model, condition) tables (rules/tables.smk), named by task (and encoder)
 def condition_task_list(wildcards):
-    """The tasks behind a (model, condition) table: the condition's tasks; the world's task for the
-    theory_icl model."""
-    if THEORY_ICL_PAIR and wildcards.model == THEORY_ICL_PAIR[0]:
-        return THEORY_ICL_PAIR[1:]
-    return CONDITION_TASKS[wildcards.condition]
+    """The tasks behind a (model, condition) table."""
+    return cell_tasks(wildcards.model, wildcards.condition)
 
 
 def encoder_kr_inputs(wildcards):
@@ -525,16 +539,6 @@ def ablation_inputs(wildcards):
 
 
 # ---- The run grid and its targets: which cells each rule runs on, computed once
-#: (model, task, condition) of every forward store of run.models x each selected condition's tasks
-GRID = [
-    (model, task, condition)
-    for condition in SELECTED_CONDITIONS
-    for task in CONDITION_TASKS[condition]
-    for model in SELECTED_MODELS
-]
-#: the theory_icl chain (its trained model on the world's task, reference condition): one more cell
-PAIR_CELLS = [(*THEORY_ICL_PAIR, REFERENCE)] if THEORY_ICL_PAIR else []
-REFERENCE_CELLS = [cell for cell in GRID if cell[2] == REFERENCE]
 #: figure and table rules that `all` runs for the non-reference conditions too
 CONDITION_OUTPUTS = list(config["ablation"]["outputs"])
 FIGURE_RULES = [
