@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kicl.capture.adapters import ModelShape, attention_modules, prerope_key_module
+from kicl.capture.adapters import ModelShape
 from kicl.capture.batch import (
     BatchResult,
     SummedTestProbs,
@@ -48,7 +48,7 @@ from kicl.capture.batch import (
 from kicl.capture.model import load_capture_model, prepare_model
 from kicl.capture.options import AUTO_BF16, PADDING_SIDES, SIMPRED_CONTEXTS, CaptureError, CaptureOptions
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
-from kicl.capture.simpred import context_ids, token_budget_batches
+from kicl.capture.simpred import context_ids
 from kicl.capture.simpred_cache import SimpredCache
 from kicl.prompts.files import read_prompt_set
 from kicl.store.pooling import POOLINGS, kernel_weights, kv_positions
@@ -56,15 +56,9 @@ from kicl.store.writer import ForwardStoreWriter, ShardDir, atomic_directory, fo
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHARD_FORMAT = 4  # bump when the content of the resumable shards changes, so that old shards are discarded
 # per-prompt arrays of a shard copied into the store as they are
 SHARD_PER_PROMPT = ("label_logits", "kernel_weight", "sim_pred", "demo_hubness", "demo_top_token", "test_top_token")
-
-# names kept for callers of the single-module capture
-_attention_modules = attention_modules
-_prerope_key_module = prerope_key_module
-_token_budget_batches = token_budget_batches
 
 __all__ = [
     "CAPTURE_ATTENTION",
@@ -191,7 +185,7 @@ def run_capture(
     parts_path = Path(parts_path) if parts_path else store_path.with_name(store_path.stem + ".parts")
     manifest = read_manifest(manifest)
     options = CaptureOptions.from_config(capture, manifest)
-    meta, prompts = read_prompts(meta_path, prompts_path)
+    meta, prompts = read_prompt_set(meta_path, prompts_path)
     options.fix_threads(threads)
     tokenizer = load_tokenizer(manifest)
     where = f"task {meta.get('task')!r}, model {meta.get('model')!r}"
