@@ -15,7 +15,8 @@ from kicl.figures.fig2_attention_map import attention_map_figure
 from kicl.figures.fig3_reconstruction import reconstruction_figure
 from kicl.store.reader import StoreError, open_store, string_values
 from kicl.store.synthetic import Planted, make_synthetic_store
-from kicl.tables.table2 import paper_value, table2, wide_table
+from kicl.tables.paper import paper_table2_value
+from kicl.tables.table2 import table2, wide_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -189,13 +190,14 @@ def test_encoder_kr_equals_direct_computation():
 
 
 def test_paper_values_match_by_name_and_alias():
-    assert paper_value("icl_accuracy", "sst2") == 0.805
-    assert paper_value("encoder:all-MiniLM-L6-v2:cosine", "tweet_eval_offensive") == 0.588
+    assert paper_table2_value("icl_accuracy", "sst2") == 0.805
+    assert paper_table2_value("encoder:all-MiniLM-L6-v2:cosine", "tweet_eval_offensive") == 0.588
     assert (
-        paper_value("encoder:minilm:cosine", "hate", {"minilm": "all-MiniLM-L6-v2", "hate": "tweet_eval_hate"}) == 0.548
+        paper_table2_value("encoder:minilm:cosine", "hate", {"minilm": "all-MiniLM-L6-v2", "hate": "tweet_eval_hate"})
+        == 0.548
     )
-    assert paper_value("encoder:all-MiniLM-L6-v2:softmax", "sst2") is None
-    assert paper_value("icl_accuracy", "movie_snippets") is None
+    assert paper_table2_value("encoder:all-MiniLM-L6-v2:softmax", "sst2") is None
+    assert paper_table2_value("icl_accuracy", "movie_snippets") is None
 
 
 def test_table2_selects_planted_head(planted_store, tmp_path):

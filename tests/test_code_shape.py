@@ -57,3 +57,37 @@ def test_functions_fit_on_a_screen_or_say_why():
     assert not problems, "functions over 80 lines or 8 parameters without a '# shape: <reason>' line:\n" + "\n".join(
         problems
     )
+
+
+def _module_names(path: Path) -> tuple[set[str], set[str]]:
+    """(module-level names assigned, private names imported from kicl) of one file."""
+    tree = ast.parse(path.read_text())
+    assigned = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+    private = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kicl")
+        for alias in node.names
+        if alias.name.startswith("_") and alias.name != "__version__"
+    }
+    return assigned, private
+
+
+def test_the_papers_numbers_live_in_one_module_and_no_private_name_is_imported():
+    homes, private = {}, []
+    for folder in FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            assigned, imported = _module_names(path)
+            name = str(path.relative_to(ROOT))
+            homes |= {
+                constant: homes.get(constant, []) + [name] for constant in assigned if constant.startswith("PAPER_")
+            }
+            private += [f"{name}: {n}" for n in sorted(imported)]
+    assert {module for modules in homes.values() for module in modules} == {"kicl/tables/paper.py"}, homes
+    assert not private, private

@@ -16,12 +16,12 @@ from kicl.analysis.conditions import (
     compare_conditions,
     ood_type,
     order_group_members,
-    paper_table1_key,
 )
 from kicl.analysis.reconstruction import head_predictions
 from kicl.analysis.stats import holm, mcnemar_p, wilson_interval
 from kicl.store.reader import open_store
 from kicl.store.synthetic import Planted, make_synthetic_store, write_synthetic_prompts
+from kicl.tables.paper import paper_table1_key
 
 N_PROMPTS, SEED = 40, 3
 BOOT = {"n_boot": 200, "seed": 7, "level": 0.9}

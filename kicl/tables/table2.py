@@ -14,14 +14,12 @@ accuracy in the CSV and in a second Markdown table, with intervals from the same
 from __future__ import annotations
 
 import logging
-import re
 
 import numpy as np
 import pandas as pd
 
 from kicl.analysis import stats
 from kicl.analysis.baselines import (
-    BASELINE_LABELS,
     BASELINES,
     classification_scores,
     resampled_classification_scores,
@@ -29,52 +27,10 @@ from kicl.analysis.baselines import (
 from kicl.analysis.head_selection import nested_bootstrap, selection_data
 from kicl.fileio import write_text_atomic
 from kicl.store.reader import open_store
+from kicl.tables.paper import paper_table2_value
+from kicl.tables.render import estimate_cell, metric_cell, row_label, to_latex, to_markdown
 
 log = logging.getLogger(__name__)
-
-PAPER_TASKS = ["sst2", "mnli", "rotten_tomatoes", "tweet_eval_hate", "tweet_eval_irony", "tweet_eval_offensive"]
-#: the paper's Table 2 (GPT-J-6B), by row key and paper task
-PAPER_TABLE2 = {
-    "icl_accuracy": [0.805, 0.383, 0.671, 0.539, 0.519, 0.542],
-    "recon_agreement": [0.797, 0.597, 0.683, 0.713, 0.722, 0.753],
-    "recon_accuracy": [0.750, 0.360, 0.527, 0.587, 0.522, 0.513],
-    "encoder:all-MiniLM-L6-v2:cosine": [0.503, 0.321, 0.478, 0.548, 0.491, 0.588],
-    "encoder:bert-base-nli-mean-tokens:cosine": [0.523, 0.325, 0.502, 0.545, 0.479, 0.597],
-}
-ROW_LABELS = {
-    "icl_accuracy": "ICL accuracy",
-    "recon_agreement": "ICL output reconstruction (ỹ vs ŷ)",
-    "recon_accuracy": "Reconstructed performance (ỹ vs gold)",
-}
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
-def paper_value(row: str, task: str, aliases: dict | None = None):
-    """The paper's Table 2 number for (row, task), or None. Task and encoder names match after lower-casing and
-    dropping punctuation, or through `aliases` (our name -> the paper's name)."""
-    aliases = {_key(k): v for k, v in (aliases or {}).items()}
-    task_key = _key(aliases.get(_key(task), task))
-    columns = [_key(t) for t in PAPER_TASKS]
-    if task_key not in columns:
-        return None
-    if row.startswith("encoder:"):
-        _, encoder, kernel = row.split(":")
-        encoder_key = _key(aliases.get(_key(encoder), encoder))
-        row = next(
-            (
-                r
-                for r in PAPER_TABLE2
-                if r.startswith("encoder:") and _key(r.split(":")[1]) == encoder_key and r.endswith(f":{kernel}")
-            ),
-            None,
-        )
-        if row is None:
-            return None
-    values = PAPER_TABLE2.get(row)
-    return None if values is None else values[columns.index(task_key)]
 
 
 def encoder_predictions(csv, held_prompts, held_gold, split: str = "heldout") -> dict:
@@ -214,44 +170,6 @@ def encoder_rows(
     return rows
 
 
-SHORT_LABELS = {
-    "constant": "constant ŷ",
-    "gold_majority": "gold-majority class",
-    "vote": "unweighted vote of the demonstration labels",
-    "recency": "last demonstration's label",
-    "position": "position-only kernel",
-}
-
-
-def _encoder_label(key: str, tau=None) -> str:
-    _, encoder, kernel = key.split(":")
-    if kernel == "cosine":
-        return f"{encoder} KR, raw cosine"
-    return f"{encoder} KR, exp(cos/τ)" + ("" if tau is None or not np.isfinite(tau) else f", τ={tau:g}")
-
-
-def row_label(key: str, tau=None) -> str:
-    if key in ROW_LABELS:
-        return ROW_LABELS[key]
-    if key.startswith("baseline:"):
-        _, name, what = key.split(":")
-        return f"baseline: {BASELINE_LABELS[name]} ({'vs ŷ' if what == 'agreement' else 'vs gold'})"
-    if key.startswith("diff:"):
-        _, what, name = key.split(":", 2)
-        other = _encoder_label(name, tau) if name.startswith("encoder:") else SHORT_LABELS[name]
-        return f"Δ {'agreement with ŷ' if what == 'agreement' else 'accuracy vs gold'}: selected head − {other}"
-    return _encoder_label(key, tau)
-
-
-def _cell(value, low, high, p=np.nan, p_holm=np.nan) -> str:
-    if not np.isfinite(value):
-        return "—"
-    if np.isfinite(p):
-        holm = f" (Holm {p_holm:.3f})" if np.isfinite(p_holm) else ""
-        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}] p={p:.3f}{holm}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Methods as rows; per task an 'ours [95% CI]' column, and a 'paper' column where the paper has the task."""
     tasks = list(dict.fromkeys(frame["task"]))
@@ -279,7 +197,9 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
         for task in tasks:
             if task in sub.index:
                 r = sub.loc[task]
-                row[task] = _cell(*r[["value", "ci_low", "ci_high"]], r.get("p_value", np.nan), r.get("p_holm", np.nan))
+                row[task] = estimate_cell(
+                    *r[["value", "ci_low", "ci_high"]], r.get("p_value", np.nan), r.get("p_holm", np.nan)
+                )
                 paper = r["paper"]
                 row[f"{task} (paper)"] = "—" if pd.isna(paper) else f"{paper:.3f}"
             else:
@@ -292,14 +212,6 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
     out.append(n_row)
     without_paper = [f"{t} (paper)" for t in tasks if not frame.loc[frame["task"] == t, "paper"].notna().any()]
     return pd.DataFrame(out).drop(columns=without_paper)
-
-
-def _metric_cell(row, metric: str) -> str:
-    """'0.612 [0.550, 0.671]' (the interval where the frame has one, else the point value)."""
-    low, high = row.get(f"{metric}_low", np.nan), row.get(f"{metric}_high", np.nan)
-    if pd.notna(low) and pd.notna(high):
-        return f"{row[metric]:.3f} [{low:.3f}, {high:.3f}]"
-    return f"{row[metric]:.3f}"
 
 
 def metrics_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -315,42 +227,12 @@ def metrics_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {"method": row_label(key, tau)}
         for task in tasks:
             row[task] = (
-                f"{_metric_cell(sub.loc[task], 'balanced_accuracy')} / {_metric_cell(sub.loc[task], 'macro_f1')}"
+                f"{metric_cell(sub.loc[task], 'balanced_accuracy')} / {metric_cell(sub.loc[task], 'macro_f1')}"
                 if task in sub.index
                 else "—"
             )
         out.append(row)
     return pd.DataFrame(out)
-
-
-def to_markdown(wide: pd.DataFrame) -> str:
-    cols = list(wide.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def _tex(text: str) -> str:
-    text = str(text).replace("\\", r"\textbackslash{}")
-    for char in "&%$#_{}":
-        text = text.replace(char, "\\" + char)
-    return text.replace("ỹ", r"$\tilde y$").replace("ŷ", r"$\hat y$").replace("τ", r"$\tau$").replace("—", "--")
-
-
-def to_latex(wide: pd.DataFrame, caption: str) -> str:
-    cols = list(wide.columns)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering\small",
-        rf"\caption{{{_tex(caption)}}}",
-        r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
-        r"\toprule",
-        " & ".join(_tex(c) for c in cols) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in wide.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
 
 
 def write_table(frame: pd.DataFrame, csv, md, tex, caption: str) -> None:
@@ -371,7 +253,7 @@ def write_table(frame: pd.DataFrame, csv, md, tex, caption: str) -> None:
 
 def add_paper_column(frame: pd.DataFrame, aliases: dict | None) -> pd.DataFrame:
     frame = frame.copy()
-    frame["paper"] = [paper_value(r, t, aliases) for r, t in zip(frame["row"], frame["task"])]
+    frame["paper"] = [paper_table2_value(r, t, aliases) for r, t in zip(frame["row"], frame["task"])]
     frame["paper"] = frame["paper"].astype(float)
     return frame
 

@@ -25,7 +25,7 @@ from kicl.analysis.decision import (
     where_it_looks,
 )
 from kicl.fileio import write_text_atomic
-from kicl.tables.table2 import to_markdown
+from kicl.tables.render import interval_cell, to_markdown
 
 CRITERIA = {"advantage": "advantage", "label_invariance": "label invariance"}
 COMPETITOR_NAMES = {
@@ -108,13 +108,6 @@ def heads_frame(model: str, task: str, condition: str, data) -> pd.DataFrame:
     )
 
 
-def _interval(v, lo, hi, signed=False) -> str:
-    if not np.isfinite(v):
-        return "—"
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
-
-
 def verdict_markdown(table: pd.DataFrame) -> str:
     view = pd.DataFrame(
         {
@@ -124,12 +117,12 @@ def verdict_markdown(table: pd.DataFrame) -> str:
             "head (select / heldout fit)": table["heads"],
             "best competitor": [" / ".join(COMPETITOR_NAMES[c] for c in s.split(" / ")) for s in table["competitors"]],
             "Δ agreement [CI]": [
-                _interval(*r, signed=True)
+                interval_cell(*r, signed=True)
                 for r in zip(table["difference"], table["difference_low"], table["difference_high"])
             ],
             "MDD": [f"{v:.3f}" for v in table["mdd"]],
             "label invariance r [CI]": [
-                _interval(*r) for r in zip(table["invariance"], table["invariance_low"], table["invariance_high"])
+                interval_cell(*r) for r in zip(table["invariance"], table["invariance_low"], table["invariance_high"])
             ],
             "head agreement: weights / input span / label token": [
                 " / ".join(f"{v:.3f}" for v in values)
