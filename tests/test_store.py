@@ -377,16 +377,18 @@ def test_open_store_names_a_wrong_dim_or_dtype(tmp_path):
 def test_writer_takes_only_schema_variables_and_refuses_unwritten_rows(tmp_path):
     variables = schema.forward_variables(rotary=False, with_kv=False)
     sizes, coords = schema.layout(
-        n_prompts=3,
-        n_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
-        n_positions=5,
-        label_names=["a", "b"],
-        n_demos=2,
-        n_kv_prompts=0,
-        offsets=[0],
-        head_dim=4,
+        schema.StoreSizes(
+            n_prompts=3,
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            n_positions=5,
+            label_names=["a", "b"],
+            n_demos=2,
+            n_kv_prompts=0,
+            offsets=[0],
+            head_dim=4,
+        )
     )
     wrong = {**variables, "length": schema.Variable("length", ("prompt",), "float32", "wrong")}
     with pytest.raises(ValueError, match="'length' is not the one declared"):
