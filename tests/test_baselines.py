@@ -20,7 +20,7 @@ from kicl.analysis.baselines import (
     position_predictions,
 )
 from kicl.analysis.head_selection import head_ranking, nested_bootstrap, selection_data
-from kicl.analysis.reconstruction import label_permutation_null, reconstruction_scores
+from kicl.analysis.reconstruction import NullOptions, label_permutation_null, reconstruction_scores
 from kicl.analysis.stats import bootstrap_p
 from kicl.analysis.votes import permute_within_prompts
 from kicl.store.reader import open_store
@@ -129,7 +129,7 @@ def test_null_is_at_chance_on_random_attention(random_store):
 
 def test_null_rejects_the_planted_head(planted_store):
     ds = open_store(planted_store)
-    scores = reconstruction_scores(ds, np.arange(ds.sizes["prompt"]), ["max"], n_permutations=50)
+    scores = reconstruction_scores(ds, np.arange(ds.sizes["prompt"]), ["max"], null=NullOptions(n_permutations=50))
     assert float(scores["agree_pred_label_p_value"][0]) == pytest.approx(1 / 51)
     lay, head = Planted().label_head
     assert scores["agree_pred"].values[0, lay, head] > float(scores["agree_pred_label_null_q"][0])
@@ -215,8 +215,8 @@ def test_bootstrap_p():
 def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     from kicl.analysis.decision import DecisionRule
     from kicl.config import defaults_for
-    from kicl.figures.fig3_reconstruction import reconstruction_figure
-    from kicl.tables.table2 import table2
+    from kicl.figures.fig3_reconstruction import ReconstructionOptions, reconstruction_figure
+    from kicl.tables.table2 import Table2Options, table2
     from kicl.tables.verdict import write_verdict
     from kicl.workflow.summary import write_summary
 
@@ -225,8 +225,18 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     fig.mkdir(parents=True)
     tab.mkdir(parents=True)
     figs = [fig / "fig3a.png", fig / "fig3b.png", fig / "fig3_reconstruction.csv"]
-    reconstruction_figure(planted_store, *figs, pools=["max"], n_permutations=20, title="t")
-    table2("m", {"t": planted_store}, {}, tab / "table2.csv", tab / "table2.md", tab / "table2.tex", n_boot=50)
+    reconstruction_figure(
+        planted_store, *figs, ReconstructionOptions(pools=["max"], null=NullOptions(n_permutations=20)), title="t"
+    )
+    table2(
+        "m",
+        {"t": planted_store},
+        {},
+        tab / "table2.csv",
+        tab / "table2.md",
+        tab / "table2.tex",
+        Table2Options(n_boot=50),
+    )
     out = {"csv": tab / "verdict.csv", "md": tab / "verdict.md", "heads": tab / "verdict_heads.csv"}
     rule = DecisionRule.from_config({**defaults_for("analysis")["decision"], "n_boot": 50, "inner_folds": 2})
     check = {"candidate": "bfloat16", "chosen": "bfloat16", "prompts": 16, "prediction_agreement": 1.0}

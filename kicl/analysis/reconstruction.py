@@ -27,6 +27,8 @@ Plot-free: the drawing is kicl.figures.fig3_reconstruction.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -228,6 +230,15 @@ def position_null(
     return xr.Dataset(data, coords=coords, attrs={"n_permutations": n_permutations, "quantile": quantile, "seed": seed})
 
 
+@dataclass(frozen=True)
+class NullOptions:
+    """Fig 3's permutation nulls: how many permutations, their seed, and the family-wise quantile of the marks."""
+
+    n_permutations: int = 200
+    seed: int = 0
+    quantile: float = 0.95
+
+
 def reconstruction_scores(
     ds: xr.Dataset,
     prompts,
@@ -235,9 +246,7 @@ def reconstruction_scores(
     *,
     batch_size: int = 256,
     ties: str = "lowest",
-    n_permutations: int = 200,
-    seed: int = 0,
-    quantile: float = 0.95,
+    null: NullOptions | None = None,
     fit_split: str = "select",
 ) -> xr.Dataset:
     """Everything Fig 3 shows for `prompts`: per-head scores, the position-only kernel per head, the
@@ -260,8 +269,11 @@ def reconstruction_scores(
         scores[f"position_{name}"] = (("pooling", "layer", "head"), (position == ref[:, None, None, None]).mean(0))
         scores[f"baseline_{name}"] = (("baseline",), [float((fixed[b] == ref).mean()) for b in FIXED_BASELINES])
     scores = scores.assign_coords(baseline=list(FIXED_BASELINES))
-    label_null = label_permutation_null(ds, prompts, pools, n_permutations, seed, quantile, ties, observed=scores)
-    pos_null = position_null(ds, prompts, pools, n_permutations, seed, quantile, ties, observed=scores)
+    null = null or NullOptions()
+    label_null = label_permutation_null(
+        ds, prompts, pools, null.n_permutations, null.seed, null.quantile, ties, observed=scores
+    )
+    pos_null = position_null(ds, prompts, pools, null.n_permutations, null.seed, null.quantile, ties, observed=scores)
     scores = xr.merge([scores, label_null, pos_null], combine_attrs="no_conflicts")
     rule = ties if isinstance(ties, str) else "fitted on " + fit_split
     scores.attrs.update(n_prompts=len(prompts), fit_split=fit_split, ties=rule)
