@@ -14,6 +14,7 @@ accuracy in the CSV and in a second Markdown table, with intervals from the same
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -58,42 +59,58 @@ def _row_keys(encoders) -> list[tuple[str, str, str]]:
     return keys
 
 
-def lm_rows(
-    store,
-    task: str,
-    pooling: str,
-    n_boot: int,
-    seed: int,
-    level: float,
-    split: str = "heldout",
-    encoder_csvs: dict | None = None,
-    tau: float = np.nan,
-    ties: str = "lowest",
-    nested: bool = True,
-) -> list[dict]:
+@dataclass(frozen=True)
+class Table2Options:
+    """How Table 2 is computed: the kernel-weight pooling behind the head choice, the encoder-KR softmax
+    temperature, the bootstrap (``analysis.bootstrap``), the paper's aliases, the scored split, the vote-tie
+    rule and whether each resample repeats the head selection."""
+
+    pooling: str = "max"
+    tau: float = 0.1
+    n_boot: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    aliases: dict | None = None
+    split: str = "heldout"
+    ties: str = "fitted"
+    nested: bool = True
+
+
+def lm_rows(store, task: str, options: Table2Options, encoder_csvs: dict | None = None) -> list[dict]:
     """Every row of one task's store: ICL, the selected head, the baselines, encoder KR and the paired differences.
 
     `encoder_csvs`: encoder name -> its per-prompt KR predictions CSV for this task (scored on the same
     resamples, so their differences with the head are paired).
     """
     ds = open_store(store, needs=["kernel_weight", "demo_label", "prediction", "gold", "split"])
-    data = selection_data(ds, pooling, ties, score_split=split)
+    data = selection_data(ds, options.pooling, options.ties, score_split=options.split)
     encoders = []
     for encoder, csv in (encoder_csvs or {}).items():
-        for kernel, pred in encoder_predictions(csv, data.held_prompts, data.held_gold, split).items():
+        for kernel, pred in encoder_predictions(csv, data.held_prompts, data.held_gold, options.split).items():
             data.extra[f"encoder:{encoder}:{kernel}"] = pred
             encoders.append(f"encoder:{encoder}:{kernel}")
-    res = nested_bootstrap(data, n_boot, seed, level, nested)
+    res = nested_bootstrap(data, options.n_boot, options.seed, options.level, options.nested)
     layer, head = res["head"]
-    refs = {"prediction": data.held_pred, "gold": data.held_gold}
     base = {
         "task": task,
         "n": len(data.held_pred),
         "head": f"L{layer} H{head}",
         "select_agreement": res["select_agreement"],
         "selection_stability": res["stability"],
-        "pooling": pooling,
+        "pooling": options.pooling,
     }
+    rows = [{**base, **row} for row in _score_rows(res, data, encoders, options)]
+    rows += [{**base, **row} for row in _difference_rows(res, encoders, options.tau)]
+    for ref in ("prediction", "gold"):  # one family per reference: the head against every competitor
+        family = [r for r in rows if r["row"].startswith("diff:") and r["reference"] == ref]
+        for row, adjusted in zip(family, stats.holm([r["p_value"] for r in family])):
+            row["p_holm"] = adjusted
+    return rows
+
+
+def _score_rows(res: dict, data, encoders: list[str], options: Table2Options) -> list[dict]:
+    """One row per predictor and reference: the score with its interval, balanced accuracy and macro-F1."""
+    refs = {"prediction": data.held_pred, "gold": data.held_gold}
     rows = []
     for key, name, ref in _row_keys(encoders):
         value, low, high = res["scores"][(name, ref)]
@@ -101,10 +118,9 @@ def lm_rows(
         boot = resampled_classification_scores(
             res["resampled"]["preds"][name], refs[ref], data.n_labels, res["resampled"]["weights"]
         )
-        bounds = {m: stats.percentile_interval(boot[m], level) for m in ("balanced_accuracy", "macro_f1")}
+        bounds = {m: stats.percentile_interval(boot[m], options.level) for m in ("balanced_accuracy", "macro_f1")}
         rows.append(
             {
-                **base,
                 "row": key,
                 "reference": ref,
                 "value": value,
@@ -116,9 +132,15 @@ def lm_rows(
                 "macro_f1": extra["macro_f1"],
                 "macro_f1_low": bounds["macro_f1"][0],
                 "macro_f1_high": bounds["macro_f1"][1],
-                "tau": tau if key.endswith(":softmax") else np.nan,
+                "tau": options.tau if key.endswith(":softmax") else np.nan,
             }
         )
+    return rows
+
+
+def _difference_rows(res: dict, encoders: list[str], tau: float) -> list[dict]:
+    """The paired differences: selected head − each baseline (agreement and accuracy), − each encoder (accuracy)."""
+    rows = []
     for name in list(BASELINES) + encoders:
         for ref, what in (("prediction", "agreement"), ("gold", "accuracy")):
             if name.startswith("encoder:") and ref == "prediction":
@@ -126,7 +148,6 @@ def lm_rows(
             delta, low, high, p = res["diffs"][(name, ref)]
             rows.append(
                 {
-                    **base,
                     "row": f"diff:{what}:{name}",
                     "reference": ref,
                     "value": delta,
@@ -136,17 +157,12 @@ def lm_rows(
                     "tau": tau if name.endswith(":softmax") else np.nan,
                 }
             )
-    for ref in ("prediction", "gold"):  # one family per reference: the head against every competitor
-        family = [r for r in rows if r["row"].startswith("diff:") and r["reference"] == ref]
-        for row, adjusted in zip(family, stats.holm([r["p_value"] for r in family])):
-            row["p_holm"] = adjusted
     return rows
 
 
-def encoder_rows(
-    csv, task: str, encoder: str, tau: float, n_boot: int, seed: int, level: float, split: str = "heldout"
-) -> list[dict]:
+def encoder_rows(csv, task: str, encoder: str, options: Table2Options) -> list[dict]:
     """Encoder-KR rows (cosine, softmax) for one task from the per-prompt predictions CSV."""
+    tau, split = options.tau, options.split
     frame = pd.read_csv(csv)
     frame = frame[frame["split"] == split]
     if frame.empty:
@@ -154,7 +170,10 @@ def encoder_rows(
     rows = []
     for kernel in ("cosine", "softmax"):
         value, low, high = stats.bootstrap_mean(
-            frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(), n_boot=n_boot, seed=seed, level=level
+            frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(),
+            n_boot=options.n_boot,
+            seed=options.seed,
+            level=options.level,
         )
         rows.append(
             {
@@ -258,37 +277,21 @@ def add_paper_column(frame: pd.DataFrame, aliases: dict | None) -> pd.DataFrame:
     return frame
 
 
-def table2(
-    model: str,
-    stores: dict,
-    encoder_csvs: dict,
-    csv,
-    md,
-    tex,
-    *,
-    pooling="max",
-    tau=0.1,
-    n_boot=1000,
-    seed=0,
-    level=0.95,
-    aliases=None,
-    split="heldout",
-    ties="fitted",
-    nested=True,
-) -> pd.DataFrame:
+def table2(model: str, stores: dict, encoder_csvs: dict, csv, md, tex, options: Table2Options | None = None):
     """Table 2 for one model: `stores` task -> store path; `encoder_csvs` (encoder, task) -> KR predictions CSV."""
+    o = options or Table2Options()
     rows = []
     for task, store in stores.items():
         encoders = {encoder: path for (encoder, t), path in encoder_csvs.items() if t == task}
-        rows += lm_rows(store, task, pooling, n_boot, seed, level, split, encoders, tau, ties, nested)
-    frame = add_paper_column(pd.DataFrame(rows), aliases)
+        rows += lm_rows(store, task, o, encoders)
+    frame = add_paper_column(pd.DataFrame(rows), o.aliases)
     frame.insert(0, "model", model)
     order = {t: i for i, t in enumerate(stores)}
     frame = frame.sort_values("task", key=lambda s: s.map(order), kind="stable")
-    how = "nested (head re-selected in each resample)" if nested else "conditional on the selected head"
+    how = "nested (head re-selected in each resample)" if o.nested else "conditional on the selected head"
     caption = (
-        f"Table 2 ({model}): head chosen on 'select' by agreement with the ICL prediction (pooling '{pooling}'), "
-        f"scored on '{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples, {how}); "
+        f"Table 2 ({model}): head chosen on 'select' by agreement with the ICL prediction (pooling '{o.pooling}'), "
+        f"scored on '{o.split}'; {int(o.level * 100)}% percentile-bootstrap intervals ({o.n_boot} resamples, {how}); "
         "Δ rows: paired differences on the same resamples with two-sided bootstrap p-values, Holm-adjusted over "
         "the Δ rows of one task and reference; vote ties broken by the rule fitted on 'select'; "
         "paper = Han et al. Table 2 (GPT-J-6B) where the task matches."
@@ -297,29 +300,17 @@ def table2(
     return frame
 
 
-def encoder_table(
-    model: str,
-    encoder_csvs: dict,
-    csv,
-    md,
-    tex,
-    *,
-    tau=0.1,
-    n_boot=1000,
-    seed=0,
-    level=0.95,
-    aliases=None,
-    split="heldout",
-) -> pd.DataFrame:
+def encoder_table(model: str, encoder_csvs: dict, csv, md, tex, options: Table2Options | None = None):
     """Encoder-KR rows only (needs prompt files and encoders, no forward pass), with the paper's rows beside."""
+    o = options or Table2Options()
     rows = []
     for (encoder, task), path in encoder_csvs.items():
-        rows += encoder_rows(path, task, encoder, tau, n_boot, seed, level, split)
-    frame = add_paper_column(pd.DataFrame(rows), aliases)
+        rows += encoder_rows(path, task, encoder, o)
+    frame = add_paper_column(pd.DataFrame(rows), o.aliases)
     frame.insert(0, "model", model)
     caption = (
         f"Sentence-encoder kernel regression over the in-prompt demonstrations of the {model} prompts, scored on "
-        f"'{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples); "
+        f"'{o.split}'; {int(o.level * 100)}% percentile-bootstrap intervals ({o.n_boot} resamples); "
         "paper = Han et al. Table 2."
     )
     write_table(frame, csv, md, tex, caption)
