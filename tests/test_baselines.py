@@ -217,7 +217,7 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     from kicl.config import defaults_for
     from kicl.figures.fig3_reconstruction import ReconstructionOptions, reconstruction_figure
     from kicl.tables.table2 import Table2Options, table2
-    from kicl.tables.verdict import write_verdict
+    from kicl.tables.verdict import VerdictInputs, write_verdict
     from kicl.workflow.summary import write_summary
 
     fig = tmp_path / "results/figures/m/t/paper"
@@ -242,7 +242,8 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     check = {"candidate": "bfloat16", "chosen": "bfloat16", "prompts": 16, "prediction_agreement": 1.0}
     check |= {"max_kernel_diff": 0.042, "mean_kernel_diff": 0.0007, "max_label_logit_diff": 0.46}
     (tab / "dtype.json").write_text(json.dumps(check))
-    write_verdict("m", "paper", {"t": planted_store}, {}, rule, "max", "fitted", out, tab / "dtype.json")
+    inputs = VerdictInputs({"t": planted_store}, {}, tab / "dtype.json")
+    write_verdict("m", "paper", inputs, rule, "max", "fitted", out)
     assert "largest |Δ kernel weight| 0.042" in (tab / "verdict.md").read_text()
     entries = [
         {"what": "Fig 3", "rule": "fig3_reconstruction", "files": [str(f) for f in figs]},

@@ -300,12 +300,14 @@ def test_job_threads_do_not_reach_the_numbers(tmp_path, monkeypatch):
     try:
         for threads in (1, 2):
             capture = {"dtype": "bfloat16", "kv_prompts": 2}
-            path = run.run_capture(meta, prompts, manifest, tmp_path / f"t{threads}.zarr", capture, threads=threads)
+            path = run.run_capture(
+                meta, prompts, manifest, tmp_path / f"t{threads}.zarr", capture, run.CaptureJob(threads=threads)
+            )
             stores[threads] = open_store(path, needs="all")
         assert set(seen) == {1}, f"the capture computed at {sorted(set(seen))} threads"
         seen.clear()
         capture = {"dtype": "bfloat16", "kv_prompts": 0, "intra_op_threads": 0}  # 0: the job's threads, as before
-        run.run_capture(meta, prompts, manifest, tmp_path / "job.zarr", capture, threads=2)
+        run.run_capture(meta, prompts, manifest, tmp_path / "job.zarr", capture, run.CaptureJob(threads=2))
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)

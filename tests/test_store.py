@@ -192,13 +192,13 @@ def test_shard_dir_accepts_only_verified_shards(tmp_path):
 
 RUNNER = """
 import json, sys, time
-from kicl.capture.run import run_capture
+from kicl.capture.run import CaptureJob, run_capture
 args = json.loads(sys.argv[1])
 delay = args.pop("delay")
 def done(name):
     print(name, flush=True)
     time.sleep(delay)
-run_capture(**args, threads=1, on_shard_done=done)
+run_capture(**args, job=CaptureJob(threads=1, on_shard_done=done))
 """
 
 

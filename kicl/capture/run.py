@@ -68,6 +68,7 @@ __all__ = [
     "SIMPRED_CONTEXTS",
     "BatchResult",
     "CaptureError",
+    "CaptureJob",
     "CaptureOptions",
     "CaptureSession",
     "ModelShape",
@@ -153,26 +154,34 @@ def _check_prompts_fit(manifest: dict, meta: dict, prompts: list[dict], where: s
     return longest
 
 
+@dataclass(frozen=True)
+class CaptureJob:
+    """How one job runs a capture: where its resumable work lands (``parts_path``, default ``<store>.parts``), the
+    shared P(o|x) cache, the workflow's dtype decision, the job's cores, and a callback after each finished shard."""
+
+    parts_path: str | Path | None = None
+    simpred_cache: str | Path | None = None
+    dtype_decision: str | Path | None = None
+    threads: int | None = None
+    on_shard_done: Callable[[str], None] | None = None
+
+
 def run_capture(
     meta_path: str | Path,
     prompts_path: str | Path,
     manifest: str | Path | dict,
     store_path: str | Path,
     capture: dict,
+    job: CaptureJob | None = None,
     *,
-    parts_path: str | Path | None = None,
-    simpred_cache: str | Path | None = None,
-    dtype_decision: str | Path | None = None,
     config_attrs: dict | None = None,
-    threads: int | None = None,
-    on_shard_done: Callable[[str], None] | None = None,
 ) -> Path:
     """Capture a whole prompt set into the Zarr store ``store_path`` (resumable; see the module docstring).
 
     ``manifest`` is the model manifest (kicl.data.models) or a dict with at least ``path`` (a HF folder);
     ``capture`` the ``capture:`` config section; ``config_attrs`` the resolved config recorded in the store.
-    Work lands in ``parts_path`` (default: ``<store>.parts`` next to the store), removed after success.
-    ``dtype_decision``: the JSON record of the workflow's per-model dtype check
+    ``job`` (:class:`CaptureJob`): work lands in ``parts_path`` (default: ``<store>.parts`` next to the store),
+    removed after success. ``dtype_decision``: the JSON record of the workflow's per-model dtype check
     (:func:`kicl.capture.dtype_check.write_dtype_decision`), which settles a ``capture.dtype: auto`` instead of a
     check of this job's own prompts.
     ``simpred_cache``: root of the shared P(o|x) cache (e.g. ``results/simpred/{model}``; kicl.capture.simpred_cache),
@@ -182,19 +191,20 @@ def run_capture(
     """
     from kicl.data.models import read_manifest
 
+    job = job or CaptureJob()
     store_path = Path(store_path)
-    parts_path = Path(parts_path) if parts_path else store_path.with_name(store_path.stem + ".parts")
+    parts_path = Path(job.parts_path) if job.parts_path else store_path.with_name(store_path.stem + ".parts")
     manifest = read_manifest(manifest)
     options = CaptureOptions.from_config(capture, manifest)
     meta, prompts = read_prompt_set(meta_path, prompts_path)
-    options.fix_threads(threads)
-    model, shape, options, dtype_check = _load_model(manifest, options, meta, prompts, dtype_decision)
+    options.fix_threads(job.threads)
+    model, shape, options, dtype_check = _load_model(manifest, options, meta, prompts, job.dtype_decision)
     run = CaptureRun(prompts, meta, manifest, options, shape, max(len(p["demos"]) for p in prompts))
     fingerprint = _fingerprint(
         Path(meta_path), Path(prompts_path), asdict(options), manifest, _versions(), SHARD_FORMAT
     )
     parts = ShardDir(parts_path, fingerprint)
-    shard_names, simpred_record = _capture_shards(run, model, parts, simpred_cache, on_shard_done)
+    shard_names, simpred_record = _capture_shards(run, model, parts, job.simpred_cache, job.on_shard_done)
     extra_attrs = {"dtype_check": dtype_check, "simpred": simpred_record}
     _assemble(run, store_path, parts, shard_names, {**_store_attrs(run, config_attrs), **extra_attrs})
     parts.remove()

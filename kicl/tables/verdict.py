@@ -9,6 +9,7 @@ and the selected head's label invariance. A second CSV holds every head's number
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -147,12 +148,19 @@ def noise_floor_line(dtype_check) -> str:
     )
 
 
-def write_verdict(
-    model, condition, stores: dict, partners: dict, rule: DecisionRule, pooling, ties, out, dtype_check=None
-) -> None:
-    """verdict.csv, verdict.md and verdict_heads.csv (paths in `out`) for the stores {task: path}; a task with a
-    store in `partners` (its label-flip condition) gets the label-invariance criterion; `dtype_check` (the JSON
-    of the dtype_check rule, if it ran) adds the numeric noise floor."""
+@dataclass(frozen=True)
+class VerdictInputs:
+    """The stores of one (model, condition) by task, each task's label-flip partner store where it has one (the
+    label-invariance criterion), and the dtype check's JSON if that rule ran (the numeric noise floor)."""
+
+    stores: dict
+    partners: dict = field(default_factory=dict)
+    dtype_check: str | Path | None = None
+
+
+def write_verdict(model, condition, inputs: VerdictInputs, rule: DecisionRule, pooling, ties, out) -> None:
+    """verdict.csv, verdict.md and verdict_heads.csv (paths in `out`) for the stores of `inputs`."""
+    stores, partners, dtype_check = inputs.stores, inputs.partners, inputs.dtype_check
     rows, heads = [], []
     for task, store in stores.items():
         data = load_decision_data(store, pooling, partners.get(task), ties)
