@@ -119,7 +119,7 @@ def planted_store(tmp_path_factory):
 def test_null_is_at_chance_on_random_attention(random_store):
     ds = open_store(random_store)
     prompts = np.arange(ds.sizes["prompt"])
-    null = label_permutation_null(ds, prompts, ["max"], n_permutations=100, seed=1)
+    null = label_permutation_null(ds, prompts, ["max"], NullOptions(n_permutations=100, seed=1))
     sd = np.sqrt(0.25 / len(prompts))
     # the null maximum over 6 heads sits a little above chance (0.5), well under 0.5 + 4 sd
     assert 0.5 < float(null["agree_pred_label_null_mean"][0]) < 0.5 + 3 * sd

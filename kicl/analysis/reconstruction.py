@@ -106,13 +106,20 @@ def null_max(
     return out
 
 
+@dataclass(frozen=True)
+class NullOptions:
+    """Fig 3's permutation nulls: how many permutations, their seed, and the family-wise quantile of the marks."""
+
+    n_permutations: int = 200
+    seed: int = 0
+    quantile: float = 0.95
+
+
 def label_permutation_null(
     ds: xr.Dataset,
     prompts,
     pools,
-    n_permutations: int = 200,
-    seed: int = 0,
-    quantile: float = 0.95,
+    null: NullOptions = NullOptions(),
     ties: str = "lowest",
     observed: xr.Dataset | None = None,
 ) -> xr.Dataset:
@@ -121,6 +128,7 @@ def label_permutation_null(
 
     `observed` = head_reconstruction(ds, prompts, pools) when already computed.
     """
+    n_permutations, seed, quantile = null.n_permutations, null.seed, null.quantile
     if n_permutations < 1:
         raise ValueError(f"analysis.n_permutations must be >= 1, got {n_permutations}")
     prompts = np.sort(np.asarray(prompts, dtype=int))
@@ -188,9 +196,7 @@ def position_null(
     ds: xr.Dataset,
     prompts,
     pools,
-    n_permutations: int = 200,
-    seed: int = 0,
-    quantile: float = 0.95,
+    null: NullOptions = NullOptions(),
     ties: str = "lowest",
     observed: xr.Dataset | None = None,
 ) -> xr.Dataset:
@@ -201,6 +207,7 @@ def position_null(
     `{score}_position_p` (family-wise p) and `{score}_above_null` (p ≤ 1 − quantile). Attribute-like scalars:
     `{score}_position_p_best` (the smallest family-wise p = the max-statistic p-value).
     """
+    n_permutations, seed, quantile = null.n_permutations, null.seed, null.quantile
     if n_permutations < 1:
         raise ValueError(f"analysis.n_permutations must be >= 1, got {n_permutations}")
     prompts = np.sort(np.asarray(prompts, dtype=int))
@@ -228,15 +235,6 @@ def position_null(
         data[f"{name}_position_p_best"] = ((), float(np.nanmin(test["p_max"])))
     coords = {"pooling": list(pools), "layer": np.arange(n_layers), "head": np.arange(n_heads)}
     return xr.Dataset(data, coords=coords, attrs={"n_permutations": n_permutations, "quantile": quantile, "seed": seed})
-
-
-@dataclass(frozen=True)
-class NullOptions:
-    """Fig 3's permutation nulls: how many permutations, their seed, and the family-wise quantile of the marks."""
-
-    n_permutations: int = 200
-    seed: int = 0
-    quantile: float = 0.95
 
 
 def reconstruction_scores(
@@ -270,10 +268,8 @@ def reconstruction_scores(
         scores[f"baseline_{name}"] = (("baseline",), [float((fixed[b] == ref).mean()) for b in FIXED_BASELINES])
     scores = scores.assign_coords(baseline=list(FIXED_BASELINES))
     null = null or NullOptions()
-    label_null = label_permutation_null(
-        ds, prompts, pools, null.n_permutations, null.seed, null.quantile, ties, observed=scores
-    )
-    pos_null = position_null(ds, prompts, pools, null.n_permutations, null.seed, null.quantile, ties, observed=scores)
+    label_null = label_permutation_null(ds, prompts, pools, null, ties, observed=scores)
+    pos_null = position_null(ds, prompts, pools, null, ties, observed=scores)
     scores = xr.merge([scores, label_null, pos_null], combine_attrs="no_conflicts")
     rule = ties if isinstance(ties, str) else "fitted on " + fit_split
     scores.attrs.update(n_prompts=len(prompts), fit_split=fit_split, ties=rule)

@@ -234,3 +234,15 @@ def asset_location(section: str, name: str, spec: dict, resources: str | Path = 
     if source == "hub":
         return spec["hub"]["id"], spec["hub"].get("revision")
     raise ValueError(f"{section}.{name}.source: unknown source {source!r} (use hub, local or {packaged})")
+
+
+def asset_manifest(name: str, spec: dict, folder: Path, location: str, revision: str | None) -> dict:
+    """The manifest entries every model and encoder has: name, source, the folder to load, Hub id, revision, commit."""
+    return {
+        "name": name,
+        "source": spec["source"],
+        "path": str(folder),
+        "id": location,
+        "revision": revision,
+        "commit": folder.name if spec["source"] == "hub" else None,
+    }

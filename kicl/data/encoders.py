@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kicl.data.assets import AssetError, asset_location, fetch_packaged, hub_snapshot
+from kicl.data.assets import AssetError, asset_location, asset_manifest, fetch_packaged, hub_snapshot
 from kicl.fileio import atomic_directory, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,7 @@ def write_encoder_manifest(name: str, spec: dict, out_json: str | Path, resource
         folder = Path(location)
     _check_encoder_folder(name, folder)
     manifest = {
-        "name": name,
-        "source": spec["source"],
-        "path": str(folder),
-        "id": location,
-        "revision": revision,
-        "commit": folder.name if spec["source"] == "hub" else None,
+        **asset_manifest(name, spec, folder, location, revision),
         "device": spec.get("device", "cpu"),
     }
     write_text_atomic(out_json, json.dumps(manifest, indent=1) + "\n")

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kicl.data.assets import AssetError, asset_location, hub_snapshot, join_packaged_parts
+from kicl.data.assets import AssetError, asset_location, asset_manifest, hub_snapshot, join_packaged_parts
 from kicl.fileio import atomic_directory, sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,7 @@ def write_model_manifest(name: str, spec: dict, out_json: str | Path, resources:
     _check_folder(name, folder, f"models.{name}.{spec['source']}")
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     manifest = {
-        "name": name,
-        "source": spec["source"],
-        "path": str(folder),
-        "id": location,
-        "revision": revision,
-        "commit": folder.name if spec["source"] == "hub" else None,
+        **asset_manifest(name, spec, folder, location, revision),
         "dtype": spec.get("dtype", "float32"),
         "device": spec.get("device", "cpu"),
         "architecture": (config.architectures or [config.model_type])[0],
