@@ -77,9 +77,10 @@ def main() -> None:
     from kicl.capture.dtype_check import compare_outputs
     from kicl.capture.model import load_capture_model
     from kicl.capture.options import CaptureOptions
-    from kicl.capture.run import predict, read_prompts
+    from kicl.capture.run import predict
     from kicl.config import cpu_has_native_bf16
     from kicl.data.models import read_manifest
+    from kicl.prompts.files import read_prompt_set
 
     torch.set_num_threads(args.threads)
     manifest = read_manifest(Path(f"resources/models/{args.model}.json"))
@@ -90,7 +91,7 @@ def main() -> None:
         folder = Path(f"results/prompts/{args.model}/{task}/{args.condition}")
         if not folder.is_dir():
             folder = Path(f"results/prompts/{args.model}/{task}")
-        meta, prompts = read_prompts(folder / "meta.json", folder / "prompts.jsonl")
+        meta, prompts = read_prompt_set(folder / "meta.json", folder / "prompts.jsonl")
         sample = prompts[: args.prompts]
         gold = np.array([p["gold"] for p in sample])
         outputs, seconds = paired_runs(models, sample, meta, options)

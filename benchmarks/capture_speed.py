@@ -56,23 +56,13 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: int, profile: str | None) -> dict:
-    """Load the model for one variant, time n_prompts forward passes of ``length`` tokens, report memory."""
-    import gc
-
-    import numpy as np
+def _variant_model(variant: str, model_dir: str):
+    """(model, shape) for one variant: the capture attention for capture and ablation_step, else eager or sdpa."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kicl.capture.run import (
-        CAPTURE_ATTENTION,
-        forward_batch,
-        kernel_weights,
-        prepare_model,
-        register_capture_attention,
-    )
+    from kicl.capture.run import CAPTURE_ATTENTION, prepare_model, register_capture_attention
 
-    torch.set_num_threads(threads)
     register_capture_attention()
     attention = {
         "capture": CAPTURE_ATTENTION,
@@ -84,14 +74,19 @@ def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: i
     }[variant]
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention, dtype=torch.float32).eval()
     shape = prepare_model(model) if variant in ("capture", "ablation_step") else None
-    n_params = sum(p.numel() for p in model.parameters())
-    vocab = model.config.vocab_size
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(100, vocab - 100, size=length).tolist() for _ in range(n_prompts + 1)]
+    return model, shape
+
+
+def _variant_pass(variant: str, model, shape, length: int, prefill_times: list):
+    """One forward pass of the variant on a prompt (ids); ablation_step returns (logits, step seconds) and
+    records the prefill time in `prefill_times`."""
+    import numpy as np
+    import torch
+
+    from kicl.capture.run import forward_batch, kernel_weights
+
     starts = np.linspace(20, length - 40, 8).astype(int)
     labels = starts + 20
-
-    prefill_times = []
 
     def run(ids):
         if variant == "ablation_step":
@@ -117,6 +112,25 @@ def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: i
             return model(torch.tensor([ids]), **kwargs).logits[:, -1]
         with torch.inference_mode():
             return model(torch.tensor([ids]), **kwargs).logits[:, -1]
+
+    return run
+
+
+def worker(variant: str, model_dir: str, length: int, n_prompts: int, threads: int, profile: str | None) -> dict:
+    """Load the model for one variant, time n_prompts forward passes of ``length`` tokens, report memory."""
+    import gc
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    model, shape = _variant_model(variant, model_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(100, vocab - 100, size=length).tolist() for _ in range(n_prompts + 1)]
+    prefill_times = []
+    run = _variant_pass(variant, model, shape, length, prefill_times)
 
     with torch.no_grad():  # fault in lazily mapped weight pages, so that they count as loaded, not as activations
         checksum = sum(float(p.float().sum()) for p in model.parameters())
@@ -179,7 +193,7 @@ def _spawn(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resources/models/smollm2-135m", help="HF model folder")
     parser.add_argument("--lengths", type=int, nargs="+", default=[300, 1000])
@@ -191,16 +205,11 @@ def main() -> None:
     parser.add_argument("--worker", choices=VARIANTS + ("matmul",), help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker == "matmul":
-        print(json.dumps({"matmul_gflops": matmul_rate(args.threads)}))
-        return
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.length, args.prompts, args.threads, args.profile)))
-        return
-    if not Path(args.model, "config.json").exists():
-        sys.exit(f"no model folder at {args.model}: run the workflow's model conversion first or pass --model")
+    return parser.parse_args()
 
+
+def _measure(args) -> tuple[list[dict], float, tuple, tuple]:
+    """(one row per length and variant, the matmul rate, load averages before and after), each in a fresh process."""
     load_before = os.getloadavg()
     rate = _spawn(["--worker", "matmul", "--threads", str(args.threads)])["matmul_gflops"]
     rows = []
@@ -235,7 +244,11 @@ def main() -> None:
                 flush=True,
             )
     load_after = os.getloadavg()
+    return rows, rate, load_before, load_after
 
+
+def _report(args, rows: list[dict], rate: float, load_before: tuple, load_after: tuple) -> None:
+    """The Markdown table and the ratios against the targets, on stdout."""
     print(
         f"model {args.model} ({rows[0]['params'] / 1e6:.1f}M parameters, fp32), {args.threads} threads, "
         f"batch 1, {args.prompts} timed prompts per cell"
@@ -274,6 +287,21 @@ def main() -> None:
                     f"capture/{name} time {cap['seconds_per_prompt'] / other['seconds_per_prompt']:.2f}x (target <= 1.3)"
                 )
         print(f"L={length}: " + "; ".join(lines))
+
+
+def main() -> None:
+    args = _arguments()
+    if args.worker == "matmul":
+        print(json.dumps({"matmul_gflops": matmul_rate(args.threads)}))
+        return
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.length, args.prompts, args.threads, args.profile)))
+        return
+    if not Path(args.model, "config.json").exists():
+        sys.exit(f"no model folder at {args.model}: run the workflow's model conversion first or pass --model")
+
+    rows, rate, load_before, load_after = _measure(args)
+    _report(args, rows, rate, load_before, load_after)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

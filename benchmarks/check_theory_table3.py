@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kicl.theory.table3 import PAPER_TABLE3
+from kicl.tables.paper import PAPER_TABLE3
 
 TABLE = Path("results/theory/table3.csv")
 BENCHMARK = Path("benchmarks/out/theory_table3.tsv")

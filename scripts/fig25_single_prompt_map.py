@@ -3,16 +3,18 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.figures.fig2_attention_map import attention_map_figure
+from kicl.figures.fig2_attention_map import AttentionMapOptions, attention_map_figure
 
 attention_map_figure(
     snakemake.input.store,
     snakemake.output.png,
     snakemake.output.csv,
-    rescale_len=snakemake.params.rescale_len,
-    mode=snakemake.params.rescale_mode,
+    AttentionMapOptions(
+        rescale_len=snakemake.params.rescale_len,
+        mode=snakemake.params.rescale_mode,
+        color_scale=snakemake.params.color_scale,
+        vmax_quantile=snakemake.params.vmax_quantile,
+    ),
     prompt=snakemake.params.prompt,
-    color_scale=snakemake.params.color_scale,
-    vmax_quantile=snakemake.params.vmax_quantile,
     title=f"Fig 25: {snakemake.wildcards.model} / {snakemake.wildcards.task}",
 )

@@ -3,6 +3,7 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
+from kicl.analysis.probes import ProbeOptions
 from kicl.figures.fig5_kv_probes import probe_figure
 
 probe_figure(
@@ -10,10 +11,12 @@ probe_figure(
     snakemake.output.png_keys,
     snakemake.output.png_values,
     snakemake.output.csv,
-    alpha=snakemake.params.alpha,
-    test_fraction=snakemake.params.test_fraction,
-    seed=snakemake.params.seed,
-    n_null=snakemake.params.n_null,
-    keys=snakemake.params.key_variable,
+    ProbeOptions(
+        alpha=snakemake.params.alpha,
+        test_fraction=snakemake.params.test_fraction,
+        seed=snakemake.params.seed,
+        n_null=snakemake.params.n_null,
+        keys=snakemake.params.key_variable,
+    ),
     title=f"Fig 5: {snakemake.wildcards.model} / {snakemake.wildcards.task}",
 )

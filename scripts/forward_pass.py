@@ -3,7 +3,7 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.capture.run import run_capture
+from kicl.capture.run import CaptureJob, run_capture
 
 run_capture(
     meta_path=snakemake.input.meta,
@@ -11,8 +11,10 @@ run_capture(
     manifest=snakemake.input.model,
     store_path=snakemake.output[0],
     capture=snakemake.params.capture,
-    simpred_cache=snakemake.params.simpred_cache,
-    dtype_decision=snakemake.params.dtype_decision,
+    job=CaptureJob(
+        simpred_cache=snakemake.params.simpred_cache,
+        dtype_decision=snakemake.params.dtype_decision,
+        threads=snakemake.threads,
+    ),
     config_attrs=snakemake.params.record,
-    threads=snakemake.threads,
 )

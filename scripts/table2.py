@@ -3,7 +3,7 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.tables.table2 import table2
+from kicl.tables.table2 import Table2Options, table2
 
 named = dict(snakemake.input.items())  # store_<task>, kr_<encoder>_<task>
 tasks, encoders = snakemake.params.tasks, snakemake.params.encoders
@@ -14,10 +14,12 @@ table2(
     snakemake.output.csv,
     snakemake.output.md,
     snakemake.output.tex,
-    pooling=snakemake.params.pooling,
-    tau=snakemake.params.tau,
-    aliases=snakemake.params.aliases,
-    ties=snakemake.params.vote_ties,
-    nested=snakemake.params.nested,
-    **snakemake.params.bootstrap,
+    Table2Options(
+        pooling=snakemake.params.pooling,
+        tau=snakemake.params.tau,
+        aliases=snakemake.params.aliases,
+        ties=snakemake.params.vote_ties,
+        nested=snakemake.params.nested,
+        **snakemake.params.bootstrap,
+    ),
 )

@@ -3,7 +3,7 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.tables.table2 import encoder_table
+from kicl.tables.table2 import Table2Options, encoder_table
 
 named = dict(snakemake.input.items())  # kr_<encoder>_<task>
 tasks, encoders = snakemake.params.tasks, snakemake.params.encoders
@@ -13,7 +13,5 @@ encoder_table(
     snakemake.output.csv,
     snakemake.output.md,
     snakemake.output.tex,
-    tau=snakemake.params.tau,
-    aliases=snakemake.params.aliases,
-    **snakemake.params.bootstrap,
+    Table2Options(tau=snakemake.params.tau, aliases=snakemake.params.aliases, **snakemake.params.bootstrap),
 )

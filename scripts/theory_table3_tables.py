@@ -3,7 +3,7 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.theory.table3 import write_table3_tables
+from kicl.tables.table3 import write_table3_tables
 
 write_table3_tables(
     snakemake.input.table,

@@ -122,11 +122,11 @@ def test_no_ablation_in_the_forward_batches_reproduces_store_logits_exactly(tiny
     from transformers import AutoModelForCausalLM
 
     from kicl.capture.handlers import HeadAblation
-    from kicl.capture.run import read_prompts
     from kicl.capture.session import CaptureSession
+    from kicl.prompts.files import read_prompt_set
 
     root, manifest, meta_path, prompts_path, store = tiny_store
-    meta, prompts = read_prompts(meta_path, prompts_path)
+    meta, prompts = read_prompt_set(meta_path, prompts_path)
     model = AutoModelForCausalLM.from_pretrained(manifest["path"], dtype=torch.float32).eval()
     ds = xr.open_zarr(store)
     got = np.empty_like(ds["label_logits"].values)

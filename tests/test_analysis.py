@@ -12,10 +12,11 @@ from kicl.analysis.encoder_kr import kernel_regression
 from kicl.analysis.reconstruction import head_reconstruction, label_votes
 from kicl.analysis.stats import bootstrap_mean
 from kicl.figures.fig2_attention_map import attention_map_figure
-from kicl.figures.fig3_reconstruction import reconstruction_figure
+from kicl.figures.fig3_reconstruction import ReconstructionOptions, reconstruction_figure
 from kicl.store.reader import StoreError, open_store, string_values
 from kicl.store.synthetic import Planted, make_synthetic_store
-from kicl.tables.table2 import paper_value, table2, wide_table
+from kicl.tables.paper import paper_table2_value
+from kicl.tables.table2 import Table2Options, table2, wide_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -78,7 +79,9 @@ def test_random_attention_gives_chance(random_store):
 
 def test_reconstruction_figure_writes_csv_of_plotted_numbers(planted_store, tmp_path):
     out = [tmp_path / name for name in ("a.png", "b.png", "f.csv")]
-    scores = reconstruction_figure(planted_store, *out, pools=["max", "label"], splits=["select"], title="t")
+    scores = reconstruction_figure(
+        planted_store, *out, ReconstructionOptions(pools=["max", "label"], splits=["select"]), title="t"
+    )
     frame = pd.read_csv(out[2])
     assert set(frame["pooling"]) == {"max", "label"}
     assert out[0].stat().st_size > 1000 and out[1].stat().st_size > 1000
@@ -189,13 +192,14 @@ def test_encoder_kr_equals_direct_computation():
 
 
 def test_paper_values_match_by_name_and_alias():
-    assert paper_value("icl_accuracy", "sst2") == 0.805
-    assert paper_value("encoder:all-MiniLM-L6-v2:cosine", "tweet_eval_offensive") == 0.588
+    assert paper_table2_value("icl_accuracy", "sst2") == 0.805
+    assert paper_table2_value("encoder:all-MiniLM-L6-v2:cosine", "tweet_eval_offensive") == 0.588
     assert (
-        paper_value("encoder:minilm:cosine", "hate", {"minilm": "all-MiniLM-L6-v2", "hate": "tweet_eval_hate"}) == 0.548
+        paper_table2_value("encoder:minilm:cosine", "hate", {"minilm": "all-MiniLM-L6-v2", "hate": "tweet_eval_hate"})
+        == 0.548
     )
-    assert paper_value("encoder:all-MiniLM-L6-v2:softmax", "sst2") is None
-    assert paper_value("icl_accuracy", "movie_snippets") is None
+    assert paper_table2_value("encoder:all-MiniLM-L6-v2:softmax", "sst2") is None
+    assert paper_table2_value("icl_accuracy", "movie_snippets") is None
 
 
 def test_table2_selects_planted_head(planted_store, tmp_path):
@@ -208,7 +212,9 @@ def test_table2_selects_planted_head(planted_store, tmp_path):
     kr_csv = tmp_path / "kr.csv"
     records.to_csv(kr_csv, index=False)
     out = [tmp_path / f"t.{ext}" for ext in ("csv", "md", "tex")]
-    frame = table2("synthetic", {"sst2": planted_store}, {("all-MiniLM-L6-v2", "sst2"): kr_csv}, *out, n_boot=200)
+    frame = table2(
+        "synthetic", {"sst2": planted_store}, {("all-MiniLM-L6-v2", "sst2"): kr_csv}, *out, Table2Options(n_boot=200)
+    )
     layer, head = Planted().label_head
     assert set(frame["head"].dropna()) == {f"L{layer} H{head}"}
     got = frame.set_index("row")

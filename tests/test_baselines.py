@@ -20,7 +20,7 @@ from kicl.analysis.baselines import (
     position_predictions,
 )
 from kicl.analysis.head_selection import head_ranking, nested_bootstrap, selection_data
-from kicl.analysis.reconstruction import label_permutation_null, reconstruction_scores
+from kicl.analysis.reconstruction import NullOptions, label_permutation_null, reconstruction_scores
 from kicl.analysis.stats import bootstrap_p
 from kicl.analysis.votes import permute_within_prompts
 from kicl.store.reader import open_store
@@ -119,7 +119,7 @@ def planted_store(tmp_path_factory):
 def test_null_is_at_chance_on_random_attention(random_store):
     ds = open_store(random_store)
     prompts = np.arange(ds.sizes["prompt"])
-    null = label_permutation_null(ds, prompts, ["max"], n_permutations=100, seed=1)
+    null = label_permutation_null(ds, prompts, ["max"], NullOptions(n_permutations=100, seed=1))
     sd = np.sqrt(0.25 / len(prompts))
     # the null maximum over 6 heads sits a little above chance (0.5), well under 0.5 + 4 sd
     assert 0.5 < float(null["agree_pred_label_null_mean"][0]) < 0.5 + 3 * sd
@@ -129,7 +129,7 @@ def test_null_is_at_chance_on_random_attention(random_store):
 
 def test_null_rejects_the_planted_head(planted_store):
     ds = open_store(planted_store)
-    scores = reconstruction_scores(ds, np.arange(ds.sizes["prompt"]), ["max"], n_permutations=50)
+    scores = reconstruction_scores(ds, np.arange(ds.sizes["prompt"]), ["max"], null=NullOptions(n_permutations=50))
     assert float(scores["agree_pred_label_p_value"][0]) == pytest.approx(1 / 51)
     lay, head = Planted().label_head
     assert scores["agree_pred"].values[0, lay, head] > float(scores["agree_pred_label_null_q"][0])
@@ -215,9 +215,9 @@ def test_bootstrap_p():
 def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     from kicl.analysis.decision import DecisionRule
     from kicl.config import defaults_for
-    from kicl.figures.fig3_reconstruction import reconstruction_figure
-    from kicl.tables.table2 import table2
-    from kicl.tables.verdict import write_verdict
+    from kicl.figures.fig3_reconstruction import ReconstructionOptions, reconstruction_figure
+    from kicl.tables.table2 import Table2Options, table2
+    from kicl.tables.verdict import VerdictInputs, write_verdict
     from kicl.workflow.summary import write_summary
 
     fig = tmp_path / "results/figures/m/t/paper"
@@ -225,14 +225,25 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     fig.mkdir(parents=True)
     tab.mkdir(parents=True)
     figs = [fig / "fig3a.png", fig / "fig3b.png", fig / "fig3_reconstruction.csv"]
-    reconstruction_figure(planted_store, *figs, pools=["max"], n_permutations=20, title="t")
-    table2("m", {"t": planted_store}, {}, tab / "table2.csv", tab / "table2.md", tab / "table2.tex", n_boot=50)
+    reconstruction_figure(
+        planted_store, *figs, ReconstructionOptions(pools=["max"], null=NullOptions(n_permutations=20)), title="t"
+    )
+    table2(
+        "m",
+        {"t": planted_store},
+        {},
+        tab / "table2.csv",
+        tab / "table2.md",
+        tab / "table2.tex",
+        Table2Options(n_boot=50),
+    )
     out = {"csv": tab / "verdict.csv", "md": tab / "verdict.md", "heads": tab / "verdict_heads.csv"}
     rule = DecisionRule.from_config({**defaults_for("analysis")["decision"], "n_boot": 50, "inner_folds": 2})
     check = {"candidate": "bfloat16", "chosen": "bfloat16", "prompts": 16, "prediction_agreement": 1.0}
     check |= {"max_kernel_diff": 0.042, "mean_kernel_diff": 0.0007, "max_label_logit_diff": 0.46}
     (tab / "dtype.json").write_text(json.dumps(check))
-    write_verdict("m", "paper", {"t": planted_store}, {}, rule, "max", "fitted", out, tab / "dtype.json")
+    inputs = VerdictInputs({"t": planted_store}, {}, tab / "dtype.json")
+    write_verdict("m", "paper", inputs, rule, "max", "fitted", out)
     assert "largest |Δ kernel weight| 0.042" in (tab / "verdict.md").read_text()
     entries = [
         {"what": "Fig 3", "rule": "fig3_reconstruction", "files": [str(f) for f in figs]},

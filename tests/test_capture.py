@@ -11,11 +11,10 @@ from forward_fixtures import eager_reference, make_model_folder, make_prompts, m
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from kicl.capture.adapters import attention_modules, prerope_key_module  # noqa: E402
 from kicl.capture.run import (  # noqa: E402
     CaptureError,
     CaptureOptions,
-    _attention_modules,
-    _prerope_key_module,
     forward_batch,
     kernel_weights,
     kv_positions,
@@ -64,8 +63,8 @@ def _prerope_reference(eager_model, sequence, head_dim):
         else:  # (1, T, n_kv * d) or (1, T, n_kv, d)
             captured.append(output[0].reshape(length, -1, head_dim).transpose(0, 1))
 
-    for attention in _attention_modules(eager_model):
-        module = getattr(attention, "k_norm", None) or _prerope_key_module(attention)[0]
+    for attention in attention_modules(eager_model):
+        module = getattr(attention, "k_norm", None) or prerope_key_module(attention)[0]
         handles.append(module.register_forward_hook(keep))
     with torch.inference_mode():
         eager_model(torch.tensor([sequence]))
@@ -191,10 +190,10 @@ def test_real_smollm2_matches_eager(request):
 
 
 def test_token_budget_batches_cover_every_input_once():
-    from kicl.capture.run import _token_budget_batches
+    from kicl.capture.simpred import token_budget_batches
 
     lengths = [5, 30, 12, 12, 7, 30, 3, 9]
-    batches = _token_budget_batches(lengths, budget=40)
+    batches = token_budget_batches(lengths, budget=40)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) * max(lengths[i] for i in batch) <= 40 or len(batch) == 1
@@ -301,12 +300,14 @@ def test_job_threads_do_not_reach_the_numbers(tmp_path, monkeypatch):
     try:
         for threads in (1, 2):
             capture = {"dtype": "bfloat16", "kv_prompts": 2}
-            path = run.run_capture(meta, prompts, manifest, tmp_path / f"t{threads}.zarr", capture, threads=threads)
+            path = run.run_capture(
+                meta, prompts, manifest, tmp_path / f"t{threads}.zarr", capture, run.CaptureJob(threads=threads)
+            )
             stores[threads] = open_store(path, needs="all")
         assert set(seen) == {1}, f"the capture computed at {sorted(set(seen))} threads"
         seen.clear()
         capture = {"dtype": "bfloat16", "kv_prompts": 0, "intra_op_threads": 0}  # 0: the job's threads, as before
-        run.run_capture(meta, prompts, manifest, tmp_path / "job.zarr", capture, threads=2)
+        run.run_capture(meta, prompts, manifest, tmp_path / "job.zarr", capture, run.CaptureJob(threads=2))
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)

@@ -16,12 +16,12 @@ from kicl.analysis.conditions import (
     compare_conditions,
     ood_type,
     order_group_members,
-    paper_table1_key,
 )
 from kicl.analysis.reconstruction import head_predictions
 from kicl.analysis.stats import holm, mcnemar_p, wilson_interval
 from kicl.store.reader import open_store
 from kicl.store.synthetic import Planted, make_synthetic_store, write_synthetic_prompts
+from kicl.tables.paper import paper_table1_key
 
 N_PROMPTS, SEED = 40, 3
 BOOT = {"n_boot": 200, "seed": 7, "level": 0.9}
@@ -508,14 +508,16 @@ def test_resampled_classification_scores_by_hand():
 
 
 def test_table2_metric_intervals(tmp_path, base):
-    from kicl.tables.table2 import table2
+    from kicl.tables.table2 import Table2Options, table2
 
     store, _ = _condition(tmp_path, "paper")
     kr = pd.DataFrame({"prompt_id": np.arange(N_PROMPTS), "split": base["split"], "gold": base["gold"]})
     kr["pred_cosine"], kr["pred_softmax"] = kr["gold"], 1 - kr["gold"]
     kr.to_csv(tmp_path / "kr.csv", index=False)
     out = [tmp_path / f"t.{ext}" for ext in ("csv", "md", "tex")]
-    frame = table2("m", {"t": store}, {("enc", "t"): tmp_path / "kr.csv"}, *out, n_boot=100).set_index("row")
+    frame = table2("m", {"t": store}, {("enc", "t"): tmp_path / "kr.csv"}, *out, Table2Options(n_boot=100)).set_index(
+        "row"
+    )
     for metric in ("balanced_accuracy", "macro_f1"):
         assert tuple(frame.loc["encoder:enc:cosine", [f"{metric}_low", f"{metric}_high"]]) == (1.0, 1.0)
         assert tuple(frame.loc["encoder:enc:softmax", [f"{metric}_low", f"{metric}_high"]]) == (0.0, 0.0)

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from kicl.analysis.correlation import correlation_stats, per_prompt_pearson, simpred_correlation
-from kicl.analysis.probes import clustered_se, group_split, probe_accuracy, ridge_fit_predict
+from kicl.analysis.correlation import CorrelationOptions, correlation_stats, per_prompt_pearson, simpred_correlation
+from kicl.analysis.probes import ProbeOptions, clustered_se, group_split, probe_accuracy, ridge_fit_predict
 from kicl.figures.fig4_simpred_correlation import correlation_figure
 from kicl.figures.fig5_kv_probes import probe_figure
 from kicl.store.reader import StoreError, open_store
@@ -67,9 +67,11 @@ def test_units_equal_their_scipy_references():
         return v - z @ np.linalg.lstsq(z, v, rcond=None)[0]
 
     xc, yc = demean(x)[valid], demean(y)[valid]
-    pairs = correlation_stats(x, y, length, valid, unit="pairs", n_permutations=20, n_boot=20)
-    centred = correlation_stats(x, y, length, valid, unit="centred", n_permutations=20, n_boot=20)
-    per_prompt = correlation_stats(x, y, length, valid, unit="per_prompt", n_permutations=20, n_boot=20)
+    pairs = correlation_stats(x, y, length, valid, CorrelationOptions(unit="pairs", n_permutations=20, n_boot=20))
+    centred = correlation_stats(x, y, length, valid, CorrelationOptions(unit="centred", n_permutations=20, n_boot=20))
+    per_prompt = correlation_stats(
+        x, y, length, valid, CorrelationOptions(unit="per_prompt", n_permutations=20, n_boot=20)
+    )
     for g in range(x.shape[-1]):
         assert pairs["r"][g] == pytest.approx(stats.pearsonr(xv[:, g], yv).statistic, abs=1e-9)
         assert centred["r"][g] == pytest.approx(stats.pearsonr(xc[:, g], yc).statistic, abs=1e-9)
@@ -89,7 +91,9 @@ def test_planted_correlation_recovered_and_null_at_chance():
     x, y, length, valid = pairs_case(seed=1, n_prompts=150)
     x[..., 0] += 0.8 * y  # head 0: planted; heads 1-3: independent
     for unit in ("centred", "pairs", "per_prompt"):
-        out = correlation_stats(x, y, length, valid, unit=unit, n_permutations=200, n_boot=200, seed=3)
+        out = correlation_stats(
+            x, y, length, valid, CorrelationOptions(unit=unit, n_permutations=200, n_boot=200, seed=3)
+        )
         assert out["r"][0] > 0.5 and out["r_low"][0] > 0.4 and out["r_p_max"][0] < 0.01
         assert np.all(out["r_p_max"][1:] > 0.01)  # head 3 under per_prompt is a 4 % draw of this seed
         centre = np.abs(out["r_null_low"] + out["r_null_high"])
@@ -117,7 +121,7 @@ def test_partial_correlation_removes_a_position_confound():
         -1,
     )  # truly tied to sim_pred
     for unit in ("centred", "pairs", "per_prompt"):
-        out = correlation_stats(x, y, length, valid, unit=unit, n_permutations=100, n_boot=50)
+        out = correlation_stats(x, y, length, valid, CorrelationOptions(unit=unit, n_permutations=100, n_boot=50))
         assert out["r"][0] > 0.6, unit  # plain r is fooled by the shared slot dependence
         assert abs(out["partial_r"][0]) < 0.15, unit
         assert out["partial_r"][1] > 0.4 and out["partial_r_p_max"][1] < 0.02, unit
@@ -131,8 +135,8 @@ def test_centred_and_pooled_differ_on_a_prompt_level_confound():
     x = (scale + 0.3 * rng.normal(size=(n_prompts, n_demos)))[..., None]
     y = scale + 0.3 * rng.normal(size=(n_prompts, n_demos))
     length = np.full(valid.shape, 5.0)
-    pairs = correlation_stats(x, y, length, valid, unit="pairs", n_permutations=100, n_boot=50)
-    centred = correlation_stats(x, y, length, valid, unit="centred", n_permutations=1000, n_boot=50)
+    pairs = correlation_stats(x, y, length, valid, CorrelationOptions(unit="pairs", n_permutations=100, n_boot=50))
+    centred = correlation_stats(x, y, length, valid, CorrelationOptions(unit="centred", n_permutations=1000, n_boot=50))
     assert pairs["r"][0] > 0.8 and abs(centred["r"][0]) < 0.12
     assert pairs["r_null_low"][0] > 0.7  # within-prompt permutations keep the prompt level: pairs' null is high too
     assert centred["r_p"][0] > 0.05
@@ -141,16 +145,25 @@ def test_centred_and_pooled_differ_on_a_prompt_level_confound():
 def test_simpred_correlation_on_store(planted_store, tmp_path):
     ds = open_store(planted_store)
     result = simpred_correlation(
-        ds, np.arange(ds.sizes["prompt"]), ["max", "mean"], "centred", n_permutations=50, n_boot=50, batch_size=17
+        ds,
+        np.arange(ds.sizes["prompt"]),
+        ["max", "mean"],
+        CorrelationOptions("centred", n_permutations=50, n_boot=50),
+        batch_size=17,
     )
     layer, head = Planted().simpred_head
     r = result["r"].sel(pooling="max").values
     assert r[layer, head] > 0.4 and result["r_p_max"].sel(pooling="max").values[layer, head] < 0.05
     assert np.nanargmax(r) == np.ravel_multi_index((layer, head), r.shape)
     with pytest.raises(ValueError, match="analysis.correlation_unit"):
-        simpred_correlation(ds, np.arange(10), ["max"], "pooled")
+        simpred_correlation(ds, np.arange(10), ["max"], CorrelationOptions("pooled"))
     correlation_figure(
-        planted_store, tmp_path / "f.png", tmp_path / "f.csv", pools=["max"], n_permutations=20, n_boot=20, title="t"
+        planted_store,
+        tmp_path / "f.png",
+        tmp_path / "f.csv",
+        pools=["max"],
+        options=CorrelationOptions(n_permutations=20, n_boot=20),
+        title="t",
     )
     frame = pd.read_csv(tmp_path / "f.csv")
     assert len(frame) == ds.sizes["layer"] * ds.sizes["head"] and (tmp_path / "f.png").stat().st_size > 0
@@ -234,11 +247,15 @@ def test_clustered_se_matches_hand_value():
 
 
 def test_probe_figure_and_missing_variable(planted_store, tmp_path):
-    probe_figure(planted_store, tmp_path / "k.png", tmp_path / "v.png", tmp_path / "p.csv", n_null=2, title="t")
+    probe_figure(
+        planted_store, tmp_path / "k.png", tmp_path / "v.png", tmp_path / "p.csv", ProbeOptions(n_null=2), title="t"
+    )
     frame = pd.read_csv(tmp_path / "p.csv")
     assert set(frame["variable"]) == {"keys", "values"} and set(frame["offset"]) == {-1, 0, 1, 2, 3}
     assert {"se", "null_accuracy", "null_q95", "majority", "identity_baseline", "n_test_texts"} <= set(frame)
     assert frame.query("offset == 0")["identity_baseline"].notna().all()
     assert frame.query("offset != 0")["identity_baseline"].isna().all()
     with pytest.raises(StoreError, match="keys_prerope"):
-        probe_figure(planted_store, tmp_path / "k.png", tmp_path / "v.png", tmp_path / "p.csv", keys="keys_prerope")
+        probe_figure(
+            planted_store, tmp_path / "k.png", tmp_path / "v.png", tmp_path / "p.csv", ProbeOptions(keys="keys_prerope")
+        )

@@ -7,9 +7,14 @@ and a hub head; Fig 5: the family-wise probe line.
 import numpy as np
 import pytest
 
-from kicl.analysis.correlation import correlation_stats, demo_hubness, simpred_correlation
+from kicl.analysis.correlation import CorrelationOptions, correlation_stats, demo_hubness, simpred_correlation
 from kicl.analysis.probes import probe_accuracy, probe_frame
-from kicl.analysis.reconstruction import position_null_agreement, reconstruction_frame, reconstruction_scores
+from kicl.analysis.reconstruction import (
+    NullOptions,
+    position_null_agreement,
+    reconstruction_frame,
+    reconstruction_scores,
+)
 from kicl.analysis.stats import max_t
 from kicl.store.pooling import POOLINGS
 from kicl.store.reader import open_store
@@ -61,7 +66,7 @@ def fig3_store(path, content: bool, seed: int = 0):
 
 def fig3_frame(path):
     ds = open_store(path)
-    scores = reconstruction_scores(ds, np.arange(P3), list(POOLINGS), n_permutations=99, seed=1)
+    scores = reconstruction_scores(ds, np.arange(P3), list(POOLINGS), null=NullOptions(n_permutations=99, seed=1))
     return reconstruction_frame(scores)
 
 
@@ -128,7 +133,9 @@ def test_fig4_pairs_p_is_centred_on_an_off_centre_null():
     negative = scale - 0.6 * (y - y.mean(1, keepdims=True)) + 0.3 * rng.normal(size=(n_prompts, n_demos))
     no_link = scale + 0.5 * rng.normal(size=(n_prompts, n_demos))
     x = np.stack([negative, no_link], -1)
-    out = correlation_stats(x, y, length, valid, unit="pairs", n_permutations=199, n_boot=20, seed=1)
+    out = correlation_stats(
+        x, y, length, valid, CorrelationOptions(unit="pairs", n_permutations=199, n_boot=20, seed=1)
+    )
     assert out["r"][0] > 0.5 and out["r_null_low"][0] > out["r"][0]  # positive r, yet below its null
     assert out["r_p"][0] < 0.01 and out["r_p_max"][0] < 0.01
     assert out["r_p"][1] > 0.05 and out["r_p_max"][1] > 0.05
@@ -161,7 +168,9 @@ def fig4_store(path, kernel_weight, sim, labels, prediction, demo_text, seed=0, 
 
 def fig4_head(path, head, attrs=()):
     ds = open_store(path)
-    result = simpred_correlation(ds, np.arange(ds.sizes["prompt"]), ["max"], "centred", n_permutations=99, n_boot=20)
+    result = simpred_correlation(
+        ds, np.arange(ds.sizes["prompt"]), ["max"], CorrelationOptions("centred", n_permutations=99, n_boot=20)
+    )
     out = {key: float(result[key].sel(pooling="max").values[head]) for key in ("r", "partial_r", "partial_r_p_max")}
     return out | {key: result.attrs[key] for key in attrs}
 

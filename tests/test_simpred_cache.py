@@ -15,7 +15,7 @@ from forward_fixtures import eager_reference, make_model_folder, make_prompts
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kicl.capture.options import CaptureOptions  # noqa: E402
-from kicl.capture.run import run_capture  # noqa: E402
+from kicl.capture.run import CaptureJob, run_capture  # noqa: E402
 from kicl.capture.simpred import context_ids  # noqa: E402
 from kicl.capture.simpred_cache import SimpredCache, cache_key, entry_key, model_kernel_similarity  # noqa: E402
 from kicl.store.reader import open_store  # noqa: E402
@@ -72,7 +72,7 @@ def test_second_capture_computes_only_new_texts_and_matches_uncached(toy, tmp_pa
     (first / "prompts.jsonl").write_text("\n".join(lines[:4]) + "\n")
     cache_root = tmp_path / "simpred"
     store_a = run_capture(toy["meta"], first / "prompts.jsonl", toy["manifest"], tmp_path / "a.zarr", CAPTURE,
-                          simpred_cache=cache_root)  # fmt: skip
+                          CaptureJob(simpred_cache=cache_root))  # fmt: skip
     texts_a, texts_b = _texts(toy["records"][:4]), _texts(toy["records"])
     shared = set(texts_a) & set(texts_b)
     assert 0 < len(shared) < len(texts_b), "the second prompt set must share some inputs and add others"
@@ -80,7 +80,7 @@ def test_second_capture_computes_only_new_texts_and_matches_uncached(toy, tmp_pa
     assert open_store(store_a).attrs["simpred"]["cache"].startswith(str(cache_root))
 
     cached = run_capture(toy["meta"], toy["prompts"], toy["manifest"], tmp_path / "b.zarr", CAPTURE,
-                         simpred_cache=cache_root)  # fmt: skip
+                         CaptureJob(simpred_cache=cache_root))  # fmt: skip
     assert _reuse_counts(caplog) == (len(shared), len(texts_b) - len(shared))
     plain = run_capture(toy["meta"], toy["prompts"], toy["manifest"], tmp_path / "plain.zarr", CAPTURE)
     ds, ref = open_store(cached), open_store(plain)

@@ -192,13 +192,13 @@ def test_shard_dir_accepts_only_verified_shards(tmp_path):
 
 RUNNER = """
 import json, sys, time
-from kicl.capture.run import run_capture
+from kicl.capture.run import CaptureJob, run_capture
 args = json.loads(sys.argv[1])
 delay = args.pop("delay")
 def done(name):
     print(name, flush=True)
     time.sleep(delay)
-run_capture(**args, threads=1, on_shard_done=done)
+run_capture(**args, job=CaptureJob(threads=1, on_shard_done=done))
 """
 
 
@@ -377,16 +377,18 @@ def test_open_store_names_a_wrong_dim_or_dtype(tmp_path):
 def test_writer_takes_only_schema_variables_and_refuses_unwritten_rows(tmp_path):
     variables = schema.forward_variables(rotary=False, with_kv=False)
     sizes, coords = schema.layout(
-        n_prompts=3,
-        n_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
-        n_positions=5,
-        label_names=["a", "b"],
-        n_demos=2,
-        n_kv_prompts=0,
-        offsets=[0],
-        head_dim=4,
+        schema.StoreSizes(
+            n_prompts=3,
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            n_positions=5,
+            label_names=["a", "b"],
+            n_demos=2,
+            n_kv_prompts=0,
+            offsets=[0],
+            head_dim=4,
+        )
     )
     wrong = {**variables, "length": schema.Variable("length", ("prompt",), "float32", "wrong")}
     with pytest.raises(ValueError, match="'length' is not the one declared"):

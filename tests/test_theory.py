@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 from kicl.config import config_errors
+from kicl.figures.table3 import write_table3_figure
+from kicl.tables.paper import PAPER_TABLE3
+from kicl.tables.table3 import table3_html, table3_markdown
 from kicl.theory.experiment import METHODS, TheoryConfig, prediction_metrics, run_table3, summarise_table3, write_table3
 from kicl.theory.hmm import BlockHMM, joint_likelihood, make_block_hmm, sample_segments, start_forward
 from kicl.theory.kernel import (
@@ -23,7 +26,7 @@ from kicl.theory.kernel import (
     second_moment_monte_carlo,
     sum_normalise,
 )
-from kicl.theory.table3 import PAPER_TABLE3, figure_data, table3_html, table3_markdown, write_table3_figure
+from kicl.theory.table3 import figure_data
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "schemas" / "config.schema.yaml"

@@ -35,7 +35,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from kicl.analysis.stats import bootstrap_counts, holm, mcnemar_p, percentile_in
 from kicl.analysis.votes import reconstruct, resolve_ties
 from kicl.prompts.files import read_meta, read_prompt_records
 from kicl.store.reader import label_names, open_store, string_values
+from kicl.tables.paper import PAPER_TABLE1_SST2, is_sst2, paper_table1_key
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ NOISY_LABELS = ("noisy",)
 ALL_WRONG_LABELS = ("flipped", "all_wrong", "all-wrong")
 #: ``test_inputs`` values meaning the test inputs are the task's own
 ORIGINAL_INPUTS = ("original", "none", None)
-#: the paper's Table 1 (GPT-J-6B, SST-2 ICL accuracy with test inputs rewritten by GPT-3.5-turbo)
-PAPER_TABLE1_SST2 = {"none": 0.805, "rare_words": 0.677, "complex": 0.788, "typos": 0.534}
-_PAPER_TABLE1_NAMES = {"none": "none", "rarewords": "rare_words", "rare": "rare_words", "complex": "complex"}
-_PAPER_TABLE1_NAMES |= {"morecomplex": "complex", "complexsentences": "complex", "typos": "typos", "typo": "typos"}
 NEEDS = ["kernel_weight", "demo_label", "prediction", "gold", "split", "test_index"]
 
 
@@ -665,21 +661,6 @@ def ood_type(protocol: dict) -> str:
         if protocol.get(key) and value.lower().startswith("rewrite"):
             return str(protocol[key])
     return value
-
-
-def paper_table1_key(kind: str):
-    """The paper's Table 1 column of an OOD type ('typos', 'rare_words', 'complex', 'none'), or None."""
-    return _PAPER_TABLE1_NAMES.get(re.sub(r"[^a-z]", "", kind.lower()))
-
-
-def is_sst2(task: str, aliases: dict | None = None) -> bool:
-    """Whether `task` is SST-2 (after lower-casing and dropping punctuation, or through `aliases`)."""
-
-    def key(s):
-        return re.sub(r"[^a-z0-9]", "", str(s).lower())
-
-    aliases = {key(k): v for k, v in (aliases or {}).items()}
-    return key(aliases.get(key(task), task)) in ("sst2", "gluesst2")
 
 
 def table1_analogue(

@@ -44,6 +44,7 @@ prompts with fewer demonstrations are NaN). Plot-free: the drawing is in kicl.fi
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -163,19 +164,42 @@ def load_pairs(ds: xr.Dataset, prompts, pools, batch_size: int = 256):
     return kw, sim, input_len, valid
 
 
+@dataclass(frozen=True)
+class CorrelationOptions:
+    """How Fig 4's correlations are computed and tested: the unit (``analysis.correlation_unit``), the within-prompt
+    permutations of the null, the bootstrap resamples of the intervals, the level, the seed, and how many
+    permutations are computed at once (``chunk``, memory only)."""
+
+    unit: str = "centred"
+    n_permutations: int = 200
+    n_boot: int = 200
+    level: float = 0.95
+    seed: int = 0
+    chunk: int = 25
+
+    def __post_init__(self):
+        if self.unit not in CORRELATION_UNITS:
+            raise ValueError(f"analysis.correlation_unit must be one of {CORRELATION_UNITS}, got {self.unit!r}")
+
+
+@dataclass(frozen=True)
+class _Resampling:
+    """The prompt bootstrap weights (b, P) and the within-prompt permutations shared by r and the partial r."""
+
+    boot_weights: np.ndarray
+    targets: np.ndarray
+    sources: np.ndarray
+    n_permutations: int
+    chunk: int
+
+    def permuted(self, y: np.ndarray):
+        """y (P, D) under each chunk of permutations: (b, P, D) arrays."""
+        for start in range(0, self.n_permutations, self.chunk):
+            yield permute_within(y, self.targets, self.sources[start : start + self.chunk])
+
+
 def correlation_stats(
-    x,
-    y,
-    input_len,
-    valid,
-    *,
-    unit="centred",
-    n_permutations=200,
-    n_boot=200,
-    level=0.95,
-    seed=0,
-    chunk=25,
-    covariates=None,
+    x, y, input_len, valid, options: CorrelationOptions = CorrelationOptions(), *, covariates=None
 ) -> dict[str, np.ndarray]:
     """Every Fig 4 number for G heads at once: x (P, D, G) kernel weights, y (P, D) sim_pred, input_len (P, D).
 
@@ -183,79 +207,94 @@ def correlation_stats(
     Returns r, partial_r, their bootstrap intervals, per-head permutation intervals and p-values, and the
     family-wise max-T threshold and p-values (over all G heads: call once per pooling) — see the module docstring.
     """  # fmt: skip
-    if unit not in CORRELATION_UNITS:
-        raise ValueError(f"analysis.correlation_unit must be one of {CORRELATION_UNITS}, got {unit!r}")
+    unit = options.unit
     x = np.where(valid[..., None], x, 0.0)
     y = np.where(valid, y, 0.0)
     if unit != "pairs":
         x, y = _demean(x, valid), _demean(y, valid)
-    n_prompts, n_demos, n_heads = x.shape
-    rng = np.random.default_rng(seed)
-    boot_weights = rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n_boot).astype(float)
+    n_prompts = x.shape[0]
+    rng = np.random.default_rng(options.seed)
+    weights = np.full(n_prompts, 1 / n_prompts)
+    boot_weights = rng.multinomial(n_prompts, weights, size=options.n_boot).astype(float)
     out = {"n_pairs": int(valid.sum()), "n_prompts": int(valid.any(1).sum())}
-    targets, sources = within_prompt_permutations(valid, n_permutations, rng)
+    targets, sources = within_prompt_permutations(valid, options.n_permutations, rng)
+    resampling = _Resampling(boot_weights, targets, sources, options.n_permutations, options.chunk)
     for name, partial in (("r", False), ("partial_r", True)):
         z = _covariates(valid, input_len, partial, intercept=unit == "pairs", extra=covariates)
         if unit != "pairs":
             z = _demean(z, valid)
         if unit == "per_prompt":
-            if partial:  # residualise on the covariates, one fit over all prompts
-                zf = z.reshape(n_prompts * n_demos, z.shape[-1])
-                proj = np.linalg.pinv(zf)  # (k, P*D)
-                x_use = x - (zf @ (proj @ x.reshape(-1, n_heads))).reshape(x.shape)
-                y_use = y - (zf @ (proj @ y.reshape(-1))).reshape(y.shape)
-            else:
-                proj, zf, x_use, y_use = None, None, x, y
-            r_p = _within_r(x_use, y_use[..., None], valid.sum(1))[..., 0]  # (P, G)
-            stat = _nanmean_weighted(r_p, np.ones((1, n_prompts)))[0]
-            boot = _nanmean_weighted(r_p, boot_weights)
-            null = []
-            for start in range(0, n_permutations, chunk):
-                yp = permute_within(y, targets, sources[start : start + chunk]).transpose(1, 2, 0)  # (P, D, b)
-                if partial:
-                    yp = yp - (zf @ (proj @ yp.reshape(-1, yp.shape[-1]))).reshape(yp.shape)
-                rp = _within_r(x_use, yp, valid.sum(1))  # (P, G, b)
-                ok = np.isfinite(rp)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    null.append((np.where(ok, rp, 0).sum(0) / ok.sum(0)).T)
-            null = np.concatenate(null) if null else np.zeros((0, n_heads))
+            stat, boot, null = _per_prompt_r(x, y, z, valid, partial, resampling)
         else:
-            xf, zf = x.reshape(-1, n_heads), z.reshape(n_prompts * n_demos, z.shape[-1])
-            # per-prompt cross-products, re-summed with bootstrap weights
-            xx_p, xy_p, yy_p = (x * x).sum(1), (x * y[..., None]).sum(1), (y * y).sum(1)
-            xz_p = np.einsum("pdg,pdk->pgk", x, z)
-            yz_p, zz_p = np.einsum("pd,pdk->pk", y, z), np.einsum("pdk,pdl->pkl", z, z)
-            stat = _residual_r(xx_p.sum(0), xy_p.sum(0), yy_p.sum(0), xz_p.sum(0), yz_p.sum(0), zz_p.sum(0))
-            w = boot_weights
-            boot = _residual_r(
-                w @ xx_p,
-                w @ xy_p,
-                w @ yy_p,
-                np.einsum("bp,pgk->bgk", w, xz_p),
-                w @ yz_p,
-                np.einsum("bp,pkl->bkl", w, zz_p),
-            )
-            null = []
-            for start in range(0, n_permutations, chunk):
-                yp = permute_within(y, targets, sources[start : start + chunk]).reshape(-1, n_prompts * n_demos)
-                xy_b = yp @ xf  # (b, G)
-                yz_b = yp @ zf  # (b, k)
-                yy_b = (yp * yp).sum(1)
-                xz, zz = xf.T @ zf, zf.T @ zf
-                null.append(
-                    _residual_r(
-                        (xf * xf).sum(0),
-                        xy_b,
-                        yy_b,
-                        np.broadcast_to(xz, (len(yp),) + xz.shape),
-                        yz_b,
-                        np.broadcast_to(zz, (len(yp),) + zz.shape),
-                    )
-                )
-            null = np.concatenate(null) if null else np.zeros((0, n_heads))
+            stat, boot, null = _pooled_r(x, y, z, resampling)
         out[name] = stat
-        out.update(_summaries(name, stat, boot, null, level))
+        out.update(_summaries(name, stat, boot, null, options.level))
     return out
+
+
+def _per_prompt_r(x, y, z, valid, partial: bool, resampling: _Resampling):
+    """(statistic, bootstrap, null) of the mean within-prompt r, residualised on `z` when `partial`."""
+    n_prompts, n_demos, n_heads = x.shape
+    if partial:  # residualise on the covariates, one fit over all prompts
+        zf = z.reshape(n_prompts * n_demos, z.shape[-1])
+        proj = np.linalg.pinv(zf)  # (k, P*D)
+        x_use = x - (zf @ (proj @ x.reshape(-1, n_heads))).reshape(x.shape)
+        y_use = y - (zf @ (proj @ y.reshape(-1))).reshape(y.shape)
+    else:
+        proj, zf, x_use, y_use = None, None, x, y
+    r_p = _within_r(x_use, y_use[..., None], valid.sum(1))[..., 0]  # (P, G)
+    stat = _nanmean_weighted(r_p, np.ones((1, n_prompts)))[0]
+    boot = _nanmean_weighted(r_p, resampling.boot_weights)
+    null = []
+    for permuted in resampling.permuted(y):
+        yp = permuted.transpose(1, 2, 0)  # (P, D, b)
+        if partial:
+            yp = yp - (zf @ (proj @ yp.reshape(-1, yp.shape[-1]))).reshape(yp.shape)
+        rp = _within_r(x_use, yp, valid.sum(1))  # (P, G, b)
+        ok = np.isfinite(rp)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            null.append((np.where(ok, rp, 0).sum(0) / ok.sum(0)).T)
+    null = np.concatenate(null) if null else np.zeros((0, n_heads))
+    return stat, boot, null
+
+
+def _pooled_r(x, y, z, resampling: _Resampling):
+    """(statistic, bootstrap, null) of the (partial) r over all pairs, from per-prompt cross-products."""
+    n_prompts, n_demos, n_heads = x.shape
+    xf, zf = x.reshape(-1, n_heads), z.reshape(n_prompts * n_demos, z.shape[-1])
+    # per-prompt cross-products, re-summed with bootstrap weights
+    xx_p, xy_p, yy_p = (x * x).sum(1), (x * y[..., None]).sum(1), (y * y).sum(1)
+    xz_p = np.einsum("pdg,pdk->pgk", x, z)
+    yz_p, zz_p = np.einsum("pd,pdk->pk", y, z), np.einsum("pdk,pdl->pkl", z, z)
+    stat = _residual_r(xx_p.sum(0), xy_p.sum(0), yy_p.sum(0), xz_p.sum(0), yz_p.sum(0), zz_p.sum(0))
+    w = resampling.boot_weights
+    boot = _residual_r(
+        w @ xx_p,
+        w @ xy_p,
+        w @ yy_p,
+        np.einsum("bp,pgk->bgk", w, xz_p),
+        w @ yz_p,
+        np.einsum("bp,pkl->bkl", w, zz_p),
+    )
+    null = []
+    for permuted in resampling.permuted(y):
+        yp = permuted.reshape(-1, n_prompts * n_demos)
+        xy_b = yp @ xf  # (b, G)
+        yz_b = yp @ zf  # (b, k)
+        yy_b = (yp * yp).sum(1)
+        xz, zz = xf.T @ zf, zf.T @ zf
+        null.append(
+            _residual_r(
+                (xf * xf).sum(0),
+                xy_b,
+                yy_b,
+                np.broadcast_to(xz, (len(yp),) + xz.shape),
+                yz_b,
+                np.broadcast_to(zz, (len(yp),) + zz.shape),
+            )
+        )
+    null = np.concatenate(null) if null else np.zeros((0, n_heads))
+    return stat, boot, null
 
 
 def _summaries(name: str, stat: np.ndarray, boot: np.ndarray, null: np.ndarray, level: float) -> dict:
@@ -377,20 +416,9 @@ def partial_covariates(ds: xr.Dataset, prompts) -> tuple[np.ndarray, list[str], 
 
 
 def simpred_correlation(
-    ds: xr.Dataset,
-    prompts,
-    pools,
-    unit: str = "centred",
-    *,
-    n_permutations: int = 200,
-    n_boot: int = 200,
-    level: float = 0.95,
-    seed: int = 0,
-    batch_size: int = 256,
+    ds: xr.Dataset, prompts, pools, options: CorrelationOptions = CorrelationOptions(), *, batch_size: int = 256
 ) -> xr.Dataset:
     """Fig 4 per (pooling, layer, head): r, partial r, intervals, permutation null; family-wise max-T per pool."""
-    if unit not in CORRELATION_UNITS:
-        raise ValueError(f"analysis.correlation_unit must be one of {CORRELATION_UNITS}, got {unit!r}")
     prompts = np.sort(np.asarray(prompts, dtype=int))
     if len(prompts) == 0:
         raise ValueError("no prompts to correlate (check analysis.figure_splits)")
@@ -405,10 +433,7 @@ def simpred_correlation(
     per_pool = {key: np.full(len(pools), np.nan) for key in POOL_FIELDS}
     for index in range(len(pools)):
         x = kw[:, :, index].reshape(kw.shape[0], kw.shape[1], -1)
-        stats = correlation_stats(
-            x, sim, input_len, valid, unit=unit, n_permutations=n_permutations, n_boot=n_boot, level=level,
-            seed=seed, covariates=covariates,
-        )  # fmt: skip
+        stats = correlation_stats(x, sim, input_len, valid, options, covariates=covariates)
         for key in HEAD_FIELDS:
             fields[key][index] = np.asarray(stats[key]).reshape(n_layers, n_heads)
         for key in per_pool:
@@ -418,13 +443,13 @@ def simpred_correlation(
     data.update({key: (("pooling",), value) for key, value in per_pool.items()})
     coords = {"pooling": list(pools), "layer": np.arange(n_layers), "head": np.arange(n_heads)}
     attrs = {
-        "unit": unit,
+        "unit": options.unit,
         "n_pairs": stats["n_pairs"],
         "n_prompts": stats["n_prompts"],
-        "n_permutations": n_permutations,
-        "n_boot": n_boot,
-        "level": level,
-        "seed": seed,
+        "n_permutations": options.n_permutations,
+        "n_boot": options.n_boot,
+        "level": options.level,
+        "seed": options.seed,
         "partial_covariates": ",".join(["slot", "input_length", *names]),
         **hub_info,
     }

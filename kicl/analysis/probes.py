@@ -27,6 +27,7 @@ Plot-free: the drawing is in kicl.figures.fig5_kv_probes.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -123,6 +124,18 @@ def identity_baseline(tokens_train, y_train, tokens_test, y_test) -> float:
         lookup[token] = values[n.argmax()]
     pred = np.array([lookup.get(t, overall) for t in tokens_test])
     return float((pred == y_test).mean())
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """Fig 5's probes: ridge strength, held-out share of demonstration texts, seed, shuffled-target nulls, and which
+    keys are probed (``keys`` after rotary embedding, or ``keys_prerope``)."""
+
+    alpha: float = 0.01
+    test_fraction: float = 0.2
+    seed: int = 0
+    n_null: int = 20
+    keys: str = "keys"
 
 
 def probe_accuracy(

@@ -27,6 +27,8 @@ Plot-free: the drawing is kicl.figures.fig3_reconstruction.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -104,13 +106,20 @@ def null_max(
     return out
 
 
+@dataclass(frozen=True)
+class NullOptions:
+    """Fig 3's permutation nulls: how many permutations, their seed, and the family-wise quantile of the marks."""
+
+    n_permutations: int = 200
+    seed: int = 0
+    quantile: float = 0.95
+
+
 def label_permutation_null(
     ds: xr.Dataset,
     prompts,
     pools,
-    n_permutations: int = 200,
-    seed: int = 0,
-    quantile: float = 0.95,
+    null: NullOptions = NullOptions(),
     ties: str = "lowest",
     observed: xr.Dataset | None = None,
 ) -> xr.Dataset:
@@ -119,6 +128,7 @@ def label_permutation_null(
 
     `observed` = head_reconstruction(ds, prompts, pools) when already computed.
     """
+    n_permutations, seed, quantile = null.n_permutations, null.seed, null.quantile
     if n_permutations < 1:
         raise ValueError(f"analysis.n_permutations must be >= 1, got {n_permutations}")
     prompts = np.sort(np.asarray(prompts, dtype=int))
@@ -186,9 +196,7 @@ def position_null(
     ds: xr.Dataset,
     prompts,
     pools,
-    n_permutations: int = 200,
-    seed: int = 0,
-    quantile: float = 0.95,
+    null: NullOptions = NullOptions(),
     ties: str = "lowest",
     observed: xr.Dataset | None = None,
 ) -> xr.Dataset:
@@ -199,6 +207,7 @@ def position_null(
     `{score}_position_p` (family-wise p) and `{score}_above_null` (p ≤ 1 − quantile). Attribute-like scalars:
     `{score}_position_p_best` (the smallest family-wise p = the max-statistic p-value).
     """
+    n_permutations, seed, quantile = null.n_permutations, null.seed, null.quantile
     if n_permutations < 1:
         raise ValueError(f"analysis.n_permutations must be >= 1, got {n_permutations}")
     prompts = np.sort(np.asarray(prompts, dtype=int))
@@ -235,9 +244,7 @@ def reconstruction_scores(
     *,
     batch_size: int = 256,
     ties: str = "lowest",
-    n_permutations: int = 200,
-    seed: int = 0,
-    quantile: float = 0.95,
+    null: NullOptions | None = None,
     fit_split: str = "select",
 ) -> xr.Dataset:
     """Everything Fig 3 shows for `prompts`: per-head scores, the position-only kernel per head, the
@@ -260,8 +267,9 @@ def reconstruction_scores(
         scores[f"position_{name}"] = (("pooling", "layer", "head"), (position == ref[:, None, None, None]).mean(0))
         scores[f"baseline_{name}"] = (("baseline",), [float((fixed[b] == ref).mean()) for b in FIXED_BASELINES])
     scores = scores.assign_coords(baseline=list(FIXED_BASELINES))
-    label_null = label_permutation_null(ds, prompts, pools, n_permutations, seed, quantile, ties, observed=scores)
-    pos_null = position_null(ds, prompts, pools, n_permutations, seed, quantile, ties, observed=scores)
+    null = null or NullOptions()
+    label_null = label_permutation_null(ds, prompts, pools, null, ties, observed=scores)
+    pos_null = position_null(ds, prompts, pools, null, ties, observed=scores)
     scores = xr.merge([scores, label_null, pos_null], combine_attrs="no_conflicts")
     rule = ties if isinstance(ties, str) else "fitted on " + fit_split
     scores.attrs.update(n_prompts=len(prompts), fit_split=fit_split, ties=rule)

@@ -103,12 +103,12 @@ def pad_batch(sequences: Sequence[Sequence[int]], padding_side: str, device) -> 
 class AttentionCall:
     """One layer's attention inside a session: its inputs, the batch, and the last query row on demand."""
 
-    def __init__(self, layer, module, query, key, value, attention_mask, scaling, kwargs, batch: BatchInputs):
+    def __init__(self, layer, module, qkv: tuple, attention_mask, scaling, kwargs, batch: BatchInputs):
         self.layer = layer
         self.module = module
-        self.query, self.key, self.value = query, key, value  # (B, H, T, d), (B, n_kv, T, d), (B, n_kv, T, d)
+        self.query, self.key, self.value = qkv  # (B, H, T, d), (B, n_kv, T, d), (B, n_kv, T, d)
         self.attention_mask = attention_mask
-        self.scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        self.scaling = scaling if scaling is not None else self.query.shape[-1] ** -0.5
         self.kwargs = kwargs
         self.batch = batch
         self._scores = None
@@ -241,41 +241,48 @@ class CaptureSession:
         if self._batch is None:
             return output
         call = AttentionCall(
-            self._layer_of[id(module)], module, query, key, value, attention_mask, scaling, kwargs, self._batch
+            self._layer_of[id(module)], module, (query, key, value), attention_mask, scaling, kwargs, self._batch
         )
         self.layers_seen += 1
         for handler in self.handlers:
             output = handler.attention(call, output)
         return output
 
+    def _forward(self, batch: BatchInputs, check_layers: bool, what: str, cache=None) -> torch.Tensor:
+        """One forward pass of `batch` through the handlers (begin, forward, layer check, end); (B, V) float32
+        logits at each row's query token. With a `cache` (a :meth:`prefill`), it is cropped back afterwards."""
+        for handler in self.handlers:
+            handler.begin(batch, self)
+        self._batch, self.layers_seen = batch, 0
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        inputs["position_ids"] = batch.position_ids
+        if cache is None:
+            inputs.update(logits_to_keep=batch.query_index[:, None], use_cache=False)
+        else:
+            inputs.update(cache=cache.cache, use_cache=True)
+        try:
+            with torch.inference_mode():
+                out = self.model(**inputs)
+        finally:
+            self._batch = None
+            if cache is not None:
+                cache.cache.crop(cache.length - cache.cache.get_seq_length())  # remove the step again
+        if check_layers and self.layers_seen != self.shape.n_layers:
+            raise CaptureError(
+                f"{type(self.model).__name__}: {what} saw {self.layers_seen} of {self.shape.n_layers} attention layers"
+                + ("" if cache is not None else "; this architecture does not route attention through transformers' "
+                   "attention interface")
+            )  # fmt: skip
+        for handler in self.handlers:
+            handler.end()
+        return out.logits[:, -1, :].float()
+
     def run(self, sequences: Sequence[Sequence[int]], padding_side: str = "right", check_layers: bool = True):
         """One padded forward pass through the handlers; returns (B, V) float32 logits at each last real token."""
         if not self._modules:
             raise CaptureError("CaptureSession.run outside its `with` block")
-        device = self.model.device
-        batch = pad_batch(sequences, padding_side, device)
-        for handler in self.handlers:
-            handler.begin(batch, self)
-        self._batch, self.layers_seen = batch, 0
-        try:
-            with torch.inference_mode():
-                out = self.model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    logits_to_keep=batch.query_index[:, None],
-                    use_cache=False,
-                )
-        finally:
-            self._batch = None
-        if check_layers and self.layers_seen != self.shape.n_layers:
-            raise CaptureError(
-                f"{type(self.model).__name__}: the capture saw {self.layers_seen} of {self.shape.n_layers} attention "
-                "layers; this architecture does not route attention through transformers' attention interface"
-            )
-        for handler in self.handlers:
-            handler.end()
-        return out.logits[:, -1, :].float()
+        batch = pad_batch(sequences, padding_side, self.model.device)
+        return self._forward(batch, check_layers, "the capture")
 
     # ---- interventions at the last token only: the prefix once, then one cached step per intervention
 
@@ -321,30 +328,7 @@ class CaptureSession:
     def step(self, prefix: Prefix, check_layers: bool = True) -> torch.Tensor:
         """The last tokens of a :meth:`prefill` through the handlers; (B, V) float32 logits. The cache is
         cropped back afterwards, so the same prefix serves every intervention."""
-        batch = prefix.step
-        for handler in self.handlers:
-            handler.begin(batch, self)
-        self._batch, self.layers_seen = batch, 0
-        try:
-            with torch.inference_mode():
-                out = self.model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    cache=prefix.cache,
-                    use_cache=True,
-                )
-        finally:
-            self._batch = None
-            prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())  # remove the step again
-        if check_layers and self.layers_seen != self.shape.n_layers:
-            raise CaptureError(
-                f"{type(self.model).__name__}: the cached step saw {self.layers_seen} of "
-                f"{self.shape.n_layers} attention layers"
-            )
-        for handler in self.handlers:
-            handler.end()
-        return out.logits[:, -1, :].float()
+        return self._forward(prefix.step, check_layers, "the cached step", cache=prefix)
 
 
 @dataclass

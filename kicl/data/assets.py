@@ -22,6 +22,9 @@ from kicl.fileio import atomic_directory, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
+# the source name of a packaged asset, by config section
+PACKAGED_SOURCES = {"models": "packaged_gguf", "encoders": "packaged"}
+
 
 class AssetError(RuntimeError):
     """A pinned asset could not be fetched, failed its checksum, or is missing from the cache."""
@@ -214,3 +217,32 @@ def hub_snapshot(
         "(or HF_HUB_CACHE) at it;\n"
         f"{alternatives}"
     )
+
+
+def asset_location(section: str, name: str, spec: dict, resources: str | Path = "resources") -> tuple[str, str | None]:
+    """(load path or Hub id, revision) of a ``models:`` or ``encoders:`` entry.
+
+    Packaged assets (source ``packaged_gguf`` for models, ``packaged`` for encoders) live under
+    ``resources/{section}/{name}``.
+    """
+    packaged = PACKAGED_SOURCES[section]
+    source = spec["source"]
+    if source == packaged:
+        return str(Path(resources) / section / name), None
+    if source == "local":
+        return str(spec["local"]["path"]), None
+    if source == "hub":
+        return spec["hub"]["id"], spec["hub"].get("revision")
+    raise ValueError(f"{section}.{name}.source: unknown source {source!r} (use hub, local or {packaged})")
+
+
+def asset_manifest(name: str, spec: dict, folder: Path, location: str, revision: str | None) -> dict:
+    """The manifest entries every model and encoder has: name, source, the folder to load, Hub id, revision, commit."""
+    return {
+        "name": name,
+        "source": spec["source"],
+        "path": str(folder),
+        "id": location,
+        "revision": revision,
+        "commit": folder.name if spec["source"] == "hub" else None,
+    }

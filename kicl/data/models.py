@@ -22,13 +22,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kicl.data.assets import AssetError, hub_snapshot, join_packaged_parts
+from kicl.data.assets import AssetError, asset_location, asset_manifest, hub_snapshot, join_packaged_parts
 from kicl.fileio import atomic_directory, sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "auto": "auto"}
 
 
 def _torch_dtype(name: str):
@@ -36,7 +35,9 @@ def _torch_dtype(name: str):
 
     if name == "auto":
         return "auto"
-    return getattr(torch, DTYPES[name])
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"model dtype {name!r}: use float32, float16, bfloat16 or auto")
+    return getattr(torch, name)
 
 
 def max_context_length(config: Any) -> int | None:
@@ -106,18 +107,6 @@ def convert_packaged_gguf(name: str, spec: dict, out_dir: str | Path, cache_dir:
     return out_dir
 
 
-def model_location(name: str, spec: dict, resources: str | Path = "resources") -> tuple[str, str | None]:
-    """(load path or Hub id, revision) for a model spec; packaged models live under resources/models/."""
-    source = spec["source"]
-    if source == "packaged_gguf":
-        return str(Path(resources) / "models" / name), None
-    if source == "local":
-        return str(spec["local"]["path"]), None
-    if source == "hub":
-        return spec["hub"]["id"], spec["hub"].get("revision")
-    raise ValueError(f"models.{name}.source: unknown source {source!r} (use hub, local or packaged_gguf)")
-
-
 def _check_folder(name: str, folder: Path, key: str) -> None:
     """A loadable HF folder: config.json, safetensors weights and a tokenizer."""
     if not folder.is_dir():
@@ -140,7 +129,7 @@ def write_model_manifest(name: str, spec: dict, out_json: str | Path, resources:
     """
     from transformers import AutoConfig
 
-    location, revision = model_location(name, spec, resources)
+    location, revision = asset_location("models", name, spec, resources)
     if spec["source"] == "hub":
         folder = hub_snapshot(
             location,
@@ -157,12 +146,7 @@ def write_model_manifest(name: str, spec: dict, out_json: str | Path, resources:
     _check_folder(name, folder, f"models.{name}.{spec['source']}")
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     manifest = {
-        "name": name,
-        "source": spec["source"],
-        "path": str(folder),
-        "id": location,
-        "revision": revision,
-        "commit": folder.name if spec["source"] == "hub" else None,
+        **asset_manifest(name, spec, folder, location, revision),
         "dtype": spec.get("dtype", "float32"),
         "device": spec.get("device", "cpu"),
         "architecture": (config.architectures or [config.model_type])[0],

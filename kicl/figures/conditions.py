@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kicl.analysis.conditions import ConditionResults, compare_conditions
-from kicl.figures.heatmaps import head_heatmaps
+from kicl.figures.heatmaps import ColorScale, head_heatmaps
 from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, figure_style, plt, save_figure
 from kicl.fileio import write_csv_atomic
 from kicl.tables.conditions import TABLE_FILES, write_condition_tables
@@ -183,8 +183,7 @@ def draw_head_grids(results: ConditionResults, png, csv, conditions=None, title:
         png,
         title or f"{results.task}: agreement of each head's ỹ with ŷ, per condition",
         "agreement of ỹ with ŷ",
-        vmin=0.0,
-        vmax=1.0,
+        scale=ColorScale(0.0, 1.0),
         marks=marks,
         notes=notes,
     )

@@ -5,6 +5,8 @@ Layers are bands separated by white lines, heads thin lines within a band; label
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from matplotlib import colors
 
@@ -72,21 +74,23 @@ def _draw_map(amap, title, color_scale, vmax_quantile):
     return fig, ax
 
 
-def attention_map_figure(
-    store,
-    png,
-    csv,
-    *,
-    rescale_len: int | None = 30,
-    mode: str = "values",
-    splits=("select", "heldout"),
-    prompt: int | None = None,
-    color_scale: str = "sqrt",
-    vmax_quantile: float = 0.995,
-    batch_size: int = 32,
-    title: str = "",
-):
+@dataclass(frozen=True)
+class AttentionMapOptions:
+    """Fig 2's map: the aligned layout (``rescale_len`` points per segment, ``mode``), the test points averaged
+    (``splits``), the colour scale and its upper quantile, and prompts per batch."""
+
+    rescale_len: int | None = 30
+    mode: str = "values"
+    splits: tuple = ("select", "heldout")
+    color_scale: str = "sqrt"
+    vmax_quantile: float = 0.995
+    batch_size: int = 32
+
+
+def attention_map_figure(store, png, csv, options: AttentionMapOptions | None = None, *, prompt=None, title=""):
     """Fig 2 (all prompts of `splits`, averaged) or Fig 25 (`prompt` = one row, no averaging): PNG + CSV."""
+    o = options or AttentionMapOptions()
+    splits = o.splits
     ds = open_store(store, needs=["attention", "length", "split", "input_start", "label_pos", "test_start"])
     if prompt is None:
         prompts = np.flatnonzero(split_mask(ds, splits))
@@ -98,7 +102,7 @@ def attention_map_figure(
         prompts = np.array([prompt])
         gold, pred = int(ds["gold"].values[prompt]), int(ds["prediction"].values[prompt])
         what = f"prompt {prompt} ({ds['split'].values[prompt]}, gold {gold}, prediction {pred}), no averaging"
-    amap = aligned_attention_map(ds, prompts, rescale_len, mode, batch_size)
+    amap = aligned_attention_map(ds, prompts, o.rescale_len, o.mode, o.batch_size)
     amap.to_frame().to_csv(csv, index=False, float_format="%.6g")
-    plot_attention_map(amap, png, f"{title}\nlast-token attention, {what}", color_scale, vmax_quantile)
+    plot_attention_map(amap, png, f"{title}\nlast-token attention, {what}", o.color_scale, o.vmax_quantile)
     return amap

@@ -9,11 +9,13 @@ the label-permutation null's p. The numbers come from kicl.analysis.reconstructi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from matplotlib import colors
 
 from kicl.analysis.baselines import BASELINE_LABELS
-from kicl.analysis.reconstruction import reconstruction_frame, reconstruction_scores
+from kicl.analysis.reconstruction import NullOptions, reconstruction_frame, reconstruction_scores
 from kicl.figures.style import figure_style, plt, save_figure
 from kicl.store.reader import open_store, poolings, split_mask
 
@@ -80,42 +82,35 @@ def draw_reconstruction(scores, var: str, path, title: str, color_center: str = 
     save_figure(fig, path)
 
 
+@dataclass(frozen=True)
+class ReconstructionOptions:
+    """Fig 3: the poolings and test points drawn, prompts per batch, the vote-tie rule, the colour centre and the
+    permutation nulls behind the marks."""
+
+    pools: tuple = ()
+    splits: tuple = ("select", "heldout")
+    batch_size: int = 256
+    ties: str = "lowest"
+    color_center: str = "best_baseline"
+    null: NullOptions = NullOptions()
+
+
 def reconstruction_figure(
-    store,
-    png_pred,
-    png_gold,
-    csv,
-    *,
-    pools=(),
-    splits=("select", "heldout"),
-    batch_size: int = 256,
-    title: str = "",
-    n_permutations: int = 200,
-    seed: int = 0,
-    null_quantile: float = 0.95,
-    ties: str = "lowest",
-    color_center: str = "best_baseline",
+    store, png_pred, png_gold, csv, options: ReconstructionOptions | None = None, *, title: str = ""
 ):
     """Fig 3a and 3b, plus the CSV of every number drawn (kicl.analysis.reconstruction.reconstruction_frame)."""
-    _norm(color_center, 0.5)  # bad option -> error before any work
+    o = options or ReconstructionOptions()
+    _norm(o.color_center, 0.5)  # bad option -> error before any work
     ds = open_store(store, needs=["kernel_weight", "demo_label", "prediction", "gold", "split"])
-    pools = poolings(ds, pools)
+    pools = poolings(ds, o.pools)
+    splits = o.splits
     prompts = np.flatnonzero(split_mask(ds, splits))
-    scores = reconstruction_scores(
-        ds,
-        prompts,
-        pools,
-        batch_size=batch_size,
-        ties=ties,
-        n_permutations=n_permutations,
-        seed=seed,
-        quantile=null_quantile,
-    )
+    scores = reconstruction_scores(ds, prompts, pools, batch_size=o.batch_size, ties=o.ties, null=o.null)
     reconstruction_frame(scores).to_csv(csv, index=False, float_format="%.6g")
     what = f"{scores.attrs['n_prompts']} prompts ({'+'.join(splits)})"
     for var, path, label in [
         ("agree_pred", png_pred, "(a) agreement of ỹ with the ICL prediction ŷ"),
         ("acc_gold", png_gold, "(b) accuracy of ỹ against the gold label"),
     ]:
-        draw_reconstruction(scores, var, path, f"{title}\n{label}, {what}", color_center)
+        draw_reconstruction(scores, var, path, f"{title}\n{label}, {what}", o.color_center)
     return scores

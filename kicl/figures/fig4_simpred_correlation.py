@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kicl.analysis.correlation import correlation_frame, simpred_correlation
-from kicl.figures.heatmaps import head_heatmaps
+from kicl.analysis.correlation import CorrelationOptions, correlation_frame, simpred_correlation
+from kicl.figures.heatmaps import ColorScale, head_heatmaps
 from kicl.fileio import atomic_path
 from kicl.store.reader import open_store, poolings, split_mask
 
@@ -27,11 +27,7 @@ def correlation_figure(
     *,
     pools=(),
     splits=("select", "heldout"),
-    unit="centred",
-    n_permutations=200,
-    n_boot=200,
-    level=0.95,
-    seed=0,
+    options: CorrelationOptions | None = None,
     batch_size=256,
     title="",
 ):
@@ -41,17 +37,9 @@ def correlation_figure(
     )
     pools = poolings(ds, pools)
     prompts = np.flatnonzero(split_mask(ds, splits))
-    result = simpred_correlation(
-        ds,
-        prompts,
-        pools,
-        unit,
-        n_permutations=n_permutations,
-        n_boot=n_boot,
-        level=level,
-        seed=seed,
-        batch_size=batch_size,
-    )
+    options = options or CorrelationOptions()
+    result = simpred_correlation(ds, prompts, pools, options, batch_size=batch_size)
+    level = options.level
     frame = correlation_frame(result)
     with atomic_path(csv) as temporary:
         frame.to_csv(temporary, index=False, float_format="%.6g")
@@ -75,15 +63,13 @@ def correlation_figure(
     head_heatmaps(
         grids,
         png,
-        f"{title}\nPearson r(kernel weight, sim_pred) {UNIT_TEXT[unit]}; partial r controls slot, |x_i|, y_i, "
+        f"{title}\nPearson r(kernel weight, sim_pred) {UNIT_TEXT[options.unit]}; partial r controls slot, |x_i|, y_i, "
         f"1[y_i = ŷ] and demo hubness ({hubness});\n"
         f"{result.attrs['n_prompts']} prompts ({'+'.join(splits)}), {result.attrs['n_pairs']} pairs; dots: family-wise "
-        f"p ≤ {1 - level:.2g} (max |T| over heads, each centred on its null; {n_permutations} within-prompt "
+        f"p ≤ {1 - level:.2g} (max |T| over heads, each centred on its null; {options.n_permutations} within-prompt "
         "permutations)",
         "Pearson r",
-        vmin=-bound,
-        vmax=bound,
-        cmap="RdBu_r",
+        scale=ColorScale(-bound, bound, "RdBu_r"),
         marks=marks,
         notes=notes,
     )

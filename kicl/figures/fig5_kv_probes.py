@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kicl.analysis.probes import TARGETS, probe_accuracy, probe_frame
+from kicl.analysis.probes import TARGETS, ProbeOptions, probe_accuracy, probe_frame
 from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, figure_style, plt, save_figure
 from kicl.fileio import atomic_path
 from kicl.store.reader import open_store
@@ -83,17 +83,17 @@ def plot_probe(result, path, title: str) -> None:
     save_figure(fig, path)
 
 
-def probe_figure(
-    store, png_keys, png_values, csv, *, alpha=0.01, test_fraction=0.2, seed=0, n_null=20, keys="keys", title=""
-):
+def probe_figure(store, png_keys, png_values, csv, options: ProbeOptions | None = None, *, title=""):
     """Fig 5a (keys -> top token of x_i alone) and Fig 5b (values -> y_i), plus the CSV of every number."""
+    o = options or ProbeOptions()
+    keys, alpha = o.keys, o.alpha
     ds = open_store(store, needs=[keys, "values", "demo_top_token", "demo_label"])
     frames = []
     for variable, png, label in [
         (keys, png_keys, "(a) keys → argmax_o P(o|x_i)"),
         ("values", png_values, "(b) values → y_i"),
     ]:
-        result = probe_accuracy(ds, variable, alpha, test_fraction, seed, n_null=n_null)
+        result = probe_accuracy(ds, variable, alpha, o.test_fraction, o.seed, n_null=o.n_null)
         info = result.attrs
         plot_probe(
             result,

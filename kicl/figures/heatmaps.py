@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from kicl.figures.style import figure_style, plt, save_figure
 
 
-def head_heatmaps(
-    grids: dict,
-    path,
-    title: str,
-    colorbar_label: str,
-    *,
-    vmin=None,
-    vmax=None,
-    cmap="viridis",
-    best="max",
-    marks=None,
-    notes=None,
-):
+@dataclass(frozen=True)
+class ColorScale:
+    """The colour map of the heat-maps and its limits (None: the smallest / largest finite value of all panels)."""
+
+    vmin: float | None = None
+    vmax: float | None = None
+    cmap: str = "viridis"
+
+
+def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, scale=ColorScale(), marks=None, notes=None):
     """One panel per entry of `grids` (name -> array (layer, head)); the best head of each panel is boxed.
 
-    `marks` (name -> boolean (layer, head)) puts a dot on the marked heads (e.g. above a null threshold);
-    `notes` (name -> str) adds a second line to a panel's title.
+    `scale`: the colour map and its limits. `marks` (name -> boolean (layer, head)) puts a dot on the marked heads
+    (e.g. above a null threshold); `notes` (name -> str) adds a second line to a panel's title.
     """
     marks, notes = marks or {}, notes or {}
     names = list(grids)
@@ -39,19 +38,18 @@ def head_heatmaps(
         for ax in axes.ravel()[len(names) :]:
             ax.remove()
         finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()] + [np.array([0.0])])
-        vmin = float(finite.min()) if vmin is None else vmin
-        vmax = float(finite.max()) if vmax is None else vmax
+        vmin = float(finite.min()) if scale.vmin is None else scale.vmin
+        vmax = float(finite.max()) if scale.vmax is None else scale.vmax
         panels = axes.ravel()[: len(names)]
         for ax, name in zip(panels, names):
             grid = np.asarray(grids[name], dtype=float)
             im = ax.imshow(
-                grid.T, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
+                grid.T, origin="lower", aspect="auto", cmap=scale.cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
             )
             ax.set_xlabel("layer index")
             ax.set_ylabel("head index")
-            if np.isfinite(grid).any() and best:
-                flat = np.nanargmax(grid) if best == "max" else np.nanargmax(np.abs(grid))
-                lay, head = np.unravel_index(flat, grid.shape)
+            if np.isfinite(grid).any():
+                lay, head = np.unravel_index(np.nanargmax(grid), grid.shape)
                 ax.add_patch(plt.Rectangle((lay - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
                 heading = f"{name}: best L{lay} H{head} = {grid[lay, head]:.3f}"
             else:

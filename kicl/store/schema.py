@@ -155,38 +155,43 @@ def forward_variables(
     return {v.name: v for v in VARIABLES if v.present in keep}
 
 
-def layout(
-    *,
-    n_prompts: int,
-    n_layers: int,
-    n_heads: int,
-    n_kv_heads: int,
-    n_positions: int,
-    label_names: Sequence[str],
-    n_demos: int,
-    n_kv_prompts: int,
-    offsets: Sequence[int],
-    head_dim: int,
-) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class StoreSizes:
+    """How large a forward store is: the counts behind every dimension, the label names and the kv offsets."""
+
+    n_prompts: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    n_positions: int
+    label_names: Sequence[str]
+    n_demos: int
+    n_kv_prompts: int
+    offsets: Sequence[int]
+    head_dim: int
+
+
+def layout(size: StoreSizes) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     """The sizes of every dimension and the coordinate arrays of a store of these sizes.
 
     Coordinates: 0-based indices, the label names, ``POOLINGS``, the kv prompt ids (the first prompts) and
     the offsets relative to the label token; ``kv_prompt``/``offset`` only when keys/values are kept.
     """
     sizes = {
-        "prompt": n_prompts, "layer": n_layers, "head": n_heads, "kv_head": n_kv_heads, "position": n_positions,
-        "label": len(label_names), "demo": n_demos, "pooling": len(POOLINGS), "kv_prompt": n_kv_prompts,
-        "offset": len(offsets), "head_dim": head_dim,
+        "prompt": size.n_prompts, "layer": size.n_layers, "head": size.n_heads, "kv_head": size.n_kv_heads,
+        "position": size.n_positions, "label": len(size.label_names), "demo": size.n_demos,
+        "pooling": len(POOLINGS), "kv_prompt": size.n_kv_prompts, "offset": len(size.offsets),
+        "head_dim": size.head_dim,
     }  # fmt: skip
     coords = {
         name: np.arange(sizes[name], dtype=np.int64)
         for name in ("prompt", "layer", "head", "kv_head", "position", "demo")
     }
-    coords["label"] = np.array([str(n) for n in label_names], dtype=str)
+    coords["label"] = np.array([str(n) for n in size.label_names], dtype=str)
     coords["pooling"] = np.array(POOLINGS, dtype=str)
-    if n_kv_prompts:
-        coords["kv_prompt"] = np.arange(n_kv_prompts, dtype=np.int64)
-        coords["offset"] = np.asarray(offsets, dtype=np.int64)
+    if size.n_kv_prompts:
+        coords["kv_prompt"] = np.arange(size.n_kv_prompts, dtype=np.int64)
+        coords["offset"] = np.asarray(size.offsets, dtype=np.int64)
     return sizes, coords
 
 

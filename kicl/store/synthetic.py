@@ -9,14 +9,14 @@ tests and for trying the figure rules without a GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from kicl.fileio import atomic_directory
 from kicl.store.pooling import POOLINGS, kernel_weights
-from kicl.store.schema import forward_variables, layout
+from kicl.store.schema import StoreSizes, forward_variables, layout
 from kicl.store.writer import ForwardStoreWriter
 
 OFFSETS = [-1, 0, 1, 2, 3]  # the default capture.kv_offsets
@@ -54,70 +54,95 @@ def _segment_layout(rng, n_demos, len_range):
     return rows, test_start, test_end, test_end + 1
 
 
-def make_synthetic_store(
-    path,
-    *,
-    n_prompts: int = 60,
-    n_layers: int = 3,
-    n_heads: int = 4,
-    n_kv_heads: int | None = None,
-    n_demos: int = 6,
-    min_demos: int | None = None,
-    n_labels: int = 2,
-    head_dim: int = 16,
-    kv_prompts: int | None = None,
-    len_range: tuple[int, int] = (3, 9),
-    select_fraction: float = 0.7,
-    planted: Planted | None = None,
-    seed: int = 0,
-    overrides: dict | None = None,
-) -> Path:
-    """Write a forward store with planted answers at `path` through the real writer and return the path.
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """The sizes of a synthetic store and its seed (None: as many kv heads as heads, every prompt keeps keys and
+    values, every prompt has `n_demos` demonstrations)."""
 
-    Demonstration labels and gold labels are independent uniform draws. Without a planted label head the
-    prediction is one too, so a head with random attention agrees with it at rate 1/n_labels; with one, the
-    prediction is the label of a random demonstration of the prompt. `min_demos` < `n_demos` gives some prompts
-    fewer demonstrations (missing demos: label -1, NaN weights, -1 positions). `overrides` (variable name ->
-    array of the declared shape) replaces generated variables before writing (e.g. another condition's ŷ);
-    `demo_hubness` (P, D), which the store has only when given here, adds it (like a capture's store).
-    """
-    planted = planted or Planted()
-    rng = np.random.default_rng(seed)
-    n_kv_heads = n_kv_heads or n_heads
-    kv_prompts = n_prompts if kv_prompts is None else kv_prompts
-    min_demos = n_demos if min_demos is None else min_demos
+    n_prompts: int = 60
+    n_layers: int = 3
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    n_demos: int = 6
+    min_demos: int | None = None
+    n_labels: int = 2
+    head_dim: int = 16
+    kv_prompts: int | None = None
+    len_range: tuple[int, int] = (3, 9)
+    select_fraction: float = 0.7
+    seed: int = 0
 
-    counts = rng.integers(min_demos, n_demos + 1, n_prompts)
-    layouts = [_segment_layout(rng, int(c), len_range) for c in counts]
-    lengths = np.array([lay[3] for lay in layouts])
-    n_pos = int(lengths.max())
+    def resolved(self) -> SyntheticSpec:
+        """The spec with every None replaced by its meaning."""
+        return replace(
+            self,
+            n_kv_heads=self.n_kv_heads or self.n_heads,
+            kv_prompts=self.n_prompts if self.kv_prompts is None else self.kv_prompts,
+            min_demos=self.n_demos if self.min_demos is None else self.min_demos,
+        )
+
+
+@dataclass
+class _Demos:
+    """Token positions of every prompt's demonstrations (P, D; -1 where a prompt has fewer) and of its test input."""
+
+    counts: np.ndarray
+    layouts: list
+    lengths: np.ndarray
+    input_start: np.ndarray
+    input_end: np.ndarray
+    label_pos: np.ndarray
+    delim_start: np.ndarray
+    delim_end: np.ndarray
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.input_start >= 0
+
+
+def _demo_positions(rng, spec: SyntheticSpec) -> _Demos:
+    counts = rng.integers(spec.min_demos, spec.n_demos + 1, spec.n_prompts)
+    layouts = [_segment_layout(rng, int(c), spec.len_range) for c in counts]
 
     def demo_array(idx, fill=-1):
-        out = np.full((n_prompts, n_demos), fill, np.int64)
+        out = np.full((spec.n_prompts, spec.n_demos), fill, np.int64)
         for p, (rows, *_rest) in enumerate(layouts):
             for d, row in enumerate(rows):
                 out[p, d] = row[idx]
         return out
 
-    input_start, input_end, label_pos, delim_start, delim_end = (demo_array(i) for i in range(5))
-    present = input_start >= 0
-    demo_label = np.where(present, rng.integers(0, n_labels, (n_prompts, n_demos)), -1)
-    gold = rng.integers(0, n_labels, n_prompts)
-    prediction = rng.integers(0, n_labels, n_prompts)
-    if planted.label_head is not None:  # a head can only reconstruct ŷ if some demonstration carries it
-        pick = rng.integers(0, counts)
-        prediction = demo_label[np.arange(n_prompts), pick]
-    label_logits = rng.normal(size=(n_prompts, n_labels)).astype(np.float32)
-    label_logits[np.arange(n_prompts), prediction] += 5.0
+    lengths = np.array([lay[3] for lay in layouts])
+    return _Demos(counts, layouts, lengths, *(demo_array(i) for i in range(5)))
 
-    attention = np.full((n_prompts, n_layers, n_heads, n_pos), np.nan, np.float32)
-    kernel_weight = np.full((n_prompts, len(POOLINGS), n_layers, n_heads, n_demos), np.nan, np.float32)
-    for p in range(n_prompts):
-        length = lengths[p]
-        att = rng.dirichlet(np.ones(length), size=(n_layers, n_heads)).astype(np.float32)
+
+def _labels(rng, spec: SyntheticSpec, planted: Planted, demos: _Demos):
+    """(demo_label, gold, prediction, label_logits): independent uniform draws; with a planted label head the
+    prediction is the label of a random demonstration."""
+    shape = (spec.n_prompts, spec.n_demos)
+    demo_label = np.where(demos.present, rng.integers(0, spec.n_labels, shape), -1)
+    gold = rng.integers(0, spec.n_labels, spec.n_prompts)
+    prediction = rng.integers(0, spec.n_labels, spec.n_prompts)
+    if planted.label_head is not None:  # a head can only reconstruct ŷ if some demonstration carries it
+        pick = rng.integers(0, demos.counts)
+        prediction = demo_label[np.arange(spec.n_prompts), pick]
+    label_logits = rng.normal(size=(spec.n_prompts, spec.n_labels)).astype(np.float32)
+    label_logits[np.arange(spec.n_prompts), prediction] += 5.0
+    return demo_label, gold, prediction, label_logits
+
+
+def _attention(rng, spec: SyntheticSpec, planted: Planted, demos: _Demos, demo_label, prediction):
+    """(attention, kernel_weight): Dirichlet rows, the planted head's mass on the label tokens carrying ŷ."""
+    n_pos = int(demos.lengths.max())
+    attention = np.full((spec.n_prompts, spec.n_layers, spec.n_heads, n_pos), np.nan, np.float32)
+    kernel_weight = np.full(
+        (spec.n_prompts, len(POOLINGS), spec.n_layers, spec.n_heads, spec.n_demos), np.nan, np.float32
+    )
+    for p in range(spec.n_prompts):
+        length = demos.lengths[p]
+        att = rng.dirichlet(np.ones(length), size=(spec.n_layers, spec.n_heads)).astype(np.float32)
         if planted.label_head is not None:
             lay, head = planted.label_head
-            hits = label_pos[p][(demo_label[p] == prediction[p]) & present[p]]
+            hits = demos.label_pos[p][(demo_label[p] == prediction[p]) & demos.present[p]]
             row = att[lay, head] * (1 - planted.label_mass)
             if len(hits):
                 row[hits] += planted.label_mass / len(hits)
@@ -125,14 +150,13 @@ def make_synthetic_store(
                 row[length - 1] += planted.label_mass
             att[lay, head] = row
         attention[p, :, :, :length] = att
-        kernel_weight[p] = kernel_weights(att, input_start[p], label_pos[p])
+        kernel_weight[p] = kernel_weights(att, demos.input_start[p], demos.label_pos[p])
+    return attention, kernel_weight
 
-    top_ids = rng.choice(1000, planted.n_top_tokens, replace=False)
-    top_class = rng.integers(0, planted.n_top_tokens, (n_prompts, n_demos))
-    demo_top_token = np.where(present, top_ids[top_class], -1)
-    test_top_token = top_ids[rng.integers(0, planted.n_top_tokens, n_prompts)]
 
-    sim_pred = rng.uniform(0, 1, (n_prompts, n_demos)).astype(np.float32)
+def _sim_pred(rng, spec: SyntheticSpec, planted: Planted, kernel_weight, present):
+    """Uniform, or correlated with the planted head's max-pooled kernel weight; NaN for missing demos."""
+    sim_pred = rng.uniform(0, 1, (spec.n_prompts, spec.n_demos)).astype(np.float32)
     if planted.simpred_head is not None:
         lay, head = planted.simpred_head
         kw = kernel_weight[:, 0, lay, head, :].astype(np.float64)
@@ -140,31 +164,49 @@ def make_synthetic_store(
         rho = planted.simpred_rho
         sim_pred = (0.5 + 0.1 * (rho * z + np.sqrt(1 - rho**2) * rng.normal(size=z.shape))).astype(np.float32)
     sim_pred[~present] = np.nan
+    return sim_pred
 
-    kv_shape = (kv_prompts, n_layers, n_kv_heads, n_demos, len(OFFSETS), head_dim)
+
+def _keys_values(rng, spec: SyntheticSpec, planted: Planted, present, top_class, demo_label):
+    """Gaussian keys and values; at the planted (layer, kv head, offset) they encode the top token / the label."""
+    kv_prompts = spec.kv_prompts
+    kv_shape = (kv_prompts, spec.n_layers, spec.n_kv_heads, spec.n_demos, len(OFFSETS), spec.head_dim)
     keys = rng.normal(size=kv_shape).astype(np.float32)
     values = rng.normal(size=kv_shape).astype(np.float32)
     if planted.kv_head is not None and kv_prompts:
         lay, head = planted.kv_head
         o = OFFSETS.index(planted.kv_offset)
-        top_dirs = rng.normal(size=(planted.n_top_tokens, head_dim))
-        label_dirs = rng.normal(size=(n_labels, head_dim))
+        top_dirs = rng.normal(size=(planted.n_top_tokens, spec.head_dim))
+        label_dirs = rng.normal(size=(spec.n_labels, spec.head_dim))
         keys[:, lay, head, :, o, :] += planted.kv_scale * top_dirs[top_class[:kv_prompts]]
         values[:, lay, head, :, o, :] += planted.kv_scale * label_dirs[np.clip(demo_label[:kv_prompts], 0, None)]
     missing_kv = ~present[:kv_prompts]
     keys.transpose(0, 3, 1, 2, 4, 5)[missing_kv] = np.nan
     values.transpose(0, 3, 1, 2, 4, 5)[missing_kv] = np.nan
+    return keys, values
 
-    n_select = int(round(select_fraction * n_prompts))
+
+def _synthetic_variables(rng, spec: SyntheticSpec, planted: Planted) -> dict[str, np.ndarray]:
+    """Every variable of the store, drawn from `rng` in a fixed order."""
+    n_prompts, n_demos = spec.n_prompts, spec.n_demos
+    demos = _demo_positions(rng, spec)
+    present = demos.present
+    demo_label, gold, prediction, label_logits = _labels(rng, spec, planted, demos)
+    attention, kernel_weight = _attention(rng, spec, planted, demos, demo_label, prediction)
+
+    top_ids = rng.choice(1000, planted.n_top_tokens, replace=False)
+    top_class = rng.integers(0, planted.n_top_tokens, (n_prompts, n_demos))
+    demo_top_token = np.where(present, top_ids[top_class], -1)
+    test_top_token = top_ids[rng.integers(0, planted.n_top_tokens, n_prompts)]
+    sim_pred = _sim_pred(rng, spec, planted, kernel_weight, present)
+    keys, values = _keys_values(rng, spec, planted, present, top_class, demo_label)
+
+    n_select = int(round(spec.select_fraction * n_prompts))
     split = np.array(["select"] * n_select + ["heldout"] * (n_prompts - n_select), dtype=str)
     rng.shuffle(split)
-    label_names = [f"label{k}" for k in range(n_labels)]
-    test_text = np.array([f"synthetic test input {p}" for p in range(n_prompts)], dtype=str)
-    demo_text = np.where(present, np.char.add("synthetic demonstration ", np.arange(n_demos).astype(str)), "")
-    block_start = np.where(present, input_start - 1, -1)  # the template word before the input
     data = {
         "attention": attention,
-        "length": lengths.astype(np.int64),
+        "length": demos.lengths.astype(np.int64),
         "split": split,
         "test_index": np.arange(n_prompts, dtype=np.int64),
         "gold": gold.astype(np.int64),
@@ -173,35 +215,55 @@ def make_synthetic_store(
         "demo_label": demo_label.astype(np.int64),
         "demo_pool_index": np.where(present, rng.integers(0, 10 * n_demos, (n_prompts, n_demos)), -1),
         "kernel_weight": kernel_weight,
-        "input_start": input_start,
-        "input_end": input_end,
-        "label_pos": label_pos,
-        "delim_start": delim_start,
-        "delim_end": delim_end,
-        "block_start": block_start,
-        "block_end": delim_end,
-        "test_start": np.array([lay[1] for lay in layouts], np.int64),
-        "test_end": np.array([lay[2] for lay in layouts], np.int64),
+        "input_start": demos.input_start,
+        "input_end": demos.input_end,
+        "label_pos": demos.label_pos,
+        "delim_start": demos.delim_start,
+        "delim_end": demos.delim_end,
+        "block_start": np.where(present, demos.input_start - 1, -1),  # the template word before the input
+        "block_end": demos.delim_end,
+        "test_start": np.array([lay[1] for lay in demos.layouts], np.int64),
+        "test_end": np.array([lay[2] for lay in demos.layouts], np.int64),
         "sim_pred": sim_pred,
         "demo_top_token": demo_top_token.astype(np.int64),
         "test_top_token": test_top_token.astype(np.int64),
         "prompt_text": np.array([f"synthetic prompt {p}" for p in range(n_prompts)], dtype=str),
-        "test_text": test_text,
-        "demo_text": demo_text,
+        "test_text": np.array([f"synthetic test input {p}" for p in range(n_prompts)], dtype=str),
+        "demo_text": np.where(present, np.char.add("synthetic demonstration ", np.arange(n_demos).astype(str)), ""),
     }
-    if kv_prompts:
+    if spec.kv_prompts:
         data.update(keys=keys, values=values)
+    return data
+
+
+def make_synthetic_store(path, *, planted: Planted | None = None, overrides: dict | None = None, **spec) -> Path:
+    """Write a forward store with planted answers at `path` through the real writer and return the path.
+
+    `spec`: the fields of :class:`SyntheticSpec` (sizes and seed). Demonstration labels and gold labels are
+    independent uniform draws. Without a planted label head the prediction is one too, so a head with random
+    attention agrees with it at rate 1/n_labels; with one, the prediction is the label of a random demonstration
+    of the prompt. `min_demos` < `n_demos` gives some prompts fewer demonstrations (missing demos: label -1, NaN
+    weights, -1 positions). `overrides` (variable name -> array of the declared shape) replaces generated
+    variables before writing (e.g. another condition's ŷ); `demo_hubness` (P, D), which the store has only when
+    given here, adds it (like a capture's store).
+    """
+    spec = SyntheticSpec(**spec).resolved()
+    data = _synthetic_variables(np.random.default_rng(spec.seed), spec, planted or Planted())
     overrides = dict(overrides or {})
     with_hubness = "demo_hubness" in overrides
     if with_hubness:
-        data["demo_hubness"] = np.full((n_prompts, n_demos), np.nan, np.float32)
+        data["demo_hubness"] = np.full((spec.n_prompts, spec.n_demos), np.nan, np.float32)
     for name, values in overrides.items():
         if name not in data or np.shape(values) != np.shape(data[name]):
             raise ValueError(f"synthetic store override {name!r}: not a variable of shape {np.shape(data.get(name))}")
         data[name] = np.asarray(values).astype(data[name].dtype)
+    label_names = [f"label{k}" for k in range(spec.n_labels)]
     sizes, coords = layout(
-        n_prompts=n_prompts, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, n_positions=n_pos,
-        label_names=label_names, n_demos=n_demos, n_kv_prompts=kv_prompts, offsets=OFFSETS, head_dim=head_dim,
+        StoreSizes(
+            n_prompts=spec.n_prompts, n_layers=spec.n_layers, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
+            n_positions=data["attention"].shape[-1], label_names=label_names, n_demos=spec.n_demos,
+            n_kv_prompts=spec.kv_prompts, offsets=OFFSETS, head_dim=spec.head_dim,
+        )
     )  # fmt: skip
     attrs = {
         "kicl_store": "forward",
@@ -209,13 +271,13 @@ def make_synthetic_store(
         "task": "synthetic",
         "label_names": label_names,
         "verbalizers": [f" {name}" for name in label_names],
-        "seed": seed,
+        "seed": spec.seed,
         "rotary": False,
         "synthetic": True,
     }
     path = Path(path)
     with atomic_directory(path) as tmp:
-        variables = forward_variables(rotary=False, with_kv=kv_prompts > 0, hubness=with_hubness)
+        variables = forward_variables(rotary=False, with_kv=spec.kv_prompts > 0, hubness=with_hubness)
         writer = ForwardStoreWriter(tmp, sizes, coords, variables, attrs)
         for name, values in data.items():
             writer.write(name, 0, values)

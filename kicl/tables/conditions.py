@@ -15,7 +15,7 @@ import pandas as pd
 from kicl.analysis.baselines import BASELINES
 from kicl.analysis.conditions import ConditionResults
 from kicl.fileio import write_csv_atomic, write_text_atomic
-from kicl.tables.table2 import SHORT_LABELS, to_latex, to_markdown
+from kicl.tables.render import SHORT_LABELS, interval_cell, to_latex, to_markdown
 
 #: the tables' file names in the stage's output folder
 TABLE_FILES = {
@@ -29,17 +29,10 @@ TABLE_FILES = {
 }
 
 
-def _ci(value, low, high, signed: bool = False) -> str:
-    if value is None or not np.isfinite(value):
-        return "—"
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
-
-
 def _get(row, name: str, signed: bool = False) -> str:
     if name not in row or pd.isna(row[name]):
         return "—"
-    return _ci(row[name], row[f"{name}_low"], row[f"{name}_high"], signed)
+    return interval_cell(row[name], row[f"{name}_low"], row[f"{name}_high"], signed)
 
 
 def reading(row, reference: str, alpha: float = 0.05) -> str:

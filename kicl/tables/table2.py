@@ -14,14 +14,13 @@ accuracy in the CSV and in a second Markdown table, with intervals from the same
 from __future__ import annotations
 
 import logging
-import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from kicl.analysis import stats
 from kicl.analysis.baselines import (
-    BASELINE_LABELS,
     BASELINES,
     classification_scores,
     resampled_classification_scores,
@@ -29,52 +28,10 @@ from kicl.analysis.baselines import (
 from kicl.analysis.head_selection import nested_bootstrap, selection_data
 from kicl.fileio import write_text_atomic
 from kicl.store.reader import open_store
+from kicl.tables.paper import paper_table2_value
+from kicl.tables.render import estimate_cell, metric_cell, row_label, to_latex, to_markdown
 
 log = logging.getLogger(__name__)
-
-PAPER_TASKS = ["sst2", "mnli", "rotten_tomatoes", "tweet_eval_hate", "tweet_eval_irony", "tweet_eval_offensive"]
-#: the paper's Table 2 (GPT-J-6B), by row key and paper task
-PAPER_TABLE2 = {
-    "icl_accuracy": [0.805, 0.383, 0.671, 0.539, 0.519, 0.542],
-    "recon_agreement": [0.797, 0.597, 0.683, 0.713, 0.722, 0.753],
-    "recon_accuracy": [0.750, 0.360, 0.527, 0.587, 0.522, 0.513],
-    "encoder:all-MiniLM-L6-v2:cosine": [0.503, 0.321, 0.478, 0.548, 0.491, 0.588],
-    "encoder:bert-base-nli-mean-tokens:cosine": [0.523, 0.325, 0.502, 0.545, 0.479, 0.597],
-}
-ROW_LABELS = {
-    "icl_accuracy": "ICL accuracy",
-    "recon_agreement": "ICL output reconstruction (ỹ vs ŷ)",
-    "recon_accuracy": "Reconstructed performance (ỹ vs gold)",
-}
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
-def paper_value(row: str, task: str, aliases: dict | None = None):
-    """The paper's Table 2 number for (row, task), or None. Task and encoder names match after lower-casing and
-    dropping punctuation, or through `aliases` (our name -> the paper's name)."""
-    aliases = {_key(k): v for k, v in (aliases or {}).items()}
-    task_key = _key(aliases.get(_key(task), task))
-    columns = [_key(t) for t in PAPER_TASKS]
-    if task_key not in columns:
-        return None
-    if row.startswith("encoder:"):
-        _, encoder, kernel = row.split(":")
-        encoder_key = _key(aliases.get(_key(encoder), encoder))
-        row = next(
-            (
-                r
-                for r in PAPER_TABLE2
-                if r.startswith("encoder:") and _key(r.split(":")[1]) == encoder_key and r.endswith(f":{kernel}")
-            ),
-            None,
-        )
-        if row is None:
-            return None
-    values = PAPER_TABLE2.get(row)
-    return None if values is None else values[columns.index(task_key)]
 
 
 def encoder_predictions(csv, held_prompts, held_gold, split: str = "heldout") -> dict:
@@ -102,42 +59,58 @@ def _row_keys(encoders) -> list[tuple[str, str, str]]:
     return keys
 
 
-def lm_rows(
-    store,
-    task: str,
-    pooling: str,
-    n_boot: int,
-    seed: int,
-    level: float,
-    split: str = "heldout",
-    encoder_csvs: dict | None = None,
-    tau: float = np.nan,
-    ties: str = "lowest",
-    nested: bool = True,
-) -> list[dict]:
+@dataclass(frozen=True)
+class Table2Options:
+    """How Table 2 is computed: the kernel-weight pooling behind the head choice, the encoder-KR softmax
+    temperature, the bootstrap (``analysis.bootstrap``), the paper's aliases, the scored split, the vote-tie
+    rule and whether each resample repeats the head selection."""
+
+    pooling: str = "max"
+    tau: float = 0.1
+    n_boot: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    aliases: dict | None = None
+    split: str = "heldout"
+    ties: str = "fitted"
+    nested: bool = True
+
+
+def lm_rows(store, task: str, options: Table2Options, encoder_csvs: dict | None = None) -> list[dict]:
     """Every row of one task's store: ICL, the selected head, the baselines, encoder KR and the paired differences.
 
     `encoder_csvs`: encoder name -> its per-prompt KR predictions CSV for this task (scored on the same
     resamples, so their differences with the head are paired).
     """
     ds = open_store(store, needs=["kernel_weight", "demo_label", "prediction", "gold", "split"])
-    data = selection_data(ds, pooling, ties, score_split=split)
+    data = selection_data(ds, options.pooling, options.ties, score_split=options.split)
     encoders = []
     for encoder, csv in (encoder_csvs or {}).items():
-        for kernel, pred in encoder_predictions(csv, data.held_prompts, data.held_gold, split).items():
+        for kernel, pred in encoder_predictions(csv, data.held_prompts, data.held_gold, options.split).items():
             data.extra[f"encoder:{encoder}:{kernel}"] = pred
             encoders.append(f"encoder:{encoder}:{kernel}")
-    res = nested_bootstrap(data, n_boot, seed, level, nested)
+    res = nested_bootstrap(data, options.n_boot, options.seed, options.level, options.nested)
     layer, head = res["head"]
-    refs = {"prediction": data.held_pred, "gold": data.held_gold}
     base = {
         "task": task,
         "n": len(data.held_pred),
         "head": f"L{layer} H{head}",
         "select_agreement": res["select_agreement"],
         "selection_stability": res["stability"],
-        "pooling": pooling,
+        "pooling": options.pooling,
     }
+    rows = [{**base, **row} for row in _score_rows(res, data, encoders, options)]
+    rows += [{**base, **row} for row in _difference_rows(res, encoders, options.tau)]
+    for ref in ("prediction", "gold"):  # one family per reference: the head against every competitor
+        family = [r for r in rows if r["row"].startswith("diff:") and r["reference"] == ref]
+        for row, adjusted in zip(family, stats.holm([r["p_value"] for r in family])):
+            row["p_holm"] = adjusted
+    return rows
+
+
+def _score_rows(res: dict, data, encoders: list[str], options: Table2Options) -> list[dict]:
+    """One row per predictor and reference: the score with its interval, balanced accuracy and macro-F1."""
+    refs = {"prediction": data.held_pred, "gold": data.held_gold}
     rows = []
     for key, name, ref in _row_keys(encoders):
         value, low, high = res["scores"][(name, ref)]
@@ -145,10 +118,9 @@ def lm_rows(
         boot = resampled_classification_scores(
             res["resampled"]["preds"][name], refs[ref], data.n_labels, res["resampled"]["weights"]
         )
-        bounds = {m: stats.percentile_interval(boot[m], level) for m in ("balanced_accuracy", "macro_f1")}
+        bounds = {m: stats.percentile_interval(boot[m], options.level) for m in ("balanced_accuracy", "macro_f1")}
         rows.append(
             {
-                **base,
                 "row": key,
                 "reference": ref,
                 "value": value,
@@ -160,9 +132,15 @@ def lm_rows(
                 "macro_f1": extra["macro_f1"],
                 "macro_f1_low": bounds["macro_f1"][0],
                 "macro_f1_high": bounds["macro_f1"][1],
-                "tau": tau if key.endswith(":softmax") else np.nan,
+                "tau": options.tau if key.endswith(":softmax") else np.nan,
             }
         )
+    return rows
+
+
+def _difference_rows(res: dict, encoders: list[str], tau: float) -> list[dict]:
+    """The paired differences: selected head − each baseline (agreement and accuracy), − each encoder (accuracy)."""
+    rows = []
     for name in list(BASELINES) + encoders:
         for ref, what in (("prediction", "agreement"), ("gold", "accuracy")):
             if name.startswith("encoder:") and ref == "prediction":
@@ -170,7 +148,6 @@ def lm_rows(
             delta, low, high, p = res["diffs"][(name, ref)]
             rows.append(
                 {
-                    **base,
                     "row": f"diff:{what}:{name}",
                     "reference": ref,
                     "value": delta,
@@ -180,17 +157,12 @@ def lm_rows(
                     "tau": tau if name.endswith(":softmax") else np.nan,
                 }
             )
-    for ref in ("prediction", "gold"):  # one family per reference: the head against every competitor
-        family = [r for r in rows if r["row"].startswith("diff:") and r["reference"] == ref]
-        for row, adjusted in zip(family, stats.holm([r["p_value"] for r in family])):
-            row["p_holm"] = adjusted
     return rows
 
 
-def encoder_rows(
-    csv, task: str, encoder: str, tau: float, n_boot: int, seed: int, level: float, split: str = "heldout"
-) -> list[dict]:
+def encoder_rows(csv, task: str, encoder: str, options: Table2Options) -> list[dict]:
     """Encoder-KR rows (cosine, softmax) for one task from the per-prompt predictions CSV."""
+    tau, split = options.tau, options.split
     frame = pd.read_csv(csv)
     frame = frame[frame["split"] == split]
     if frame.empty:
@@ -198,7 +170,10 @@ def encoder_rows(
     rows = []
     for kernel in ("cosine", "softmax"):
         value, low, high = stats.bootstrap_mean(
-            frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(), n_boot=n_boot, seed=seed, level=level
+            frame[f"pred_{kernel}"].to_numpy() == frame["gold"].to_numpy(),
+            n_boot=options.n_boot,
+            seed=options.seed,
+            level=options.level,
         )
         rows.append(
             {
@@ -212,44 +187,6 @@ def encoder_rows(
             }
         )
     return rows
-
-
-SHORT_LABELS = {
-    "constant": "constant ŷ",
-    "gold_majority": "gold-majority class",
-    "vote": "unweighted vote of the demonstration labels",
-    "recency": "last demonstration's label",
-    "position": "position-only kernel",
-}
-
-
-def _encoder_label(key: str, tau=None) -> str:
-    _, encoder, kernel = key.split(":")
-    if kernel == "cosine":
-        return f"{encoder} KR, raw cosine"
-    return f"{encoder} KR, exp(cos/τ)" + ("" if tau is None or not np.isfinite(tau) else f", τ={tau:g}")
-
-
-def row_label(key: str, tau=None) -> str:
-    if key in ROW_LABELS:
-        return ROW_LABELS[key]
-    if key.startswith("baseline:"):
-        _, name, what = key.split(":")
-        return f"baseline: {BASELINE_LABELS[name]} ({'vs ŷ' if what == 'agreement' else 'vs gold'})"
-    if key.startswith("diff:"):
-        _, what, name = key.split(":", 2)
-        other = _encoder_label(name, tau) if name.startswith("encoder:") else SHORT_LABELS[name]
-        return f"Δ {'agreement with ŷ' if what == 'agreement' else 'accuracy vs gold'}: selected head − {other}"
-    return _encoder_label(key, tau)
-
-
-def _cell(value, low, high, p=np.nan, p_holm=np.nan) -> str:
-    if not np.isfinite(value):
-        return "—"
-    if np.isfinite(p):
-        holm = f" (Holm {p_holm:.3f})" if np.isfinite(p_holm) else ""
-        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}] p={p:.3f}{holm}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -279,7 +216,9 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
         for task in tasks:
             if task in sub.index:
                 r = sub.loc[task]
-                row[task] = _cell(*r[["value", "ci_low", "ci_high"]], r.get("p_value", np.nan), r.get("p_holm", np.nan))
+                row[task] = estimate_cell(
+                    *r[["value", "ci_low", "ci_high"]], r.get("p_value", np.nan), r.get("p_holm", np.nan)
+                )
                 paper = r["paper"]
                 row[f"{task} (paper)"] = "—" if pd.isna(paper) else f"{paper:.3f}"
             else:
@@ -292,14 +231,6 @@ def wide_table(frame: pd.DataFrame) -> pd.DataFrame:
     out.append(n_row)
     without_paper = [f"{t} (paper)" for t in tasks if not frame.loc[frame["task"] == t, "paper"].notna().any()]
     return pd.DataFrame(out).drop(columns=without_paper)
-
-
-def _metric_cell(row, metric: str) -> str:
-    """'0.612 [0.550, 0.671]' (the interval where the frame has one, else the point value)."""
-    low, high = row.get(f"{metric}_low", np.nan), row.get(f"{metric}_high", np.nan)
-    if pd.notna(low) and pd.notna(high):
-        return f"{row[metric]:.3f} [{low:.3f}, {high:.3f}]"
-    return f"{row[metric]:.3f}"
 
 
 def metrics_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -315,42 +246,12 @@ def metrics_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {"method": row_label(key, tau)}
         for task in tasks:
             row[task] = (
-                f"{_metric_cell(sub.loc[task], 'balanced_accuracy')} / {_metric_cell(sub.loc[task], 'macro_f1')}"
+                f"{metric_cell(sub.loc[task], 'balanced_accuracy')} / {metric_cell(sub.loc[task], 'macro_f1')}"
                 if task in sub.index
                 else "—"
             )
         out.append(row)
     return pd.DataFrame(out)
-
-
-def to_markdown(wide: pd.DataFrame) -> str:
-    cols = list(wide.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def _tex(text: str) -> str:
-    text = str(text).replace("\\", r"\textbackslash{}")
-    for char in "&%$#_{}":
-        text = text.replace(char, "\\" + char)
-    return text.replace("ỹ", r"$\tilde y$").replace("ŷ", r"$\hat y$").replace("τ", r"$\tau$").replace("—", "--")
-
-
-def to_latex(wide: pd.DataFrame, caption: str) -> str:
-    cols = list(wide.columns)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering\small",
-        rf"\caption{{{_tex(caption)}}}",
-        r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
-        r"\toprule",
-        " & ".join(_tex(c) for c in cols) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in wide.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
 
 
 def write_table(frame: pd.DataFrame, csv, md, tex, caption: str) -> None:
@@ -371,42 +272,26 @@ def write_table(frame: pd.DataFrame, csv, md, tex, caption: str) -> None:
 
 def add_paper_column(frame: pd.DataFrame, aliases: dict | None) -> pd.DataFrame:
     frame = frame.copy()
-    frame["paper"] = [paper_value(r, t, aliases) for r, t in zip(frame["row"], frame["task"])]
+    frame["paper"] = [paper_table2_value(r, t, aliases) for r, t in zip(frame["row"], frame["task"])]
     frame["paper"] = frame["paper"].astype(float)
     return frame
 
 
-def table2(
-    model: str,
-    stores: dict,
-    encoder_csvs: dict,
-    csv,
-    md,
-    tex,
-    *,
-    pooling="max",
-    tau=0.1,
-    n_boot=1000,
-    seed=0,
-    level=0.95,
-    aliases=None,
-    split="heldout",
-    ties="fitted",
-    nested=True,
-) -> pd.DataFrame:
+def table2(model: str, stores: dict, encoder_csvs: dict, csv, md, tex, options: Table2Options | None = None):
     """Table 2 for one model: `stores` task -> store path; `encoder_csvs` (encoder, task) -> KR predictions CSV."""
+    o = options or Table2Options()
     rows = []
     for task, store in stores.items():
         encoders = {encoder: path for (encoder, t), path in encoder_csvs.items() if t == task}
-        rows += lm_rows(store, task, pooling, n_boot, seed, level, split, encoders, tau, ties, nested)
-    frame = add_paper_column(pd.DataFrame(rows), aliases)
+        rows += lm_rows(store, task, o, encoders)
+    frame = add_paper_column(pd.DataFrame(rows), o.aliases)
     frame.insert(0, "model", model)
     order = {t: i for i, t in enumerate(stores)}
     frame = frame.sort_values("task", key=lambda s: s.map(order), kind="stable")
-    how = "nested (head re-selected in each resample)" if nested else "conditional on the selected head"
+    how = "nested (head re-selected in each resample)" if o.nested else "conditional on the selected head"
     caption = (
-        f"Table 2 ({model}): head chosen on 'select' by agreement with the ICL prediction (pooling '{pooling}'), "
-        f"scored on '{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples, {how}); "
+        f"Table 2 ({model}): head chosen on 'select' by agreement with the ICL prediction (pooling '{o.pooling}'), "
+        f"scored on '{o.split}'; {int(o.level * 100)}% percentile-bootstrap intervals ({o.n_boot} resamples, {how}); "
         "Δ rows: paired differences on the same resamples with two-sided bootstrap p-values, Holm-adjusted over "
         "the Δ rows of one task and reference; vote ties broken by the rule fitted on 'select'; "
         "paper = Han et al. Table 2 (GPT-J-6B) where the task matches."
@@ -415,29 +300,17 @@ def table2(
     return frame
 
 
-def encoder_table(
-    model: str,
-    encoder_csvs: dict,
-    csv,
-    md,
-    tex,
-    *,
-    tau=0.1,
-    n_boot=1000,
-    seed=0,
-    level=0.95,
-    aliases=None,
-    split="heldout",
-) -> pd.DataFrame:
+def encoder_table(model: str, encoder_csvs: dict, csv, md, tex, options: Table2Options | None = None):
     """Encoder-KR rows only (needs prompt files and encoders, no forward pass), with the paper's rows beside."""
+    o = options or Table2Options()
     rows = []
     for (encoder, task), path in encoder_csvs.items():
-        rows += encoder_rows(path, task, encoder, tau, n_boot, seed, level, split)
-    frame = add_paper_column(pd.DataFrame(rows), aliases)
+        rows += encoder_rows(path, task, encoder, o)
+    frame = add_paper_column(pd.DataFrame(rows), o.aliases)
     frame.insert(0, "model", model)
     caption = (
         f"Sentence-encoder kernel regression over the in-prompt demonstrations of the {model} prompts, scored on "
-        f"'{split}'; {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples); "
+        f"'{o.split}'; {int(o.level * 100)}% percentile-bootstrap intervals ({o.n_boot} resamples); "
         "paper = Han et al. Table 2."
     )
     write_table(frame, csv, md, tex, caption)

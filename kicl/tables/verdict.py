@@ -9,6 +9,7 @@ and the selected head's label invariance. A second CSV holds every head's number
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from kicl.analysis.decision import (
     where_it_looks,
 )
 from kicl.fileio import write_text_atomic
-from kicl.tables.table2 import to_markdown
+from kicl.tables.render import interval_cell, to_markdown
 
 CRITERIA = {"advantage": "advantage", "label_invariance": "label invariance"}
 COMPETITOR_NAMES = {
@@ -108,13 +109,6 @@ def heads_frame(model: str, task: str, condition: str, data) -> pd.DataFrame:
     )
 
 
-def _interval(v, lo, hi, signed=False) -> str:
-    if not np.isfinite(v):
-        return "—"
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
-
-
 def verdict_markdown(table: pd.DataFrame) -> str:
     view = pd.DataFrame(
         {
@@ -124,12 +118,12 @@ def verdict_markdown(table: pd.DataFrame) -> str:
             "head (select / heldout fit)": table["heads"],
             "best competitor": [" / ".join(COMPETITOR_NAMES[c] for c in s.split(" / ")) for s in table["competitors"]],
             "Δ agreement [CI]": [
-                _interval(*r, signed=True)
+                interval_cell(*r, signed=True)
                 for r in zip(table["difference"], table["difference_low"], table["difference_high"])
             ],
             "MDD": [f"{v:.3f}" for v in table["mdd"]],
             "label invariance r [CI]": [
-                _interval(*r) for r in zip(table["invariance"], table["invariance_low"], table["invariance_high"])
+                interval_cell(*r) for r in zip(table["invariance"], table["invariance_low"], table["invariance_high"])
             ],
             "head agreement: weights / input span / label token": [
                 " / ".join(f"{v:.3f}" for v in values)
@@ -154,12 +148,19 @@ def noise_floor_line(dtype_check) -> str:
     )
 
 
-def write_verdict(
-    model, condition, stores: dict, partners: dict, rule: DecisionRule, pooling, ties, out, dtype_check=None
-) -> None:
-    """verdict.csv, verdict.md and verdict_heads.csv (paths in `out`) for the stores {task: path}; a task with a
-    store in `partners` (its label-flip condition) gets the label-invariance criterion; `dtype_check` (the JSON
-    of the dtype_check rule, if it ran) adds the numeric noise floor."""
+@dataclass(frozen=True)
+class VerdictInputs:
+    """The stores of one (model, condition) by task, each task's label-flip partner store where it has one (the
+    label-invariance criterion), and the dtype check's JSON if that rule ran (the numeric noise floor)."""
+
+    stores: dict
+    partners: dict = field(default_factory=dict)
+    dtype_check: str | Path | None = None
+
+
+def write_verdict(model, condition, inputs: VerdictInputs, rule: DecisionRule, pooling, ties, out) -> None:
+    """verdict.csv, verdict.md and verdict_heads.csv (paths in `out`) for the stores of `inputs`."""
+    stores, partners, dtype_check = inputs.stores, inputs.partners, inputs.dtype_check
     rows, heads = [], []
     for task, store in stores.items():
         data = load_decision_data(store, pooling, partners.get(task), ties)

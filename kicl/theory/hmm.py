@@ -75,6 +75,7 @@ def _floored_dirichlet(rng: np.random.Generator, alpha: float, size: int, n_rows
     return rows
 
 
+# shape: one keyword per generator key of the theory.hmm config section (x_len aside), each with the note's default
 def make_block_hmm(
     rng: np.random.Generator,
     n_tasks: int = 8,

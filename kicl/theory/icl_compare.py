@@ -130,7 +130,7 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
     kernel = kernel_to_test(kernel_features(world, demo_x), kernel_features(world, test_x), metric)  # (P, N)
     ns_pos = [n for n in ns if n > 0]
     kr_sums = prefix_label_sums(kernel, demo_y, world.n_labels, ns_pos) if ns_pos else None
-    per_n, head_rows = {}, []
+    per_n = {}
     for n in ns:
         posterior = posterior_from_weights(np.log(world.task_prior) + cumulative[:, n], test_joint)
         ids, starts = prompt_ids(world, demo_x[:, :n], demo_y[:, :n], test_x)
@@ -143,28 +143,45 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
             entry["head_votes"] = _vote(attention, demo_y[:, :n], world.n_labels).argmax(-1)  # (P, L, H)
             entry["attention"] = attention  # (P, L, H, n)
         per_n[n] = entry
-    # head choice: agreement with the transformer's argmax on the select prompts, pooled over n >= 1
-    if ns_pos:
-        agreement = np.mean([per_n[n]["head_votes"][split == "select"]
-                             == per_n[n]["transformer"].argmax(-1)[split == "select", None, None] for n in ns_pos],
-                            axis=(0, 1))  # fmt: skip
-        layer, head = np.unravel_index(int(np.argmax(agreement)), agreement.shape)
-        log.info("selected head L%dH%d (select-split agreement with the transformer %.3f)", layer, head,
-                 agreement[layer, head])  # fmt: skip
-        for n in ns_pos:
-            votes = per_n[n]["head_votes"]
-            for split_name in ("select", "heldout"):
-                mask = split == split_name
-                agree = (votes[mask] == per_n[n]["transformer"].argmax(-1)[mask, None, None]).mean(axis=0)
-                for (lay, hd), value in np.ndenumerate(agree):
-                    head_rows.append({"n": n, "split": split_name, "layer": lay, "head": hd,
-                                      "agree_transformer": value, "selected": (lay, hd) == (layer, head)})  # fmt: skip
-            per_n[n]["head_vote"] = np.eye(world.n_labels)[votes[:, layer, head]]
-            profile = per_n[n]["attention"][split == "select", layer, head].mean(0)  # (n,) mean a_i per slot
-            position_votes = _vote(np.broadcast_to(profile, (len(tasks), n)), demo_y[:, :n], world.n_labels)
-            per_n[n]["position_only"] = np.eye(world.n_labels)[position_votes.argmax(-1)]
+    head_rows = _select_head(per_n, ns_pos, split, demo_y, world.n_labels)
+    table = _comparison_table(per_n, ns, test_y, oracle, split == "heldout", ev)
+    heads = pd.DataFrame(head_rows)
+    if not heads.empty:
+        selected = heads[heads["selected"]].iloc[0]
+        table.attrs["selected_head"] = f"L{int(selected['layer'])}H{int(selected['head'])}"
+    return table, heads
+
+
+def _select_head(per_n: dict, ns_pos: list[int], split: np.ndarray, demo_y: np.ndarray, n_labels: int) -> list[dict]:
+    """The head whose vote agrees most with the transformer's argmax on the select prompts, pooled over n >= 1;
+    adds its vote and the position-only vote of its mean attention profile to `per_n`. Returns the per-head rows."""
+    head_rows = []
+    if not ns_pos:
+        return head_rows
+    agreement = np.mean([per_n[n]["head_votes"][split == "select"]
+                         == per_n[n]["transformer"].argmax(-1)[split == "select", None, None] for n in ns_pos],
+                        axis=(0, 1))  # fmt: skip
+    layer, head = np.unravel_index(int(np.argmax(agreement)), agreement.shape)
+    log.info("selected head L%dH%d (select-split agreement with the transformer %.3f)", layer, head,
+             agreement[layer, head])  # fmt: skip
+    for n in ns_pos:
+        votes = per_n[n]["head_votes"]
+        for split_name in ("select", "heldout"):
+            mask = split == split_name
+            agree = (votes[mask] == per_n[n]["transformer"].argmax(-1)[mask, None, None]).mean(axis=0)
+            for (lay, hd), value in np.ndenumerate(agree):
+                head_rows.append({"n": n, "split": split_name, "layer": lay, "head": hd,
+                                  "agree_transformer": value, "selected": (lay, hd) == (layer, head)})  # fmt: skip
+        per_n[n]["head_vote"] = np.eye(n_labels)[votes[:, layer, head]]
+        profile = per_n[n]["attention"][split == "select", layer, head].mean(0)  # (n,) mean a_i per slot
+        position_votes = _vote(np.broadcast_to(profile, (len(demo_y), n)), demo_y[:, :n], n_labels)
+        per_n[n]["position_only"] = np.eye(n_labels)[position_votes.argmax(-1)]
+    return head_rows
+
+
+def _comparison_table(per_n: dict, ns, test_y, oracle, held: np.ndarray, ev: dict) -> pd.DataFrame:
+    """One row per n and method: every metric on the held-out prompts with paired bootstrap intervals."""
     rows, values = [], []
-    held = split == "heldout"
     for n in ns:
         entry = per_n[n]
         truth, model_pred = entry["posterior"].argmax(-1), entry["transformer"].argmax(-1)
@@ -194,11 +211,7 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = pd.DataFrame(rows)[
         ["n", "method", "n_prompts", *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high"))]
     ]
-    heads = pd.DataFrame(head_rows)
-    if not heads.empty:
-        selected = heads[heads["selected"]].iloc[0]
-        table.attrs["selected_head"] = f"L{int(selected['layer'])}H{int(selected['head'])}"
-    return table, heads
+    return table
 
 
 def markdown_table(table: pd.DataFrame, metric: str) -> str:

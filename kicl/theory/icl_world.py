@@ -111,6 +111,7 @@ def world_from_config(cfg: dict) -> LabelWorld:
     return make_label_world(seeded_stream(cfg["seed"], "world"), **{key: cfg[key] for key in keys})
 
 
+# shape: one keyword per key of the theory_icl.world config section (each a parameter of the draw, with its default)
 def make_label_world(
     rng: np.random.Generator,
     n_tasks: int = 6,

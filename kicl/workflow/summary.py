@@ -138,6 +138,12 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
     rows = summary_rows(entries)
     timings = rule_timings(benchmark_dir)
     verdicts = [Path(f) for r in rows for f in r["files"] if Path(f).name == "verdict.md" and Path(f).is_file()]
+    write_text_atomic(out_md, summary_markdown(rows, timings, verdicts))
+    write_text_atomic(out_html, summary_html(rows, timings, verdicts))
+
+
+def summary_markdown(rows: list[dict], timings: pd.DataFrame, verdicts: list[Path]) -> str:
+    """The verdicts, one line per report item and the wall time per rule, as Markdown."""
     md = ["# Figures and tables of this run", ""]
     for path in verdicts:
         md += [path.read_text().strip(), ""]
@@ -155,8 +161,11 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
     ]
     for t in timings.itertuples(index=False):
         md.append(f"| `{t.rule}` | {t.jobs} | {t.total_s:.1f} | {t.max_s:.1f} | {t.max_rss_mb:.0f} |")
-    write_text_atomic(out_md, "\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
 
+
+def summary_html(rows: list[dict], timings: pd.DataFrame, verdicts: list[Path]) -> str:
+    """The same as an HTML page, with the verdict tables and the figures' thumbnails."""
     esc = html.escape
     body = [
         "<h2>Figures and tables of this run</h2>",
@@ -217,4 +226,4 @@ def write_summary(entries, out_html, out_md, benchmark_dir="benchmarks/out") -> 
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-    write_text_atomic(out_html, page)
+    return page
