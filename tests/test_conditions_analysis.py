@@ -155,8 +155,8 @@ def test_conditions_matched_by_test_index_not_row(tmp_path, base):
 def test_reference_head_scored_on_the_other_conditions_heldout(tmp_path, base):
     result = _run(tmp_path, {"paper": ({}, {}), "moved": ({"labels": "x"}, {"planted": Planted(label_head=(0, 1))})})
     row = result.metrics.set_index("condition").loc["moved"]
-    assert row["head_ref"] == "L1 H2"  # the head planted in the reference, chosen on the reference's select
-    assert row["head_own"] == "L0 H1" and row["head_own_agreement"] == 1.0
+    assert row["head_ref"] == "L1H2"  # the head planted in the reference, chosen on the reference's select
+    assert row["head_own"] == "L0H1" and row["head_own_agreement"] == 1.0
     ds = open_store(tmp_path / "moved" / "store.zarr")
     held = np.flatnonzero(base["split"] == "heldout")
     y_tilde = head_predictions(ds, held, ["max"])[:, 0, 1, 2]

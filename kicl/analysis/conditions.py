@@ -46,6 +46,7 @@ from kicl.analysis.baselines import demo_label_matrix, fixed_predictions, positi
 from kicl.analysis.stats import bootstrap_counts, holm, mcnemar_p, percentile_interval, wilson_interval
 from kicl.analysis.votes import reconstruct, resolve_ties
 from kicl.prompts.files import read_meta, read_prompt_records
+from kicl.store.heads import HeadId
 from kicl.store.reader import label_names, open_store, string_values
 
 log = logging.getLogger(__name__)
@@ -405,8 +406,7 @@ def choose_head(cond: Condition, rows: np.ndarray) -> int:
 
 
 def head_name(cond: Condition, flat: int) -> str:
-    layer, head = divmod(int(flat), cond.n_heads)
-    return f"L{layer} H{head}"
+    return HeadId.from_flat(flat, cond.n_heads).label
 
 
 def protocol_difference(protocol: dict, reference: dict) -> str:

@@ -36,6 +36,7 @@ from kicl.capture.run import predict, read_prompts
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
 from kicl.config import defaults_for
 from kicl.fileio import atomic_path
+from kicl.store.heads import HeadId
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def run_ablation(
         frame.to_csv(tmp, index=False, float_format="%.6g")
     heads = pd.DataFrame(
         [{"mode": c.mode, "ranking": c.ranking, "k": c.k, "draw": c.draw, "off_layer": c.off_layer,
-          "heads": " ".join(f"L{layer}H{head}" for layer, head in c.heads)} for c in conds if c.mode == modes[0]]
+          "heads": " ".join(HeadId(*h).label for h in c.heads)} for c in conds if c.mode == modes[0]]
     )  # fmt: skip
     heads["pooling"], heads["rank_by"], heads["no_ablation_max_abs_diff"] = pooling, settings["rank_by"], diff
     heads["seconds_means"], heads["seconds_prefixes"] = round(mean_seconds, 2), round(prefill_seconds, 2)

@@ -9,6 +9,7 @@ conditions side by side. Every figure writes the CSV of the numbers it shows.
 
 from __future__ import annotations
 
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from kicl.analysis.conditions import ConditionResults, compare_conditions
 from kicl.figures.heatmaps import head_heatmaps
 from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, figure_style, plt, save_figure
 from kicl.fileio import write_csv_atomic
+from kicl.store.heads import HeadId
 from kicl.tables.conditions import TABLE_FILES, write_condition_tables
 
 FIGURE_FILES = {"png": "conditions.png", "figure_csv": "conditions_figure.csv", "heads_png": "heads.png"}
@@ -168,7 +170,7 @@ def draw_head_grids(results: ConditionResults, png, csv, conditions=None, title:
         raise ValueError(f"ablation heat-map conditions {unknown} are not among the conditions {names}")
     heads = results.heads[results.heads["condition"].isin(chosen)]
     write_csv_atomic(heads, csv, index=False, float_format="%.6g")
-    layer, head = (int(v) for v in results.metrics["head_ref"].iloc[0][1:].split(" H"))
+    layer, head = astuple(HeadId.parse(results.metrics["head_ref"].iloc[0]))
     grids, notes, marks = {}, {}, {}
     for name in chosen:
         sub = heads[heads["condition"] == name]
@@ -177,7 +179,7 @@ def draw_head_grids(results: ConditionResults, png, csv, conditions=None, title:
         grids[name] = grid
         marks[name] = np.zeros(grid.shape, dtype=bool)
         marks[name][layer, head] = True
-        notes[name] = f"n = {int(sub['n'].iloc[0])} prompts; dot: L{layer} H{head} = {grid[layer, head]:.3f}"
+        notes[name] = f"n = {int(sub['n'].iloc[0])} prompts; dot: {HeadId(layer, head)} = {grid[layer, head]:.3f}"
     head_heatmaps(
         grids,
         png,

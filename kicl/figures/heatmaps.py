@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kicl.figures.style import figure_style, plt, save_figure
+from kicl.store.heads import HeadId
 
 
 def head_heatmaps(
@@ -53,7 +54,7 @@ def head_heatmaps(
                 flat = np.nanargmax(grid) if best == "max" else np.nanargmax(np.abs(grid))
                 lay, head = np.unravel_index(flat, grid.shape)
                 ax.add_patch(plt.Rectangle((lay - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
-                heading = f"{name}: best L{lay} H{head} = {grid[lay, head]:.3f}"
+                heading = f"{name}: best {HeadId(lay, head)} = {grid[lay, head]:.3f}"
             else:
                 heading = name
             if name in marks and np.any(marks[name]):

@@ -28,6 +28,7 @@ from kicl.analysis.baselines import (
 )
 from kicl.analysis.head_selection import nested_bootstrap, selection_data
 from kicl.fileio import write_text_atomic
+from kicl.store.heads import HeadId
 from kicl.store.reader import open_store
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def lm_rows(
     base = {
         "task": task,
         "n": len(data.held_pred),
-        "head": f"L{layer} H{head}",
+        "head": HeadId(layer, head).label,
         "select_agreement": res["select_agreement"],
         "selection_stability": res["stability"],
         "pooling": pooling,
