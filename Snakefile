@@ -18,9 +18,10 @@ include: "rules/models.smk"
 include: "rules/prompts.smk"
 include: "rules/forward.smk"
 include: "rules/figures.smk"
+include: "rules/conditions.smk"
+# after the rules whose outputs its summary page lists (rules.<name>.output)
 include: "rules/tables.smk"
 include: "rules/causal.smk"
-include: "rules/ablation.smk"
 
 
 rule all:
@@ -37,5 +38,6 @@ localrules:
     all,
     prepare_task,
     theory_table3_tables,
+    conditions_tables,
     table_encoder_kr,
     report_summary,

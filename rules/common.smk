@@ -35,7 +35,7 @@ SELECTED_TASKS = list(config["run"]["tasks"])
 SELECTED_MODELS = list(config["run"]["models"])
 SELECTED_ENCODERS = list(config["run"]["encoders"])
 
-# ---- Experimental conditions (config conditions:, run.conditions, ablation:): each a set of protocol overrides
+# ---- Experimental conditions (config conditions:, run.conditions, conditions_stage:): each a set of protocol overrides
 from kicl.conditions import (
     condition_errors,
     condition_protocol,
@@ -51,7 +51,7 @@ from kicl.prompts.retrieval import needs_encoder, needs_model_kernel
 SELECTED_CONDITIONS = selected_conditions(
     config
 )  # run.conditions + the decision rule's label-flip partner
-REFERENCE = config["ablation"]["reference"]
+REFERENCE = config["conditions_stage"]["reference"]
 PARTNER = decision_partner(config)
 _condition_problems = [
     f"{'run.conditions' if name in config['run']['conditions'] else 'analysis.decision.partner'}: {name!r} is not "
@@ -61,16 +61,16 @@ _condition_problems = [
 ]
 if REFERENCE not in SELECTED_CONDITIONS:
     _condition_problems.append(
-        f"ablation.reference: {REFERENCE!r} is not in run.conditions ({', '.join(SELECTED_CONDITIONS)})"
+        f"conditions_stage.reference: {REFERENCE!r} is not in run.conditions ({', '.join(SELECTED_CONDITIONS)})"
     )
 _condition_problems += [
-    f"ablation.tasks: {task!r} is not in the tasks catalog (known: {', '.join(sorted(config['tasks']))})"
-    for task in config["ablation"]["tasks"]
+    f"conditions_stage.tasks: {task!r} is not in the tasks catalog (known: {', '.join(sorted(config['tasks']))})"
+    for task in config["conditions_stage"]["tasks"]
     if task not in config["tasks"]
 ]
 _condition_problems += [
-    f"ablation.head_maps: {name!r} is not in the conditions catalog"
-    for name in config["ablation"]["head_maps"]
+    f"conditions_stage.head_maps: {name!r} is not in the conditions catalog"
+    for name in config["conditions_stage"]["head_maps"]
     if name not in config["conditions"]
 ]
 _condition_problems += condition_errors(
@@ -479,7 +479,7 @@ REPORT_ITEMS = [
     ("Fig 5a/5b: key and value probes", "fig5_kv_probes"),
     ("Table 2: kernel regression vs ICL", "table2"),
     ("Verdict: selected head vs attention-free baselines", "verdict"),
-    ("Conditions side by side (ablations)", "ablation_table"),
+    ("Conditions side by side", "conditions_numbers"),
     ("Causal test: ablating the kernel heads", "fig_causal_ablation"),
     ("Table 2 encoder rows alone", "table_encoder_kr"),
 ]
@@ -495,12 +495,12 @@ TABLE_RULES = ["table2", "verdict"] + (
     ["table_encoder_kr"] if SELECTED_ENCODERS else []
 )
 #: the figure and table rules that `all` runs for the non-reference conditions too
-CONDITION_OUTPUTS = list(config["ablation"]["outputs"])
+CONDITION_OUTPUTS = list(config["conditions_stage"]["outputs"])
 
 
 def _rule_outputs(name):
     """Every output of a rule, expanded over the selected models, encoders and (task, condition) pairs; for a
-    non-reference condition only if ablation.outputs names the rule."""
+    non-reference condition only if conditions_stage.outputs names the rule."""
     patterns = [str(path) for path in getattr(rules, name).output]
     pairs = [
         (task, condition)
@@ -591,45 +591,38 @@ def table2_inputs(wildcards):
     }
 
 
-# ---- Ablation stage (rules/ablation.smk): the conditions of a (model, task) side by side
-ABLATION_CONDITIONS = [
+# ---- Conditions stage (rules/conditions.smk): the conditions of a (model, task) side by side
+CONDITIONS_STAGE_CONDITIONS = [
     condition
     for condition in SELECTED_CONDITIONS
     if condition == REFERENCE or CONDITION_TASKS[condition]
 ]
-ABLATION_TASKS = (
-    [task for task in config["ablation"]["tasks"] if task in SELECTED_TASKS]
-    if len(ABLATION_CONDITIONS) > 1
+CONDITIONS_STAGE_TASKS = (
+    [task for task in config["conditions_stage"]["tasks"] if task in SELECTED_TASKS]
+    if len(CONDITIONS_STAGE_CONDITIONS) > 1
     else []
 )
-
-
-#: the files of the ablation stage (kicl.figures.conditions.OUTPUT_FILES; tests/test_workflow_conditions.py checks it)
-ABLATION_FILES = [
-    "conditions.csv",
-    "conditions.md",
-    "conditions.tex",
-    "order_groups.csv",
-    "table1.csv",
-    "table1.md",
-    "table1.tex",
-    "conditions.png",
-    "conditions_figure.csv",
-    "heads.png",
-    "heads.csv",
+CONDITIONS_STAGE_RULES = [
+    "conditions_numbers",
+    "conditions_tables",
+    "conditions_figures",
 ]
 
 
-def ablation_head_maps(wildcards):
-    """The conditions of ablation.head_maps that run, in that order ([] = every condition)."""
-    chosen = [c for c in config["ablation"]["head_maps"] if c in ABLATION_CONDITIONS]
+def conditions_head_maps(wildcards):
+    """The conditions of conditions_stage.head_maps that run, in that order ([] = every condition)."""
+    chosen = [
+        c
+        for c in config["conditions_stage"]["head_maps"]
+        if c in CONDITIONS_STAGE_CONDITIONS
+    ]
     return chosen if len(chosen) > 1 else []
 
 
-def ablation_inputs(wildcards):
-    """Per condition of the ablation: its forward store, prompt file and encoder-KR predictions."""
+def conditions_inputs(wildcards):
+    """Per condition of the conditions stage: its forward store, prompt file and encoder-KR predictions."""
     inputs = {}
-    for condition in ABLATION_CONDITIONS:
+    for condition in CONDITIONS_STAGE_CONDITIONS:
         inputs[f"store_{condition}"] = (
             f"results/forward/{wildcards.model}/{wildcards.task}/{condition}.zarr"
         )
@@ -646,14 +639,14 @@ def ablation_inputs(wildcards):
     return inputs
 
 
-def ablation_outputs():
-    """The ablation stage's table and figure (with their CSVs) per model and ablation task (rules/ablation.smk)."""
-    return expand(
-        "results/ablation/{model}/{task}/{name}",
-        model=SELECTED_MODELS,
-        task=ABLATION_TASKS,
-        name=ABLATION_FILES,
-    )
+def conditions_outputs():
+    """Every file of the conditions stage's rules (numbers, tables, figures) per model and conditions-stage task."""
+    patterns = [
+        str(path)
+        for name in CONDITIONS_STAGE_RULES
+        for path in getattr(rules, name).output
+    ]
+    return expand(patterns, model=SELECTED_MODELS, task=CONDITIONS_STAGE_TASKS)
 
 
 def summary_inputs():
@@ -663,7 +656,7 @@ def summary_inputs():
         + table_outputs()
         + [path for name in FIGURE_RULES + TABLE_RULES for path in pair_outputs(name)]
         + causal_outputs()
-        + ablation_outputs()
+        + conditions_outputs()
     )
 
 
@@ -674,11 +667,11 @@ def summary_entries(wildcards):
     )
     if CAUSAL_TASKS:
         made.add("fig_causal_ablation")
-    if ABLATION_TASKS:
-        made.add("ablation_table")
+    if CONDITIONS_STAGE_TASKS:
+        made.add("conditions_numbers")
     special = {
         "fig_causal_ablation": (causal_outputs, CAUSAL_TASKS),
-        "ablation_table": (ablation_outputs, ABLATION_TASKS),
+        "conditions_numbers": (conditions_outputs, CONDITIONS_STAGE_TASKS),
     }
     entries = []
     for what, name in REPORT_ITEMS:
@@ -770,7 +763,7 @@ def final_outputs():
         + figure_outputs()
         + table_outputs()
         + causal_outputs()
-        + ablation_outputs()
+        + conditions_outputs()
         + ["results/summary/index.html"]
     )
 

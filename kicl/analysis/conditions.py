@@ -1,4 +1,4 @@
-"""The ablation stage's numbers: experimental conditions of one (model, task) compared on the same test points.
+"""The conditions stage's numbers: experimental conditions of one (model, task) compared on the same test points.
 
 Every condition has a forward store, a prompt file, optionally an encoder kernel-regression CSV
 (kicl.analysis.encoder_kr) and its effective protocol dict. The conditions are matched by ``test_index`` (the
@@ -730,7 +730,7 @@ def head_grids(conditions: dict, splits=("select", "heldout")) -> pd.DataFrame:
 
 @dataclass
 class ConditionResults:
-    """Everything the ablation stage writes for one (model, task)."""
+    """Everything the conditions stage computes for one (model, task) (kicl.analysis.conditions_stage writes it)."""
 
     reference: str
     task: str
@@ -761,7 +761,7 @@ def compare_conditions(
     heatmap_splits=("select", "heldout"),
     aliases: dict | None = None,
 ) -> ConditionResults:
-    """All numbers of the ablation stage. `stores`, `prompts`, `protocols`, `kr_csvs`, `embeddings`: condition ->
+    """All numbers of the conditions stage. `stores`, `prompts`, `protocols`, `kr_csvs`, `embeddings`: condition ->
     forward store, prompts.jsonl, effective protocol dict, encoder-KR CSV and sentence embeddings of the prompt
     file (both optional per condition); `bootstrap`: config analysis.bootstrap; `points`: the test points of
     accuracy-type numbers ('all' or 'heldout')."""
