@@ -74,8 +74,7 @@ def test_the_decision_partner_runs_on_every_task_and_must_only_flip_labels():
 
 def test_the_old_ablation_section_names_its_new_key():
     """The conditions stage's section was ablation:; a config that still has it is told where it went."""
-    config = _config()
-    config["ablation"] = config.pop("conditions_stage")
+    config = _config(ablation={"reference": "paper", "tasks": []})
     problems = config_errors(config, REPO / "schemas" / "config.schema.yaml")
     [line] = [p for p in problems if p.startswith("config key ablation:")]
     assert line.startswith("config key ablation: renamed: it is now conditions_stage: (allowed here:"), problems
