@@ -20,7 +20,7 @@ include: "rules/forward.smk"
 include: "rules/figures.smk"
 include: "rules/tables.smk"
 include: "rules/causal.smk"
-include: "rules/ablation.smk"
+include: "rules/conditions.smk"
 include: "rules/report.smk"
 
 

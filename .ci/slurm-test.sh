@@ -291,7 +291,7 @@ for name in names:
 PY
 say "OK: Table 3 through Slurm ($n_sbatch sbatch submissions) equals the local run"
 
-# ---------------------------------------------------------------- 3b. forward passes and an ablation table
+# ---------------------------------------------------------------- 3b. forward passes and a conditions table
 # Two conditions of a tiny random Llama on a tiny local task, through Slurm: the forward pass's resource
 # functions (memory and time from the model and the prompt file), the dtype check and the condition paths are
 # exercised by real submissions. The profile's GPU partition placeholder and its 4 threads (more than this
@@ -329,21 +329,21 @@ tasks:
     template: {input_prefix: "Input: ", output_prefix: " Output:", delimiter: "\n"}
 protocol: {n_demos: 3, n_select: 12, n_heldout: 12}
 capture: {kv_prompts: 0, batch_size: 4, shard_size: 8}
-ablation: {tasks: [toy], head_maps: []}
+conditions_stage: {tasks: [toy], head_maps: []}
 causal: {tasks: []}
 theory_icl: {enabled: false}
 analysis: {bootstrap: {n_boot: 50}}
 YAML
-say "forward passes and an ablation table of two conditions (tiny model) through Slurm"
+say "forward passes and a conditions table of two conditions (tiny model) through Slurm"
 t=$(date +%s)
 # the target comes first: --configfile and --set-resources take every value that follows them
-bounded 900 "$STATE/log/snakemake-conditions.log" "${SNAKEMAKE[@]}" results/ablation/tiny/toy/conditions.csv \
+bounded 900 "$STATE/log/snakemake-conditions.log" "${SNAKEMAKE[@]}" results/conditions/tiny/toy/conditions.csv \
     -s "$ROOT/Snakefile" -d "$WORK" "${SLURM_CI_ARGS[@]}" --set-resources forward_pass:slurm_partition=debug \
     --set-threads forward_pass=1 \
     --configfile "$ROOT/config.yaml" "$STATE/conditions-ci.yaml"
 say "conditions run: snakemake exited $RC after $(($(date +%s) - t)) s"
 [ $RC -eq 0 ] || { tail -40 "$STATE/log/snakemake-conditions.log"; die "the conditions run through Slurm failed"; }
-for rule in dtype_check forward_pass ablation_table; do
+for rule in dtype_check forward_pass conditions_numbers; do
     grep -q "slurm_logs/rule_$rule" "$STATE/log/snakemake-conditions.log" || die "no Slurm job of rule $rule"
 done
 n_forward=$(grep -cE "^(local)?rule forward_pass:" "$STATE/log/snakemake-conditions.log" || true)
@@ -351,7 +351,7 @@ n_forward=$(grep -cE "^(local)?rule forward_pass:" "$STATE/log/snakemake-conditi
 for condition in paper flipped_labels; do
     [ -d "$WORK/results/forward/tiny/toy/$condition.zarr" ] || die "no forward store for condition $condition"
 done
-"$ROOT/.venv/bin/python" - "$WORK/results/ablation/tiny/toy/conditions.csv" <<'PY'
+"$ROOT/.venv/bin/python" - "$WORK/results/conditions/tiny/toy/conditions.csv" <<'PY'
 import sys
 import pandas as pd
 
@@ -360,7 +360,7 @@ assert list(table["condition"]) == ["paper", "flipped_labels"], table["condition
 assert table["n"].eq(24).all(), table["n"].tolist()
 print(table[["condition", "accuracy", "accuracy_diff", "yhat_change"]].to_string(index=False))
 PY
-say "OK: two conditions' forward passes and their ablation table through Slurm"
+say "OK: two conditions' forward passes and their conditions table through Slurm"
 
 # ---------------------------------------------------------------- 4. a failing job is reported, no hang
 WORK=$STATE/work-fail

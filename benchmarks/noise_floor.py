@@ -11,7 +11,7 @@ results/prompts/{model}/{task}/{condition}/ go through :func:`kicl.capture.run.r
 job's entry point, P(o|x) included) once per (dtype, threads), with ``capture.intra_op_threads`` set to the
 thread count, so each run computes as a job of that many cores did before the setting existed. Per dtype, 2
 threads against 1: max |Δ| of a kernel weight (every pooling, layer, head, demonstration), of a label logit and
-of sim_pred, and the ŷ flips. The causal stage (:func:`kicl.capture.ablation.run_ablation`, k = [1, 4], zero and
+of sim_pred, and the ŷ flips. The causal stage (:func:`kicl.capture.causal.run_causal_ablation`, k = [1, 4], zero and
 mean, 3 random draws) then runs on the 1-thread store of each dtype at 1 and 2 threads; reported: the largest
 change of an accuracy over the conditions, and the prompts whose ŷ differs. ``--model-dir`` points at another
 converted model folder (e.g. a tiny random Llama) when the workflow's is not there. Prints a Markdown table;
@@ -91,16 +91,20 @@ def store_deltas(one, two) -> dict:
 
 
 def causal_deltas(meta, prompts, manifest, store, dtype: str, work: Path) -> dict:
-    """run_ablation on one store at 1 and 2 threads: the largest accuracy change over the conditions."""
-    from kicl.capture.ablation import run_ablation
+    """run_causal_ablation on one store at 1 and 2 threads: the largest accuracy change over the interventions."""
+    from kicl.analysis.causal import write_head_ranking
+    from kicl.capture.causal import CausalFiles, run_causal_ablation
+    from kicl.config import defaults_for
 
+    settings = {**defaults_for("causal"), **CAUSAL}
+    ranking = work / "head_ranking.csv"
+    write_head_ranking(store, ranking, settings["pooling"], settings["rank_by"])
     frames, seconds = {}, {}
     for threads in THREADS:
         capture = {"dtype": dtype, "intra_op_threads": threads}
         began = time.perf_counter()
-        frames[threads] = run_ablation(
-            meta, prompts, manifest, store, work / f"c{threads}.csv", work / f"h{threads}.csv", CAUSAL, capture
-        )
+        files = CausalFiles(meta, prompts, manifest, store, ranking, work / f"c{threads}.csv", work / f"h{threads}.csv")
+        frames[threads] = run_causal_ablation(files, CAUSAL, capture)
         seconds[threads] = time.perf_counter() - began
     keys = ["mode", "ranking", "k", "draw"]
     accuracy = {t: f.groupby(keys)["correct"].mean() for t, f in frames.items()}

@@ -79,13 +79,12 @@ def selected_conditions(config: Mapping) -> list[str]:
 
 def condition_tasks(config: Mapping) -> dict[str, list[str]]:
     """Selected condition -> the tasks it runs on: the reference and the decision rule's label-flip partner on
-    every ``run.tasks``, the others on ``ablation.tasks`` (those that are in ``run.tasks``), in selection order."""
+    every ``run.tasks``, the others on ``conditions_stage.tasks`` (those that are in ``run.tasks``), in selection
+    order."""
     tasks = list(config["run"]["tasks"])
-    everywhere = {config["ablation"]["reference"], decision_partner(config)}
-    ablation_tasks = [task for task in config["ablation"]["tasks"] if task in tasks]
-    return {
-        condition: (tasks if condition in everywhere else ablation_tasks) for condition in selected_conditions(config)
-    }
+    everywhere = {config["conditions_stage"]["reference"], decision_partner(config)}
+    stage_tasks = [task for task in config["conditions_stage"]["tasks"] if task in tasks]
+    return {condition: (tasks if condition in everywhere else stage_tasks) for condition in selected_conditions(config)}
 
 
 def partner_problems(protocols: Mapping[str, Mapping], reference: str, partner: str | None) -> list[str]:

@@ -16,6 +16,10 @@ def _key_path(path) -> str:
     return key or "<top level>"
 
 
+#: top-level config sections that were renamed, old name -> new name (the old name is an error naming the new one)
+RENAMED_KEYS = {"ablation": "conditions_stage"}
+
+
 def _describe(error: jsonschema.ValidationError) -> list[str]:
     """One or more 'config key a.b: problem' lines for a jsonschema error."""
     key = _key_path(error.absolute_path)
@@ -23,7 +27,12 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
         allowed = sorted(error.schema.get("properties", {}))
         unexpected = sorted(set(error.instance) - set(allowed))
         prefix = "" if key == "<top level>" else f"{key}."
-        return [f"config key {prefix}{name}: unknown key (allowed here: {', '.join(allowed)})" for name in unexpected]
+        return [
+            f"config key {prefix}{name}: "
+            + (f"renamed: it is now {RENAMED_KEYS[name]}:" if not prefix and name in RENAMED_KEYS else "unknown key")
+            + f" (allowed here: {', '.join(allowed)})"
+            for name in unexpected
+        ]
     return [f"config key {key}: {error.message}"]
 
 

@@ -1,9 +1,26 @@
 # Causal test of the kernel heads (issue 13), for the tasks in causal.tasks: on the held-out prompts, ablate
-# the top-k heads by reconstruction of ŷ on the select prompts (ranked from the forward store), seeded sets
-# of k layer-matched random heads outside the top k and the bottom-k, at the last token (zero, mean, attention
-# knockout of the label tokens). causal_ablation needs the model (the forward env; torch at
-# capture.intra_op_threads); fig_causal_ablation turns it into paired effects, the rank p-value of the top-k
-# effect among the random draws and two-level intervals, and draws it.
+# the top-k heads by reconstruction of ŷ on the select prompts, seeded sets of k layer-matched random heads
+# outside the top k and the bottom-k, at the last token (zero, mean, attention knockout of the label tokens).
+# causal_ranking ranks the heads from the forward store (the analysis env); causal_ablation reads that ranking
+# and needs the model (the forward env; torch at capture.intra_op_threads); fig_causal_ablation turns it into
+# paired effects, the rank p-value of the top-k effect among the random draws and two-level intervals, and
+# draws it.
+
+
+rule causal_ranking:
+    input:
+        store=FORWARD_STORE,
+    output:
+        ranking="results/causal/{model}/{task}/{condition}/head_ranking.csv",
+    log:
+        "logs/causal_ranking/{model}/{task}/{condition}.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        pooling=lookup(dpath="causal/pooling", within=config),
+        rank_by=lookup(dpath="causal/rank_by", within=config),
+    script:
+        "../scripts/causal_ranking.py"
 
 
 rule causal_ablation:
@@ -12,6 +29,7 @@ rule causal_ablation:
         prompts=PROMPTS,
         model=MODEL_MANIFEST,
         store=FORWARD_STORE,
+        ranking=rules.causal_ranking.output.ranking,
     output:
         prompts="results/causal/{model}/{task}/{condition}/ablation_prompts.csv",
         heads="results/causal/{model}/{task}/{condition}/ablation_heads.csv",

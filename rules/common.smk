@@ -51,7 +51,7 @@ SELECTED_TASKS = list(config["run"]["tasks"])
 SELECTED_MODELS = list(config["run"]["models"])
 SELECTED_ENCODERS = list(config["run"]["encoders"])
 
-# ---- Experimental conditions (config conditions:, run.conditions, ablation:): each a set of protocol overrides
+# ---- Experimental conditions (config conditions:, run.conditions, conditions_stage:): each a set of protocol overrides
 from kicl.conditions import (
     condition_errors,
     condition_protocol,
@@ -67,7 +67,7 @@ from kicl.prompts.retrieval import needs_encoder, needs_model_kernel
 SELECTED_CONDITIONS = selected_conditions(
     config
 )  # run.conditions + the decision rule's label-flip partner
-REFERENCE = config["ablation"]["reference"]
+REFERENCE = config["conditions_stage"]["reference"]
 PARTNER = decision_partner(config)
 _condition_problems = [
     f"{'run.conditions' if name in config['run']['conditions'] else 'analysis.decision.partner'}: {name!r} is not "
@@ -77,16 +77,16 @@ _condition_problems = [
 ]
 if REFERENCE not in SELECTED_CONDITIONS:
     _condition_problems.append(
-        f"ablation.reference: {REFERENCE!r} is not in run.conditions ({', '.join(SELECTED_CONDITIONS)})"
+        f"conditions_stage.reference: {REFERENCE!r} is not in run.conditions ({', '.join(SELECTED_CONDITIONS)})"
     )
 _condition_problems += [
-    f"ablation.tasks: {task!r} is not in the tasks catalog (known: {', '.join(sorted(config['tasks']))})"
-    for task in config["ablation"]["tasks"]
+    f"conditions_stage.tasks: {task!r} is not in the tasks catalog (known: {', '.join(sorted(config['tasks']))})"
+    for task in config["conditions_stage"]["tasks"]
     if task not in config["tasks"]
 ]
 _condition_problems += [
-    f"ablation.head_maps: {name!r} is not in the conditions catalog"
-    for name in config["ablation"]["head_maps"]
+    f"conditions_stage.head_maps: {name!r} is not in the conditions catalog"
+    for name in config["conditions_stage"]["head_maps"]
     if name not in config["conditions"]
 ]
 _condition_problems += condition_errors(
@@ -506,29 +506,33 @@ def verdict_inputs(wildcards):
     return inputs
 
 
-# ---- Ablation stage (rules/ablation.smk): the conditions of a (model, task) side by side
-ABLATION_CONDITIONS = [
+# ---- Conditions stage (rules/conditions.smk): the conditions of a (model, task) side by side
+CONDITIONS_STAGE_CONDITIONS = [
     condition
     for condition in SELECTED_CONDITIONS
     if condition == REFERENCE or CONDITION_TASKS[condition]
 ]
-ABLATION_TASKS = (
-    [task for task in config["ablation"]["tasks"] if task in SELECTED_TASKS]
-    if len(ABLATION_CONDITIONS) > 1
+CONDITIONS_STAGE_TASKS = (
+    [task for task in config["conditions_stage"]["tasks"] if task in SELECTED_TASKS]
+    if len(CONDITIONS_STAGE_CONDITIONS) > 1
     else []
 )
 
 
-def ablation_head_maps(wildcards):
-    """The conditions of ablation.head_maps that run, in that order ([] = every condition)."""
-    chosen = [c for c in config["ablation"]["head_maps"] if c in ABLATION_CONDITIONS]
+def conditions_head_maps(wildcards):
+    """The conditions of conditions_stage.head_maps that run, in that order ([] = every condition)."""
+    chosen = [
+        c
+        for c in config["conditions_stage"]["head_maps"]
+        if c in CONDITIONS_STAGE_CONDITIONS
+    ]
     return chosen if len(chosen) > 1 else []
 
 
-def ablation_inputs(wildcards):
-    """Per condition of the ablation: its forward store, prompt file and encoder-KR predictions."""
+def conditions_inputs(wildcards):
+    """Per condition of the conditions stage: its forward store, prompt file and encoder-KR predictions."""
     inputs = {}
-    for condition in ABLATION_CONDITIONS:
+    for condition in CONDITIONS_STAGE_CONDITIONS:
         cell = dict(model=wildcards.model, task=wildcards.task, condition=condition)
         inputs[f"store_{condition}"] = FORWARD_STORE.format(**cell)
         inputs[f"prompts_{condition}"] = PROMPTS.format(**cell)
@@ -540,7 +544,7 @@ def ablation_inputs(wildcards):
 
 # ---- The run grid and its targets: which cells each rule runs on, computed once
 #: figure and table rules that `all` runs for the non-reference conditions too
-CONDITION_OUTPUTS = list(config["ablation"]["outputs"])
+CONDITION_OUTPUTS = list(config["conditions_stage"]["outputs"])
 FIGURE_RULES = [
     "fig2_attention_map",
     "fig25_single_prompt_map",
@@ -553,7 +557,10 @@ TABLE_RULES = ["table2", "verdict"] + (
 #: stages that run on chosen tasks of the reference condition only
 STAGE_CELLS = {
     "fig_causal_ablation": [c for c in REFERENCE_CELLS if c[1] in CAUSAL_TASKS],
-    "ablation_table": [c for c in REFERENCE_CELLS if c[1] in ABLATION_TASKS],
+    **{
+        name: [c for c in REFERENCE_CELLS if c[1] in CONDITIONS_STAGE_TASKS]
+        for name in ("conditions_numbers", "conditions_tables", "conditions_figures")
+    },
 }
 THEORY_ICL_RULES = (
     ["theory_icl_loss_figure", "theory_icl_compare", "theory_icl_figure"]
@@ -579,7 +586,7 @@ REPORT_ITEMS = [
     ("Fig 5a/5b: key and value probes", "fig5_kv_probes"),
     ("Table 2: kernel regression vs ICL", "table2"),
     ("Verdict: selected head vs attention-free baselines", "verdict"),
-    ("Conditions side by side (ablations)", "ablation_table"),
+    ("Conditions side by side", "conditions_numbers"),
     ("Causal test: ablating the kernel heads", "fig_causal_ablation"),
     ("Table 2 encoder rows alone", "table_encoder_kr"),
 ]
@@ -587,7 +594,7 @@ REPORT_ITEMS = [
 
 def rule_cells(name):
     """The cells a rule runs on: a stage's own; else the grid's reference cells, its other conditions where
-    ablation.outputs names the rule, and the theory_icl cell for the figure and table rules.
+    conditions_stage.outputs names the rule, and the theory_icl cell for the figure and table rules.
     """
     if name in STAGE_CELLS:
         return STAGE_CELLS[name]

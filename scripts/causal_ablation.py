@@ -1,18 +1,17 @@
-"""Snakemake adapter: ablate heads of one (model, task) on its held-out prompts (kicl.capture.ablation)."""
+"""Snakemake adapter: ablate heads of one (model, task) on its held-out prompts (kicl.capture.causal)."""
 
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.capture.ablation import run_ablation
+from kicl.capture.causal import CausalFiles, run_causal_ablation
 
-run_ablation(
-    meta_path=snakemake.input.meta,
-    prompts_path=snakemake.input.prompts,
-    manifest=snakemake.input.model,
-    store_path=snakemake.input.store,
-    out_csv=snakemake.output.prompts,
+files = CausalFiles(
+    meta=snakemake.input.meta,
+    prompts=snakemake.input.prompts,
+    model=snakemake.input.model,
+    store=snakemake.input.store,
+    ranking=snakemake.input.ranking,
+    prompts_csv=snakemake.output.prompts,
     heads_csv=snakemake.output.heads,
-    causal=snakemake.params.causal,
-    capture=snakemake.params.capture,
-    threads=snakemake.threads,
 )
+run_causal_ablation(files, causal=snakemake.params.causal, capture=snakemake.params.capture, threads=snakemake.threads)

@@ -1,11 +1,11 @@
-"""Snakemake adapter: the causal head-ablation curves and their CSV (kicl.figures.ablation)."""
+"""Snakemake adapter: the causal head-ablation curves and their CSV (kicl.figures.causal)."""
 
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.figures.ablation import ablation_figure
+from kicl.figures.causal import causal_figure
 
-ablation_figure(
+causal_figure(
     snakemake.input.prompts,
     snakemake.output.png,
     snakemake.output.csv,

@@ -216,7 +216,7 @@ def test_table2_selects_planted_head(planted_store, tmp_path):
         "synthetic", {"sst2": planted_store}, {("all-MiniLM-L6-v2", "sst2"): kr_csv}, *out, Table2Options(n_boot=200)
     )
     layer, head = Planted().label_head
-    assert set(frame["head"].dropna()) == {f"L{layer} H{head}"}
+    assert set(frame["head"].dropna()) == {f"L{layer}H{head}"}  # one head format in every CSV (kicl.store.heads)
     got = frame.set_index("row")
     assert got.loc["recon_agreement", "value"] == 1.0
     assert got.loc["encoder:all-MiniLM-L6-v2:cosine", "value"] == 1.0

@@ -252,7 +252,7 @@ def test_summary_shows_thumbnails_next_to_numbers(planted_store, tmp_path):
     write_summary(entries, tmp_path / "s.html", tmp_path / "s.md", benchmark_dir=tmp_path / "none")
     page = (tmp_path / "s.html").read_text()
     assert page.count("data:image/png;base64,") == 2
-    assert "best L1 H2 1.000" in page and "position-keeping null: threshold" in page
+    assert "best L1H2 1.000" in page and "position-keeping null: threshold" in page
     line = pd.read_csv(tab / "verdict.csv")["verdict"].iloc[0]
     assert line.startswith("undecided — open: label invariance (no label-flip partner)")  # the planted head wins
     assert line in page and line in (tmp_path / "s.md").read_text()

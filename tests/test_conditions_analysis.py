@@ -1,4 +1,4 @@
-"""The ablation stage (kicl.analysis.conditions): conditions of one (model, task) compared on shared test points.
+"""The conditions stage (kicl.analysis.conditions): conditions of one (model, task) compared on shared test points.
 
 Condition stores are written through the real writer (kicl.store.synthetic) from one seed, so they share test
 points, splits, gold labels and demonstrations; a condition differs by overridden ŷ, a planted head elsewhere,
@@ -155,8 +155,8 @@ def test_conditions_matched_by_test_index_not_row(tmp_path, base):
 def test_reference_head_scored_on_the_other_conditions_heldout(tmp_path, base):
     result = _run(tmp_path, {"paper": ({}, {}), "moved": ({"labels": "x"}, {"planted": Planted(label_head=(0, 1))})})
     row = result.metrics.set_index("condition").loc["moved"]
-    assert row["head_ref"] == "L1 H2"  # the head planted in the reference, chosen on the reference's select
-    assert row["head_own"] == "L0 H1" and row["head_own_agreement"] == 1.0
+    assert row["head_ref"] == "L1H2"  # the head planted in the reference, chosen on the reference's select
+    assert row["head_own"] == "L0H1" and row["head_own_agreement"] == 1.0
     ds = open_store(tmp_path / "moved" / "store.zarr")
     held = np.flatnonzero(base["split"] == "heldout")
     y_tilde = head_predictions(ds, held, ["max"])[:, 0, 1, 2]
@@ -267,8 +267,13 @@ def test_encoder_kr_columns(tmp_path, base):
         )
 
 
-def test_write_condition_outputs(tmp_path, base):
-    from kicl.figures.conditions import OUTPUT_FILES, write_condition_outputs
+def test_conditions_numbers_then_tables_and_figures_from_the_csvs(tmp_path, base):
+    """The stage's three steps: the numbers CSVs from the stores, then the tables and the figures from the CSVs."""
+    from dataclasses import replace
+
+    from kicl.analysis.conditions_stage import NUMBER_FILES, read_condition_numbers, reading, write_condition_numbers
+    from kicl.figures.conditions import FIGURE_FILES, write_condition_figures
+    from kicl.tables.conditions import TABLE_FILES, write_condition_tables
 
     rows = np.array([0, 1, 2, 3, 4, 5, 6, 7])
     sim = np.full((N_PROMPTS, 4), 0.4)
@@ -289,20 +294,23 @@ def test_write_condition_outputs(tmp_path, base):
     for name, (protocol, options) in specs.items():
         stores[name], prompts[name] = _condition(tmp_path, name, **options)
         protocols[name] = protocol
-    out = tmp_path / "ablation"
-    paths = write_condition_outputs(
-        stores,
-        prompts,
-        protocols,
-        "paper",
-        "sst2",
-        out,
-        bootstrap=BOOT,
-        model="synthetic",
-        heatmap_conditions=["paper", "flipped"],
-    )
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES.values())
-    assert set(paths) == set(OUTPUT_FILES)
+    out = tmp_path / "conditions"
+    out.mkdir()
+    numbers = {key: out / name for key, name in NUMBER_FILES.items()}
+    results = compare_conditions(stores, prompts, protocols, "paper", "sst2", bootstrap=BOOT)
+    write_condition_numbers(results, numbers, model="synthetic", head_maps=["paper", "flipped"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(NUMBER_FILES.values())
+    tables = {key: out / name for key, name in TABLE_FILES.items()}
+    write_condition_tables(read_condition_numbers(numbers, protocols, "paper", BOOT), tables, model="synthetic")
+    # the tables read back from the CSVs are the tables of the numbers in memory
+    readings = [reading(r, "paper", 1 - results.level) for _, r in results.metrics.iterrows()]
+    direct = {key: tmp_path / f"direct_{name}" for key, name in TABLE_FILES.items()}
+    write_condition_tables(replace(results, metrics=results.metrics.assign(reading=readings)), direct, "synthetic")
+    assert all(direct[key].read_bytes() == tables[key].read_bytes() for key in TABLE_FILES)
+    figures = {key: out / name for key, name in FIGURE_FILES.items()}
+    write_condition_figures(numbers, figures, "paper", BOOT, head_maps=["paper", "flipped"])
+    paths = numbers | tables | figures
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())
     table = pd.read_csv(paths["csv"]).set_index("condition")
     d, lo, hi, p = table.loc["flipped", ["accuracy_diff", "accuracy_diff_low", "accuracy_diff_high", "accuracy_diff_p"]]
     expected = f"flipped − paper: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], McNemar p = {p:.3f}, Holm p = "
@@ -321,10 +329,10 @@ def test_write_condition_outputs(tmp_path, base):
     assert t1.loc["typos", "paper_accuracy"] == 0.534
     assert "0.534" in paths["table1_md"].read_text() and r"\begin{tabular}" in paths["table1_tex"].read_text()
 
-    from kicl.workflow.summary import headline  # the summary page's headline numbers of the ablation table
+    from kicl.workflow.summary import headline  # the summary page's headline numbers of the conditions table
 
     lines = headline(paths["csv"])
-    assert len(lines) == len(specs) and lines[0] == f"ablation / paper: accuracy {table.loc['paper', 'accuracy']:.3f}"
+    assert len(lines) == len(specs) and lines[0] == f"conditions / paper: accuracy {table.loc['paper', 'accuracy']:.3f}"
     assert f"flipped: accuracy {table.loc['flipped', 'accuracy']:.3f}, Δ {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in lines[3]
 
 

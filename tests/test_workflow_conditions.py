@@ -5,6 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
@@ -12,6 +13,7 @@ from test_encoder_embed import tiny_encoder  # noqa: F401 (fixture)
 from test_workflow_figures import planned_jobs, tiny_setup  # noqa: F401 (fixture)
 
 from kicl.conditions import PAIRING_KEYS, condition_errors, condition_protocol, condition_tasks, partner_problems
+from kicl.config import config_errors
 
 
 def _config(**extra) -> dict:
@@ -51,17 +53,17 @@ def test_condition_errors_name_the_condition_key():
     assert condition_errors(config, names=["good"]) == []
 
 
-def test_condition_tasks_reference_everywhere_others_on_ablation_tasks():
+def test_condition_tasks_reference_everywhere_others_on_conditions_stage_tasks():
     config = _config()
     config["run"] = {**config["run"], "tasks": ["a", "b"], "conditions": ["paper", "near"]}
-    config["ablation"] = {"reference": "paper", "tasks": ["b", "not_run"]}
+    config["conditions_stage"] = {"reference": "paper", "tasks": ["b", "not_run"]}
     assert condition_tasks(config) == {"paper": ["a", "b"], "near": ["b"]}
 
 
 def test_the_decision_partner_runs_on_every_task_and_must_only_flip_labels():
     config = _config()
     config["run"] = {**config["run"], "tasks": ["a", "b"], "conditions": ["paper", "near"]}
-    config["ablation"] = {"reference": "paper", "tasks": ["b"]}
+    config["conditions_stage"] = {"reference": "paper", "tasks": ["b"]}
     config["analysis"] = {"decision": {"partner": "flipped_labels"}}
     assert condition_tasks(config) == {"paper": ["a", "b"], "near": ["b"], "flipped_labels": ["a", "b"]}
     paper = {"labels": "gold", "n_demos": 8}
@@ -70,18 +72,26 @@ def test_the_decision_partner_runs_on_every_task_and_must_only_flip_labels():
     assert problem.startswith("analysis.decision.partner: condition 'f' must be the reference") and "n_demos" in problem
 
 
+def test_the_old_ablation_section_names_its_new_key():
+    """The conditions stage's section was ablation:; a config that still has it is told where it went."""
+    config = _config(ablation={"reference": "paper", "tasks": []})
+    problems = config_errors(config, REPO / "schemas" / "config.schema.yaml")
+    [line] = [p for p in problems if p.startswith("config key ablation:")]
+    assert line.startswith("config key ablation: renamed: it is now conditions_stage: (allowed here:"), problems
+
+
 def test_bad_conditions_stop_the_dry_run_naming_the_key(run_workflow, tmp_path):
     overrides = {
         "run": {"conditions": ["paper", "missing", "x"]},
         "conditions": {"x": {"n_select": 3, "demo_strategy": "nearst"}},
-        "ablation": {"tasks": ["no_such_task"]},
+        "conditions_stage": {"tasks": ["no_such_task"]},
     }
     result = run_workflow(tmp_path, overrides, ["-n"])
     text = result.stdout + result.stderr
     assert result.returncode != 0
     for line in [
         "run.conditions: 'missing' is not in the conditions catalog",
-        "ablation.tasks: 'no_such_task' is not in the tasks catalog",
+        "conditions_stage.tasks: 'no_such_task' is not in the tasks catalog",
         "config key conditions.x.n_select: a condition cannot change the test points",
         "config key conditions.x.demo_strategy: 'nearst' is not one of",
     ]:
@@ -109,7 +119,7 @@ def test_editing_one_condition_reruns_only_its_jobs(run_workflow, tiny_setup):  
     config = json.loads(json.dumps(base))
     config["run"]["conditions"] = ["paper", "two", "one"]
     config["conditions"] = {"two": {"n_demos": 2}, "one": {"n_demos": 1}}
-    config["ablation"] = {"reference": "paper", "tasks": ["toy"]}
+    config["conditions_stage"] = {"reference": "paper", "tasks": ["toy"]}
     stores = {c: f"results/forward/tiny/toy/{c}.zarr" for c in ["paper", "two", "one"]}
     tables = [f"results/tables/tiny/{c}/table2.csv" for c in ["paper", "two", "one"]]
     first = run_workflow(root, config, [*stores.values(), *tables])
@@ -142,3 +152,29 @@ def test_editing_one_condition_reruns_only_its_jobs(run_workflow, tiny_setup):  
     assert after["two"] != before["two"]
     meta = json.loads((work / "results/prompts/tiny/toy/two/meta.json").read_text())
     assert meta["strategy"] == "class_balanced"
+
+
+def test_the_conditions_stage_renders_tables_and_figures_from_its_numbers(run_workflow, tiny_setup, tmp_path):  # noqa: F811
+    """conditions_numbers writes the CSVs under results/conditions/; conditions_tables and conditions_figures
+    render them alone, so a deleted table or figure is made again without rerunning the numbers."""
+    root, base = tiny_setup
+    config = json.loads(json.dumps(base))
+    config["run"]["conditions"] = ["paper", "two"]
+    config["conditions"] = {"two": {"n_demos": 2}}
+    config["conditions_stage"] = {"reference": "paper", "tasks": ["toy"], "head_maps": []}
+    folder = "results/conditions/tiny/toy"
+    names = ["conditions.csv", "order_groups.csv", "table1.csv", "heads.csv", "conditions_figure.csv"]
+    names += ["conditions.md", "conditions.tex", "table1.md", "table1.tex", "conditions.png", "heads.png"]
+    targets = [f"{folder}/{name}" for name in names]
+    first = run_workflow(tmp_path, config, targets)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    work = first.workdir
+    table = pd.read_csv(work / folder / "conditions.csv")
+    assert table["condition"].tolist() == ["paper", "two", "flipped_labels"]  # + the decision rule's partner
+    assert table["head_ref"].str.fullmatch(r"L\d+H\d+").all(), table["head_ref"].tolist()
+    assert "two − paper" in (work / folder / "conditions.md").read_text()
+    for name in ("conditions.md", "heads.png"):
+        (work / folder / name).unlink()
+    dry = run_workflow(tmp_path, config, [*targets, "-n"])
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    assert planned_jobs(dry) == {"conditions_tables": 1, "conditions_figures": 1}, planned_jobs(dry)

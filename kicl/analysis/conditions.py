@@ -1,4 +1,4 @@
-"""The ablation stage's numbers: experimental conditions of one (model, task) compared on the same test points.
+"""The conditions stage's numbers: experimental conditions of one (model, task) compared on the same test points.
 
 Every condition has a forward store, a prompt file, optionally an encoder kernel-regression CSV
 (kicl.analysis.encoder_kr) and its effective protocol dict. The conditions are matched by ``test_index`` (the
@@ -45,6 +45,7 @@ from kicl.analysis.baselines import demo_label_matrix, fixed_predictions, positi
 from kicl.analysis.stats import bootstrap_counts, holm, mcnemar_p, percentile_interval, wilson_interval
 from kicl.analysis.votes import reconstruct, resolve_ties
 from kicl.prompts.files import read_meta, read_prompt_records
+from kicl.store.heads import HeadId
 from kicl.store.reader import label_names, open_store, string_values
 from kicl.tables.paper import PAPER_TABLE1_SST2, is_sst2, paper_table1_key
 
@@ -401,8 +402,7 @@ def choose_head(cond: Condition, rows: np.ndarray) -> int:
 
 
 def head_name(cond: Condition, flat: int) -> str:
-    layer, head = divmod(int(flat), cond.n_heads)
-    return f"L{layer} H{head}"
+    return HeadId.from_flat(flat, cond.n_heads).label
 
 
 def protocol_difference(protocol: dict, reference: dict) -> str:
@@ -711,7 +711,7 @@ def head_grids(conditions: dict, splits=("select", "heldout")) -> pd.DataFrame:
 
 @dataclass
 class ConditionResults:
-    """Everything the ablation stage writes for one (model, task)."""
+    """Everything the conditions stage computes for one (model, task) (kicl.analysis.conditions_stage writes it)."""
 
     reference: str
     task: str
@@ -742,7 +742,7 @@ def compare_conditions(
     heatmap_splits=("select", "heldout"),
     aliases: dict | None = None,
 ) -> ConditionResults:
-    """All numbers of the ablation stage. `stores`, `prompts`, `protocols`, `kr_csvs`, `embeddings`: condition ->
+    """All numbers of the conditions stage. `stores`, `prompts`, `protocols`, `kr_csvs`, `embeddings`: condition ->
     forward store, prompts.jsonl, effective protocol dict, encoder-KR CSV and sentence embeddings of the prompt
     file (both optional per condition); `bootstrap`: config analysis.bootstrap; `points`: the test points of
     accuracy-type numbers ('all' or 'heldout')."""

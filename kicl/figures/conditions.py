@@ -1,74 +1,33 @@
-"""The ablation stage's figures, and its one entry point ``write_condition_outputs`` (numbers, tables, figures).
+"""The conditions stage's figures (rule ``conditions_figures``, render only), drawn from the numbers CSVs
+(kicl.analysis.conditions_stage).
 
 ``conditions.png``: per condition the ICL accuracy and the paired difference to the reference (intervals), a
 bandwidth panel (accuracy and the reference-chosen head's reconstruction against the mean demonstration
 similarity) and a label-noise panel (accuracy, ŷ = majority shown label and reconstruction against the
-measured share of wrong shown labels). ``heads.png``: Fig 3-style per-head agreement of ỹ with ŷ for chosen
-conditions side by side. Every figure writes the CSV of the numbers it shows.
+measured share of wrong shown labels); its points are conditions_figure.csv. ``heads.png``: Fig 3-style per-head
+agreement of ỹ with ŷ for chosen conditions side by side; its numbers are heads.csv.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import astuple
 
 import numpy as np
 import pandas as pd
 
-from kicl.analysis.conditions import ConditionResults, compare_conditions
+from kicl.analysis.conditions_stage import head_map_conditions, read_numbers_csv
 from kicl.figures.heatmaps import ColorScale, head_heatmaps
 from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, figure_style, plt, save_figure
-from kicl.fileio import write_csv_atomic
-from kicl.tables.conditions import TABLE_FILES, write_condition_tables
+from kicl.store.heads import HeadId
 
-FIGURE_FILES = {"png": "conditions.png", "figure_csv": "conditions_figure.csv", "heads_png": "heads.png"}
-FIGURE_FILES["heads_csv"] = "heads.csv"
-#: every file write_condition_outputs writes, by key
-OUTPUT_FILES = TABLE_FILES | FIGURE_FILES
+#: the figures' file names in the stage's output folder, by output key
+FIGURE_FILES = {"png": "conditions.png", "heads_png": "heads.png"}
 
 SERIES = {
     "accuracy": (MAIN_COLOR, "o", "ICL accuracy"),
     "head_ref_agreement": (BASELINE_COLORS[0], "s", "reference-chosen head: ỹ = ŷ (held-out)"),
     "majority_shown_agreement": (BASELINE_COLORS[1], "^", "ŷ = majority shown label"),
 }
-
-
-def output_paths(out_dir) -> dict:
-    """key -> path of every output file under `out_dir` (results/ablation/{model}/{task})."""
-    return {key: Path(out_dir) / name for key, name in OUTPUT_FILES.items()}
-
-
-def _points(frame: pd.DataFrame, panel: str, x: str | None, ys) -> list[dict]:
-    rows = []
-    for _, r in frame.iterrows():
-        for y in ys:
-            rows.append(
-                {
-                    "panel": panel,
-                    "condition": r["condition"],
-                    "x_name": x or "condition",
-                    "x": r[x] if x else np.nan,
-                    "x_low": r[f"{x}_low"] if x else np.nan,
-                    "x_high": r[f"{x}_high"] if x else np.nan,
-                    "series": y,
-                    "y": r[y],
-                    "y_low": r[f"{y}_low"],
-                    "y_high": r[f"{y}_high"],
-                }
-            )
-    return rows
-
-
-def figure_frame(results: ConditionResults) -> pd.DataFrame:
-    """The numbers conditions.png shows, one row per (panel, condition, series)."""
-    m = results.metrics
-    rows = _points(m, "accuracy", None, ["accuracy"])
-    rows += _points(m, "difference", None, ["accuracy_diff"])
-    rows += _points(results.bandwidth, "bandwidth", "mean_demo_similarity", ["accuracy", "head_ref_agreement"])
-    noise_ys = ["accuracy", "majority_shown_agreement", "head_ref_agreement"]
-    rows += _points(results.label_noise, "label_noise", "wrong_label_share", noise_ys)
-    frame = pd.DataFrame(rows)
-    frame.insert(0, "task", results.task)
-    return frame
 
 
 def _bars(ax, part: pd.DataFrame, label: str, zero: float | None, skip: str | None = None) -> None:
@@ -113,12 +72,10 @@ def _curve(ax, part: pd.DataFrame, xlabel: str, empty: str) -> None:
     ax.legend(loc="best")
 
 
-def draw_conditions(results: ConditionResults, png, csv, title: str = "") -> pd.DataFrame:
-    """conditions.png and its CSV."""
-    frame = figure_frame(results)
-    write_csv_atomic(frame, csv, index=False, float_format="%.6g")
-    n = len(results.metrics)
-    level = int(round(100 * results.level))
+def draw_conditions(frame: pd.DataFrame, png, reference: str, bootstrap: dict, title: str) -> None:
+    """conditions.png from its points (conditions_figure.csv); `bootstrap`: config analysis.bootstrap."""
+    n = int((frame["panel"] == "accuracy").sum())
+    level = int(round(100 * float(bootstrap["level"])))
     with figure_style():
         fig, axes = plt.subplots(1, 4, figsize=(15, max(3.0, 0.3 * n + 1.5)), squeeze=False)
         axes = axes[0]
@@ -126,9 +83,9 @@ def draw_conditions(results: ConditionResults, png, csv, title: str = "") -> pd.
         _bars(
             axes[1],
             frame[frame.panel == "difference"],
-            f"Δ accuracy − {results.reference} (paired)",
+            f"Δ accuracy − {reference} (paired)",
             0.0,
-            skip=results.reference,
+            skip=reference,
         )
         axes[1].set_ylim(axes[0].get_ylim())
         axes[1].set_yticklabels([])
@@ -148,27 +105,19 @@ def draw_conditions(results: ConditionResults, png, csv, title: str = "") -> pd.
         axes[3].set_title("label noise")
         axes[3].set_xlim(-0.05, 1.05)
         fig.suptitle(
-            f"{title or results.task}: conditions against '{results.reference}'; {level}% paired bootstrap intervals "
-            f"({results.n_boot} resamples of test points)",
+            f"{title}: conditions against '{reference}'; {level}% paired bootstrap intervals "
+            f"({int(bootstrap['n_boot'])} resamples of test points)",
             fontsize=9,
         )
         fig.tight_layout()
     save_figure(fig, png)
-    return frame
 
 
-def draw_head_grids(results: ConditionResults, png, csv, conditions=None, title: str = "") -> pd.DataFrame:
-    """Fig 3-style heat-maps (agreement of ỹ with ŷ per layer × head) of `conditions` (default: all, reference
-    first) side by side, on a shared 0..1 colour scale; the best head of each panel is boxed, the head chosen on
-    the reference's select prompts dotted. `csv` gets the numbers shown."""
-    names = list(results.metrics["condition"])
-    chosen = list(conditions) if conditions else [results.reference] + [n for n in names if n != results.reference]
-    unknown = [c for c in chosen if c not in names]
-    if unknown:
-        raise ValueError(f"ablation heat-map conditions {unknown} are not among the conditions {names}")
-    heads = results.heads[results.heads["condition"].isin(chosen)]
-    write_csv_atomic(heads, csv, index=False, float_format="%.6g")
-    layer, head = (int(v) for v in results.metrics["head_ref"].iloc[0][1:].split(" H"))
+def draw_head_grids(heads: pd.DataFrame, chosen: list[str], reference_head: HeadId, png, title: str) -> None:
+    """Fig 3-style heat-maps (agreement of ỹ with ŷ per layer × head, heads.csv) of the conditions `chosen` side
+    by side, on a shared 0..1 colour scale; the best head of each panel is boxed, `reference_head` (chosen on the
+    reference's select prompts) dotted."""
+    layer, head = astuple(reference_head)
     grids, notes, marks = {}, {}, {}
     for name in chosen:
         sub = heads[heads["condition"] == name]
@@ -177,59 +126,26 @@ def draw_head_grids(results: ConditionResults, png, csv, conditions=None, title:
         grids[name] = grid
         marks[name] = np.zeros(grid.shape, dtype=bool)
         marks[name][layer, head] = True
-        notes[name] = f"n = {int(sub['n'].iloc[0])} prompts; dot: L{layer} H{head} = {grid[layer, head]:.3f}"
+        notes[name] = f"n = {int(sub['n'].iloc[0])} prompts; dot: {reference_head} = {grid[layer, head]:.3f}"
     head_heatmaps(
         grids,
         png,
-        title or f"{results.task}: agreement of each head's ỹ with ŷ, per condition",
+        title,
         "agreement of ỹ with ŷ",
         scale=ColorScale(0.0, 1.0),
         marks=marks,
         notes=notes,
     )
-    return heads
 
 
-def write_condition_outputs(
-    stores: dict,
-    prompts: dict,
-    protocols: dict,
-    reference: str,
-    task: str,
-    out_dir,
-    *,
-    kr_csvs: dict | None = None,
-    embeddings: dict | None = None,
-    bootstrap: dict | None = None,
-    model: str = "",
-    pooling: str = "max",
-    ties: str = "lowest",
-    points: str = "all",
-    heatmap_conditions=None,
-    heatmap_splits=("select", "heldout"),
-    aliases: dict | None = None,
-) -> dict:
-    """The whole ablation stage of one (model, task): numbers (kicl.analysis.conditions.compare_conditions),
-    tables and figures under `out_dir`. Returns key -> path of every file written (OUTPUT_FILES)."""
-    results = compare_conditions(
-        stores,
-        prompts,
-        protocols,
-        reference,
-        task,
-        kr_csvs=kr_csvs,
-        embeddings=embeddings,
-        bootstrap=bootstrap,
-        pooling=pooling,
-        ties=ties,
-        points=points,
-        heatmap_splits=heatmap_splits,
-        aliases=aliases,
-    )
-    paths = output_paths(out_dir)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_condition_tables(results, paths, model)
+def write_condition_figures(numbers: dict, paths: dict, reference: str, bootstrap: dict, head_maps=None) -> None:
+    """conditions.png and heads.png (paths: key -> path of FIGURE_FILES) from the numbers CSVs (numbers: key ->
+    path of kicl.analysis.conditions_stage.NUMBER_FILES); `head_maps`: config conditions_stage.head_maps."""
+    table = read_numbers_csv(numbers["csv"], "csv")
+    model = table["model"].iloc[0] if "model" in table else ""
+    task = table["task"].iloc[0]
     title = f"{model} on {task}" if model else task
-    draw_conditions(results, paths["png"], paths["figure_csv"], title)
-    draw_head_grids(results, paths["heads_png"], paths["heads_csv"], heatmap_conditions, title)
-    return paths
+    draw_conditions(read_numbers_csv(numbers["figure_csv"], "figure_csv"), paths["png"], reference, bootstrap, title)
+    chosen = head_map_conditions(table["condition"], reference, head_maps)
+    heads = read_numbers_csv(numbers["heads_csv"], "heads_csv")
+    draw_head_grids(heads, chosen, HeadId.parse(table["head_ref"].iloc[0]), paths["heads_png"], title)

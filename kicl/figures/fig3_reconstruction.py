@@ -17,6 +17,7 @@ from matplotlib import colors
 from kicl.analysis.baselines import BASELINE_LABELS
 from kicl.analysis.reconstruction import NullOptions, reconstruction_frame, reconstruction_scores
 from kicl.figures.style import figure_style, plt, save_figure
+from kicl.store.heads import HeadId
 from kicl.store.reader import open_store, poolings, split_mask
 
 CENTERS = ("best_baseline", "none")
@@ -61,7 +62,7 @@ def draw_reconstruction(scores, var: str, path, title: str, color_center: str = 
             p_value = float(scores[f"{var}_position_p"].sel(pooling=pool).values[lay, head])
             ax.add_patch(plt.Rectangle((lay - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
             ax.set_title(
-                f"{pool}: best L{lay} H{head} = {grid[lay, head]:.3f}; {len(above)} heads above\n"
+                f"{pool}: best {HeadId(lay, head)} = {grid[lay, head]:.3f}; {len(above)} heads above\n"
                 f"position null: threshold {threshold:.3f}, p = {p_value:.3f}; label null p = {label_p:.3f}",
                 fontsize=8,
             )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kicl.figures.style import figure_style, plt, save_figure
+from kicl.store.heads import HeadId
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def head_heatmaps(grids: dict, path, title: str, colorbar_label: str, *, scale=C
             if np.isfinite(grid).any():
                 lay, head = np.unravel_index(np.nanargmax(grid), grid.shape)
                 ax.add_patch(plt.Rectangle((lay - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
-                heading = f"{name}: best L{lay} H{head} = {grid[lay, head]:.3f}"
+                heading = f"{name}: best {HeadId(lay, head)} = {grid[lay, head]:.3f}"
             else:
                 heading = name
             if name in marks and np.any(marks[name]):

@@ -1,10 +1,7 @@
-"""The ablation stage's tables: CSV, Markdown and LaTeX of the condition table, the order groups and the Table 1
-analogue (numbers from kicl.analysis.conditions). conditions.md also has the curves; conditions.tex holds the
-condition and order-group tables.
-
-Each condition gets a one-line reading computed from its paired difference to the reference, decided by the
-Holm-adjusted McNemar p-value across the conditions read against the reference, e.g.
-"nearest − paper: +0.120 [+0.030, +0.210], McNemar p = 0.010, Holm p = 0.030 < 0.05: differs from paper".
+"""The conditions stage's tables (rule ``conditions_tables``, render only): Markdown and LaTeX of the condition
+table, the order groups and the Table 1 analogue, from the numbers CSVs (kicl.analysis.conditions_stage).
+conditions.md also has the curves and each condition's one-line reading; conditions.tex holds the condition and
+order-group tables.
 """
 
 from __future__ import annotations
@@ -14,16 +11,14 @@ import pandas as pd
 
 from kicl.analysis.baselines import BASELINES
 from kicl.analysis.conditions import ConditionResults
-from kicl.fileio import write_csv_atomic, write_text_atomic
+from kicl.analysis.conditions_stage import reading
+from kicl.fileio import write_text_atomic
 from kicl.tables.render import SHORT_LABELS, interval_cell, to_latex, to_markdown
 
-#: the tables' file names in the stage's output folder
+#: the tables' file names in the stage's output folder, by output key
 TABLE_FILES = {
-    "csv": "conditions.csv",
     "md": "conditions.md",
     "tex": "conditions.tex",
-    "order_csv": "order_groups.csv",
-    "table1_csv": "table1.csv",
     "table1_md": "table1.md",
     "table1_tex": "table1.tex",
 }
@@ -33,23 +28,6 @@ def _get(row, name: str, signed: bool = False) -> str:
     if name not in row or pd.isna(row[name]):
         return "—"
     return interval_cell(row[name], row[f"{name}_low"], row[f"{name}_high"], signed)
-
-
-def reading(row, reference: str, alpha: float = 0.05) -> str:
-    """One line from a condition's paired difference of accuracy to the reference, decided by its Holm-adjusted
-    p-value at `alpha` (the table reads every condition against the one reference)."""
-    if row["condition"] == reference:
-        return f"{reference}: the reference condition"
-    d, lo, hi, p = (row[f"accuracy_diff{s}"] for s in ("", "_low", "_high", "_p"))
-    if not np.isfinite(d):
-        return f"{row['condition']} − {reference}: no paired difference"
-    p_holm = row.get("accuracy_diff_p_holm", p)
-    verdict = (
-        f"Holm p = {p_holm:.3f} < {alpha:g}: differs from {reference}"
-        if p_holm < alpha
-        else f"Holm p = {p_holm:.3f} ≥ {alpha:g}: no difference shown"
-    )
-    return f"{row['condition']} − {reference}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], McNemar p = {p:.3f}, {verdict}"
 
 
 def _best_baseline(row) -> str:
@@ -176,16 +154,10 @@ def caption(results: ConditionResults, model: str = "") -> str:
 
 
 def write_condition_tables(results: ConditionResults, paths: dict, model: str = "") -> None:
-    """Write every file of TABLE_FILES (paths: key -> path)."""
-    metrics = results.metrics.copy()
-    metrics["reading"] = [reading(r, results.reference, 1 - results.level) for _, r in metrics.iterrows()]
-    metrics.insert(0, "task", results.task)
-    if model:
-        metrics.insert(0, "model", model)
-    write_csv_atomic(metrics, paths["csv"], float_format="%.6g")
-    write_csv_atomic(results.order, paths["order_csv"], float_format="%.6g")
-    write_csv_atomic(results.table1, paths["table1_csv"], float_format="%.6g")
-    table = condition_table(results.metrics, results.reference)
+    """Write every file of TABLE_FILES (paths: key -> path) from `results` as read back from the numbers CSVs
+    (kicl.analysis.conditions_stage.read_condition_numbers: its metrics carry each condition's reading)."""
+    metrics = results.metrics
+    table = condition_table(metrics.drop(columns="reading"), results.reference)
     text = caption(results, model)
     parts = [
         f"{text}\n\n{to_markdown(table)}",

@@ -27,6 +27,7 @@ from kicl.analysis.baselines import (
 )
 from kicl.analysis.head_selection import nested_bootstrap, selection_data
 from kicl.fileio import write_text_atomic
+from kicl.store.heads import HeadId
 from kicl.store.reader import open_store
 from kicl.tables.paper import paper_table2_value
 from kicl.tables.render import estimate_cell, metric_cell, row_label, to_latex, to_markdown
@@ -94,7 +95,7 @@ def lm_rows(store, task: str, options: Table2Options, encoder_csvs: dict | None 
     base = {
         "task": task,
         "n": len(data.held_pred),
-        "head": f"L{layer} H{head}",
+        "head": HeadId(layer, head).label,
         "select_agreement": res["select_agreement"],
         "selection_stability": res["stability"],
         "pooling": options.pooling,

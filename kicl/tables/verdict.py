@@ -26,6 +26,7 @@ from kicl.analysis.decision import (
     where_it_looks,
 )
 from kicl.fileio import write_text_atomic
+from kicl.store.heads import HeadId
 from kicl.tables.render import interval_cell, to_markdown
 
 CRITERIA = {"advantage": "advantage", "label_invariance": "label invariance"}
@@ -36,10 +37,6 @@ COMPETITOR_NAMES = {
     "position": "position-only kernel",
     "label_sequence": "label-sequence model",
 }
-
-
-def head_label(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
 
 
 def _count(n: float) -> str:
@@ -66,7 +63,7 @@ def verdict_line(result: dict) -> str:
 
 
 def verdict_row(model: str, task: str, condition: str, result: dict, rule: DecisionRule) -> dict:
-    heads = " / ".join(head_label(*h) for h in result["heads"])
+    heads = " / ".join(HeadId(*h).label for h in result["heads"])
     return {
         "model": model,
         "task": task,
@@ -99,7 +96,7 @@ def heads_frame(model: str, task: str, condition: str, data) -> pd.DataFrame:
             "model": model,
             "task": task,
             "condition": condition,
-            "head_id": [head_label(a, b) for a, b in zip(layer, head)],
+            "head_id": [HeadId(a, b).label for a, b in zip(layer, head)],
             "layer": layer,
             "head": head,
             "select_agreement": agree[data.fold == 0].mean(0),

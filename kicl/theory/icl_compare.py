@@ -36,6 +36,7 @@ import pandas as pd
 
 from kicl.analysis.stats import bootstrap_mean
 from kicl.fileio import write_csv_atomic, write_text_atomic
+from kicl.store.heads import HeadId
 from kicl.theory.icl_world import (
     DELIMITER,
     MARKER,
@@ -148,7 +149,7 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
     heads = pd.DataFrame(head_rows)
     if not heads.empty:
         selected = heads[heads["selected"]].iloc[0]
-        table.attrs["selected_head"] = f"L{int(selected['layer'])}H{int(selected['head'])}"
+        table.attrs["selected_head"] = HeadId(int(selected["layer"]), int(selected["head"])).label
     return table, heads
 
 

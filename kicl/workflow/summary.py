@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from kicl.fileio import write_text_atomic
+from kicl.store.heads import HeadId
 
 
 def read_benchmarks(files) -> pd.DataFrame:
@@ -95,7 +96,7 @@ def headline(path) -> list[str]:
         for pooling, sub in frame.groupby("pooling", sort=False):
             best = sub.loc[sub["agree_pred"].idxmax()]
             out.append(
-                f"{_task_of(path)} ({pooling}): best L{best['layer']} H{best['head']} {best['agree_pred']:.3f}, "
+                f"{_task_of(path)} ({pooling}): best {HeadId(best['layer'], best['head'])} {best['agree_pred']:.3f}, "
                 f"position-keeping null: threshold {best['agree_pred_position_threshold']:.3f}, "
                 f"family-wise p {best['agree_pred_position_p']:.3f}, "
                 f"{int(frame['agree_pred_above_null'].sum())} heads above (all poolings); "

@@ -1,4 +1,4 @@
-"""The causal head-ablation stage: head sets, the run on a tiny model against its forward store, the summary."""
+"""The causal stage: the head ranking, head sets, the run on a tiny model against its forward store, the summary."""
 
 import os
 
@@ -10,16 +10,28 @@ from forward_fixtures import make_model_folder, make_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kicl.analysis.ablation import summarise, top_vs_random  # noqa: E402
-from kicl.analysis.stats import two_level_bootstrap  # noqa: E402
-from kicl.capture.ablation import (  # noqa: E402
+from kicl.analysis.causal import (  # noqa: E402
     cohen_kappa,
-    conditions,
+    rank_heads,
+    summarise,
+    top_vs_random,
+    write_head_ranking,
+)
+from kicl.analysis.stats import two_level_bootstrap  # noqa: E402
+from kicl.capture.causal import (  # noqa: E402
+    CausalFiles,
+    Ranking,
+    interventions,
     layer_matched_draw,
     margins,
-    rank_heads,
-    run_ablation,
+    read_ranking,
+    run_causal_ablation,
 )
+from kicl.capture.options import CaptureError  # noqa: E402
+
+
+def _ranking(scores) -> Ranking:
+    return Ranking(tuple(rank_heads(scores)), scores.shape, "max", "agreement")
 
 
 def test_rank_and_random_draws_are_seeded_and_layer_matched():
@@ -28,9 +40,9 @@ def test_rank_and_random_draws_are_seeded_and_layer_matched():
     ranked = rank_heads(scores)
     assert ranked[0] == np.unravel_index(scores.argmax(), scores.shape)
     assert len(set(ranked)) == 30
-    first = conditions(scores, [1, 4, 8], ["zero"], random_draws=3, seed=7)
-    again = conditions(scores, [1, 4, 8], ["zero"], random_draws=3, seed=7)
-    other = conditions(scores, [1, 4, 8], ["zero"], random_draws=3, seed=8)
+    first = interventions(_ranking(scores), [1, 4, 8], ["zero"], random_draws=3, seed=7)
+    again = interventions(_ranking(scores), [1, 4, 8], ["zero"], random_draws=3, seed=7)
+    other = interventions(_ranking(scores), [1, 4, 8], ["zero"], random_draws=3, seed=8)
     assert first == again and first != other
     for c in first:
         assert len(c.heads) == c.k == len(set(c.heads))
@@ -42,7 +54,7 @@ def test_rank_and_random_draws_are_seeded_and_layer_matched():
     draws = {c.heads for c in first if c.ranking == "random" and c.k == 8}
     assert len(draws) > 1
     with pytest.raises(ValueError, match="causal.k"):
-        conditions(scores, [16], ["zero"], 1, 0)  # 16 of 30 heads leave no 16 others
+        interventions(_ranking(scores), [16], ["zero"], 1, 0)  # 16 of 30 heads leave no 16 others
 
 
 def test_random_draws_never_overlap_the_top_set_and_count_off_layer_heads():
@@ -55,11 +67,11 @@ def test_random_draws_never_overlap_the_top_set_and_count_off_layer_heads():
         assert off_layer == 5 + 3  # layer 1 has no other head, layer 2 one
         assert sum(layer == 2 for layer, _ in drawn) >= 1
         assert {layer for layer, _ in drawn} <= {0, 2, 3}
-    # ranked scores: the top-9 set of this layout, as conditions() sees it
+    # ranked scores: the top-9 set of this layout, as interventions() sees it
     scores = np.zeros((4, 5))
     for layer, head in top:
         scores[layer, head] = 1.0
-    random = [c for c in conditions(scores, [9], ["zero"], 19, 0) if c.ranking == "random"]
+    random = [c for c in interventions(_ranking(scores), [9], ["zero"], 19, 0) if c.ranking == "random"]
     assert len(random) == 19 and all(c.off_layer == 8 for c in random)
     assert all(not set(c.heads) & set(top) for c in random)
 
@@ -82,7 +94,7 @@ def test_margins():
 def tiny_store(tmp_path_factory):
     from kicl.capture.run import run_capture
 
-    root = tmp_path_factory.mktemp("ablation")
+    root = tmp_path_factory.mktemp("causal")
     manifest = make_model_folder(root / "model", "llama", seed=5)
     meta, prompts = make_prompts(root / "prompts", root / "model", n_prompts=12, demos=(2, 4))
     capture = {"dtype": "float32", "shard_size": 4, "kv_prompts": 0}  # compared with float32 references
@@ -90,12 +102,21 @@ def tiny_store(tmp_path_factory):
     return root, manifest, meta, prompts, store
 
 
-def test_run_ablation_against_the_store(tiny_store):
+def _files(tiny_store, store, name: str, rank_by: str = "agreement") -> CausalFiles:
+    """The causal stage's files on ``store``, its head ranking written first (the causal_ranking rule)."""
+    root, manifest, meta, prompts, _ = tiny_store
+    ranking = root / f"{name}_ranking.csv"
+    write_head_ranking(store, ranking, "max", rank_by)
+    return CausalFiles(meta, prompts, manifest, store, ranking, root / f"{name}_p.csv", root / f"{name}_h.csv")
+
+
+def test_run_causal_ablation_against_the_store(tiny_store):
     import xarray as xr
 
     root, manifest, meta, prompts, store = tiny_store
     causal = {"k": [1, 3], "modes": ["zero", "mean", "knockout"], "random_draws": 2, "batch_size": 3}
-    frame = run_ablation(meta, prompts, manifest, store, root / "p.csv", root / "h.csv", causal=causal)
+    files = _files(tiny_store, store, "run")
+    frame = run_causal_ablation(files, causal=causal)
     ds = xr.open_zarr(store)
     from kicl.store.reader import string_values
 
@@ -106,9 +127,9 @@ def test_run_ablation_against_the_store(tiny_store):
     n_conditions = 3 * 2 * (2 + 2)
     assert len(frame) == len(heldout) * (1 + n_conditions)
     assert (frame.loc[frame["mode"] != "none", "margin_change"].abs() > 1e-6).any()
-    heads = pd.read_csv(root / "h.csv")
+    heads = pd.read_csv(files.heads_csv)
     assert heads["no_ablation_max_abs_diff"].iloc[0] < 1e-3
-    summary = summarise(pd.read_csv(root / "p.csv"), n_boot=50)
+    summary = summarise(pd.read_csv(files.prompts_csv), n_boot=50)
     assert set(summary["ranking"]) == {"none", "top", "random", "bottom"}
     row = summary[(summary.ranking == "none")].iloc[0]
     assert row["flip_share"] == 0 and row["accuracy_lo"] <= row["accuracy"] <= row["accuracy_hi"]
@@ -167,15 +188,40 @@ def _planted_store(store, path, select_head, heldout_head):
 
 def test_the_causal_ranking_uses_select_prompts_only(tiny_store):
     """Planted: head L0H1 reconstructs ŷ perfectly on the select prompts, L2H3 on the held-out ones. The
-    top-1 set must be L0H1 (a ranking on held-out prompts, the leak, would give L2H3), for both scores."""
+    top-1 set must be L0H1 (a ranking on held-out prompts, the leak, would give L2H3), for both scores; the
+    ablation takes its heads from the ranking file it is given."""
     root, manifest, meta, prompts, store = tiny_store
     planted = _planted_store(store, root / "planted.zarr", (0, 1), (2, 3))
     for rank_by in ("agreement", "kappa"):
-        causal = {"k": [1], "modes": ["zero"], "random_draws": 2, "rank_by": rank_by}
-        run_ablation(meta, prompts, manifest, planted, root / "lp.csv", root / "lh.csv", causal=causal)
-        heads = pd.read_csv(root / "lh.csv")
+        files = _files(tiny_store, planted, f"leak_{rank_by}", rank_by)
+        ranking = pd.read_csv(files.ranking)
+        assert ranking["head_id"].iloc[0] == "L0H1" and ranking["rank_by"].iloc[0] == rank_by
+        run_causal_ablation(files, causal={"k": [1], "modes": ["zero"], "random_draws": 2})
+        heads = pd.read_csv(files.heads_csv)
         assert heads.loc[heads.ranking == "top", "heads"].tolist() == ["L0H1"], rank_by
         assert heads.loc[heads.ranking == "bottom", "heads"].tolist() != ["L0H1"]
+        assert set(heads["rank_by"]) == {rank_by}
+
+
+def test_the_ablation_follows_the_ranking_file_and_refuses_a_bad_one(tiny_store):
+    """The heads come as data: a ranking that puts L2H3 first makes L2H3 the top-1 set; a ranking missing a
+    head, or one of another model's shape, is refused naming the file."""
+    root, manifest, meta, prompts, store = tiny_store
+    files = _files(tiny_store, store, "given")
+    ranking = pd.read_csv(files.ranking)
+    first = ranking.index[ranking["head_id"] == "L2H3"][0]
+    ranking.loc[first, "rank"] = 0
+    ranking.to_csv(files.ranking, index=False)
+    assert read_ranking(files.ranking).heads[0] == (2, 3)
+    run_causal_ablation(files, causal={"k": [1], "modes": ["zero"], "random_draws": 1})
+    heads = pd.read_csv(files.heads_csv)
+    assert heads.loc[heads.ranking == "top", "heads"].tolist() == ["L2H3"]
+    ranking.drop(index=first).to_csv(files.ranking, index=False)
+    with pytest.raises(CaptureError, match="does not list each of the"):
+        read_ranking(files.ranking)
+    ranking[ranking["layer"] < 1].to_csv(files.ranking, index=False)
+    with pytest.raises(CaptureError, match="head ranking .* has"):
+        run_causal_ablation(files, causal={"k": [1], "modes": ["zero"], "random_draws": 1})
 
 
 def _planted_frame(top_effect: float, draw_effects, n_prompts: int = 60, seed: int = 0) -> pd.DataFrame:

@@ -1,4 +1,12 @@
-"""Numbers of the causal head-ablation test (issue 13) from the per-prompt table of kicl.capture.ablation.
+"""Numbers of the causal stage (issue 13): the head ranking it ablates by, and the summary of its per-prompt
+table (kicl.capture.causal).
+
+The ranking (``head_ranking``, the ``causal_ranking`` rule): every head scored on the ``select`` prompts alone
+(never the held-out ones the ablation is scored on) by how well its kernel-regression reconstruction ỹ (one
+pooling) matches ŷ: raw agreement (the paper's Fig 3 score) or Cohen's κ (``causal.rank_by``); best first, ties
+in (layer, head) order.
+
+The summary, from the per-prompt table:
 
 Per (mode, ranking, k): ICL accuracy, share of prompts whose ŷ flips and mean change of the label-logit margin.
 Intervals: top, bottom and no ablation (one head set each): percentile bootstrap over held-out prompts for
@@ -19,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from kicl.analysis.reconstruction import head_predictions
 from kicl.analysis.stats import (
     bootstrap_mean,
     holm,
@@ -27,11 +36,79 @@ from kicl.analysis.stats import (
     two_level_bootstrap,
     wilson_interval,
 )
+from kicl.fileio import write_csv_atomic
+from kicl.store.heads import HeadId
+from kicl.store.reader import open_store, string_values
 
 METRICS = {"accuracy": "correct", "flip_share": "flipped", "margin_change": "margin_change"}
 #: the direction in which ablating heads the model uses moves each metric (the rank p-value's alternative)
 HARMFUL = {"accuracy": "less", "flip_share": "greater", "margin_change": "less"}
 KEYS = ["mode", "ranking", "k"]
+RANK_BY = ("agreement", "kappa")
+#: the columns of head_ranking.csv, one row per head, best first
+RANKING_COLUMNS = ["rank", "head_id", "layer", "head", "score", "pooling", "rank_by"]
+
+
+def rank_heads(scores: np.ndarray) -> list[tuple[int, int]]:
+    """(layer, head) from the highest score to the lowest; ties in (layer, head) order."""
+    n_layers, n_heads = scores.shape
+    flat = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.lexsort((np.arange(flat.size), -flat))
+    return [(int(i // n_heads), int(i % n_heads)) for i in order]
+
+
+def cohen_kappa(y_tilde: np.ndarray, y_hat: np.ndarray) -> np.ndarray:
+    """Cohen's κ of each head's ỹ (P, ...) against ŷ (P,): agreement beyond what the two label marginals give
+    by chance (0 when ŷ or ỹ is constant), so a head that always names the majority label scores 0."""
+    y_tilde, y_hat = np.asarray(y_tilde), np.asarray(y_hat)
+    labels = np.union1d(np.unique(y_tilde), np.unique(y_hat))
+    hat = y_hat.reshape((-1,) + (1,) * (y_tilde.ndim - 1))
+    observed = (y_tilde == hat).mean(0)
+    chance = sum((y_tilde == y).mean(0) * (y_hat == y).mean() for y in labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = (observed - chance) / (1 - chance)
+    return np.where(chance < 1, kappa, 0.0)
+
+
+def head_scores(ds, select, pooling: str, rank_by: str) -> np.ndarray:
+    """(layer, head) ranking scores of the ``select`` prompts alone: raw agreement of ỹ with ŷ (the paper's
+    Fig 3 score) or Cohen's κ against ŷ."""
+    select = np.sort(np.asarray(select, dtype=int))
+    y_tilde = head_predictions(ds, select, [pooling])[:, 0]
+    y_hat = ds["prediction"].values[select]
+    if rank_by == "agreement":
+        return (y_tilde == y_hat[:, None, None]).mean(0)
+    if rank_by == "kappa":
+        return cohen_kappa(y_tilde, y_hat)
+    raise ValueError(f"causal.rank_by: {rank_by!r} is not one of {RANK_BY}")
+
+
+def head_ranking(store, pooling: str, rank_by: str) -> pd.DataFrame:
+    """Every head of the forward store ``store``, best first (RANKING_COLUMNS), scored on its select prompts."""
+    ds = open_store(store, needs=["kernel_weight", "demo_label", "prediction", "split"])
+    select = np.flatnonzero(string_values(ds["split"]) == "select")
+    if not len(select):
+        raise ValueError(f"{store}: the causal ranking needs select prompts (protocol.n_select)")
+    scores = head_scores(ds, select, pooling, rank_by)
+    ranked = rank_heads(scores)
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(ranked) + 1),
+            "head_id": [HeadId(*h).label for h in ranked],
+            "layer": [layer for layer, _ in ranked],
+            "head": [head for _, head in ranked],
+            "score": [float(scores[h]) for h in ranked],
+            "pooling": pooling,
+            "rank_by": rank_by,
+        }
+    )
+
+
+def write_head_ranking(store, csv, pooling: str, rank_by: str) -> pd.DataFrame:
+    """head_ranking.csv of the causal stage (see head_ranking)."""
+    frame = head_ranking(store, pooling, rank_by)
+    write_csv_atomic(frame, csv, index=False)
+    return frame
 
 
 def paired_effects(frame: pd.DataFrame) -> pd.DataFrame:

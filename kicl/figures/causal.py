@@ -1,11 +1,11 @@
-"""The causal head-ablation figure: accuracy, ŷ flips and margin change against k, per mode and ranking, with
+"""The causal stage's figure: accuracy, ŷ flips and margin change against k, per mode and ranking, with
 the rank p-value of the top-k effect among the random draws beside each top-k point."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from kicl.analysis.ablation import METRICS, summarise
+from kicl.analysis.causal import METRICS, summarise
 from kicl.figures.style import BASELINE_COLORS, MAIN_COLOR, figure_style, log2_axis, plt, save_figure
 
 RANKING_STYLE = {
@@ -67,7 +67,7 @@ def _draw(summary: pd.DataFrame, png, title: str) -> None:
     save_figure(fig, png)
 
 
-def ablation_figure(
+def causal_figure(
     prompts_csv, png, csv, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95, title: str = ""
 ) -> pd.DataFrame:
     """Summarise the per-prompt ablation table into ``csv`` and draw it into ``png``."""
@@ -78,4 +78,4 @@ def ablation_figure(
     return summary
 
 
-__all__ = ["ablation_figure", "draw"]
+__all__ = ["causal_figure", "draw"]
