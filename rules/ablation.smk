@@ -58,7 +58,9 @@ rule ablation_table:
         "../envs/analysis.yaml"
     params:
         conditions=ABLATION_CONDITIONS,
-        protocols=lambda wildcards: {c: PROTOCOLS[c] for c in ABLATION_CONDITIONS},
+        protocols=lambda wildcards: {
+            c: PROTOCOLS[c].as_dict() for c in ABLATION_CONDITIONS
+        },
         reference=REFERENCE,
         head_maps=ablation_head_maps,
         pooling=lookup(dpath="analysis/table_pooling", within=config),

@@ -71,3 +71,36 @@ def test_only_the_entries_in_use_are_checked():
     config["models"]["unused"] = {"source": "hub"}
     assert catalog_errors(config, {"models": []}) == []
     assert len(catalog_errors(config)) == 1
+
+
+def _raw_config() -> dict:
+    """config.yaml as written (no schema defaults filled in): what rules/common.smk checks."""
+    import yaml
+    from conftest import REPO
+
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_workflow_errors_return_every_problem_at_once_without_snakemake():
+    from kicl.workflow.checks import workflow_errors
+
+    assert workflow_errors(_raw_config()) == []
+    config = _raw_config()
+    config["run"]["models"] = ["no_such_model"]  # a catalog name
+    config["causal"]["tasks"] = ["no_such_task"]  # a causal task
+    config["conditions"]["sorted_seeded"] = {"order_seed": 1, "demo_order": "ascending"}  # a cross-field check
+    config["run"]["conditions"] = [*config["run"]["conditions"], "sorted_seeded"]
+    problems = workflow_errors(config)
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("condition 'sorted_seeded': protocol.order_seed 1 permutes the native order")
+    assert problems[1].startswith("run.models: 'no_such_model' is not in the models catalog")
+    assert problems[2].startswith("causal.tasks: ['no_such_task'] are not in the tasks catalog")
+
+
+def test_workflow_errors_report_schema_problems_alone():
+    from kicl.workflow.checks import workflow_errors
+
+    config = _raw_config()
+    config["protocol"]["n_demos"] = -1
+    config["causal"]["tasks"] = ["no_such_task"]  # not reached: the later checks need a valid config
+    assert workflow_errors(config) == ["config key protocol.n_demos: -1 is less than the minimum of 0"]

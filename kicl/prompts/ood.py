@@ -34,11 +34,15 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kicl.prompts.controls import round_half_up
 from kicl.prompts.pieces import PromptError
+
+if TYPE_CHECKING:
+    from kicl.prompts.options import Protocol
 
 TEST_INPUTS = ("original", "typos", "rare_words", "rewrites")
 #: maximal runs of letters (any script); words of at least MIN_WORD_LETTERS letters can be edited
@@ -177,9 +181,9 @@ def substitute_rare_words(text: str, rate: float, gap: float, rng: np.random.Gen
 # ---- rewrites ----------------------------------------------------------------------------------------
 
 
-def rewrites_path(protocol: Mapping, task: str) -> Path | None:
+def rewrites_path(protocol: Protocol, task: str) -> Path | None:
     """``protocol.rewrites_file`` with ``{task}`` filled in (None when unset)."""
-    path = protocol.get("rewrites_file")
+    path = protocol.rewrites_file
     return None if path is None else Path(str(path).replace("{task}", task))
 
 
