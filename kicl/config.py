@@ -155,7 +155,6 @@ def _section_keys(kind: str, source: str) -> str:
 # ---- Defaults and device/dtype resolution (one place each)
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "config.schema.yaml")
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 
 def load_schema(schema: Mapping | str | os.PathLike | None = None) -> Mapping:
@@ -169,6 +168,10 @@ def load_schema(schema: Mapping | str | os.PathLike | None = None) -> Mapping:
 def _read_schema(path: str) -> Mapping:
     with open(path) as handle:
         return yaml.safe_load(handle)
+
+
+#: the explicit torch dtypes (capture.dtype without auto)
+DTYPE_NAMES = tuple(name for name in schema_enum("capture", "dtype") if name != "auto")
 
 
 def _defaults_of(node: Mapping):

@@ -44,7 +44,6 @@ from kicl.prompts.pieces import PromptError
 if TYPE_CHECKING:
     from kicl.prompts.options import Protocol
 
-TEST_INPUTS = ("original", "typos", "rare_words", "rewrites")
 #: maximal runs of letters (any script); words of at least MIN_WORD_LETTERS letters can be edited
 WORD = re.compile(r"[^\W\d_]+")
 MIN_WORD_LETTERS = 3
