@@ -34,14 +34,35 @@ from kicl.capture.handlers import AttentionKnockout, HeadAblation, HeadOutputs
 from kicl.capture.options import AUTO_BF16, CaptureError, CaptureOptions
 from kicl.capture.run import predict, read_prompts
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
-from kicl.config import defaults_for
+from kicl.config import schema_enum, section_values
 from kicl.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
-MODES = ("zero", "mean", "knockout")
 RANKINGS = ("top", "random", "bottom")
-RANK_BY = ("agreement", "kappa")
+RANK_BY = schema_enum("causal", "rank_by")
+
+
+@dataclass(frozen=True)
+class CausalOptions:
+    """The ``causal:`` config section: schema defaults, checked against the schema (meanings there)."""
+
+    tasks: tuple[str, ...]
+    k: tuple[int, ...]
+    modes: tuple[str, ...]
+    random_draws: int
+    seed: int
+    pooling: str
+    rank_by: str
+    n_prompts: int | None
+    batch_size: int
+    mean_prompts: int | None
+
+    @classmethod
+    def from_config(cls, config: dict) -> CausalOptions:
+        """The ``causal`` section of ``config``; raises :class:`~kicl.config.ConfigError` listing every problem."""
+        values = section_values(config, "causal")
+        return cls(**values | {key: tuple(values[key]) for key in ("tasks", "k", "modes")})
 
 
 @dataclass(frozen=True)
@@ -175,11 +196,8 @@ def run_ablation(
     from kicl.data.models import load_model, read_manifest
     from kicl.store.reader import open_store
 
-    settings = {**defaults_for("causal"), **(causal or {})}
-    modes = list(settings["modes"])
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise CaptureError(f"causal.modes: {bad} are not among {MODES}")
+    settings = CausalOptions.from_config({"causal": causal or {}})
+    modes = list(settings.modes)
     manifest = read_manifest(manifest)
     options = CaptureOptions.from_config(capture or {}, manifest)
     meta, prompts = read_prompts(meta_path, prompts_path)
@@ -193,22 +211,22 @@ def run_ablation(
     select, heldout = np.flatnonzero(split == "select"), np.flatnonzero(split == "heldout")
     if not len(select) or not len(heldout):
         raise CaptureError(f"{where}: the causal test needs select and heldout prompts (protocol.n_select/n_heldout)")
-    if settings["n_prompts"] is not None:
-        heldout = heldout[: settings["n_prompts"]]
+    if settings.n_prompts is not None:
+        heldout = heldout[: settings.n_prompts]
     if options.dtype == AUTO_BF16:  # dtype auto: the dtype the forward pass settled on (kicl.capture.dtype_check)
         options = replace(options, dtype=ds.attrs.get("capture", {}).get("dtype", "float32"))
-    pooling = settings["pooling"]
-    scores = head_scores(ds, select, pooling, settings["rank_by"])  # select prompts only: no held-out leak
-    conds = conditions(scores, settings["k"], modes, settings["random_draws"], settings["seed"])
+    pooling = settings.pooling
+    scores = head_scores(ds, select, pooling, settings.rank_by)  # select prompts only: no held-out leak
+    conds = conditions(scores, settings.k, modes, settings.random_draws, settings.seed)
     store_logits = ds["label_logits"].values
     label_ids = torch.as_tensor(meta["label_token_ids"], dtype=torch.long)
     options.fix_threads(threads)
     register_capture_attention()
     model = load_model(manifest, dtype=options.dtype, device=options.device, attn_implementation=CAPTURE_ATTENTION)
     started = time.perf_counter()
-    size = settings["batch_size"]
+    size = settings.batch_size
     means = None
-    mean_from = select if settings["mean_prompts"] is None else select[: settings["mean_prompts"]]
+    mean_from = select if settings.mean_prompts is None else select[: settings.mean_prompts]
     with CaptureSession(model) as session:
         if "mean" in modes:
             outputs, total = HeadOutputs(), None
@@ -294,7 +312,7 @@ def run_ablation(
         [{"mode": c.mode, "ranking": c.ranking, "k": c.k, "draw": c.draw, "off_layer": c.off_layer,
           "heads": " ".join(f"L{layer}H{head}" for layer, head in c.heads)} for c in conds if c.mode == modes[0]]
     )  # fmt: skip
-    heads["pooling"], heads["rank_by"], heads["no_ablation_max_abs_diff"] = pooling, settings["rank_by"], diff
+    heads["pooling"], heads["rank_by"], heads["no_ablation_max_abs_diff"] = pooling, settings.rank_by, diff
     heads["seconds_means"], heads["seconds_prefixes"] = round(mean_seconds, 2), round(prefill_seconds, 2)
     heads["seconds_per_condition"] = round(step_seconds / max(1, len(conds)), 3)
     with atomic_path(heads_csv) as tmp:
