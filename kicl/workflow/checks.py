@@ -139,14 +139,18 @@ def selection_problems(config: Mapping, protocols: Mapping[str, Protocol]) -> li
 
 
 def theory_icl_problems(config: Mapping) -> list[str]:
-    """An enabled theory_icl section: consistent (kicl.theory.icl_world.config_problems), enough chain test rows
-    for the protocol's test points, and its chain model and task in their catalogs."""
-    from kicl.theory.icl_world import config_problems
+    """An enabled theory_icl section: consistent (kicl.theory.icl_options.TheoryICLOptions.problems), enough chain
+    test rows for the protocol's test points, and its chain model and task in their catalogs."""
+    from kicl.theory.icl_options import TheoryICLOptions
 
     section = config["theory_icl"]
     if not section["enabled"]:
         return []
-    problems = config_problems(section)
+    try:
+        problems = []
+        TheoryICLOptions.from_config(config)
+    except ConfigError as error:
+        problems = list(error.problems)
     chain = section["chain"]
     points = config["protocol"]["n_select"] + config["protocol"]["n_heldout"]
     if chain["n_eval"] < points:
