@@ -21,7 +21,8 @@ from snakemake.utils import validate
 
 from kicl.data.models import load_model, load_tokenizer, read_manifest
 from kicl.data.tasks import drop_empty, load_split
-from kicl.prompts.build import build_prompt_set
+from kicl.prompts.build import PromptTables, build_prompt_set
+from kicl.prompts.options import Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,14 +51,12 @@ def main() -> None:
     pool = drop_empty(load_split(resources / f"{spec['demo_split']}.parquet", spec), "pool")
     for k in args.demos:
         for strategy in args.strategies if k else ["random"]:
-            protocol = config["protocol"] | {
-                "n_demos": k,
-                "n_select": args.n,
-                "n_heldout": 0,
-                "demo_strategy": strategy,
-            }
-            meta, records = build_prompt_set(args.task, spec, args.model, tokenizer, eval_table, pool, protocol,
-                                             manifest["max_length"])  # fmt: skip
+            overrides = {"n_demos": k, "n_select": args.n, "n_heldout": 0, "demo_strategy": strategy}
+            protocol = Protocol.of(config["protocol"] | overrides)
+            tables = PromptTables(eval_table, pool)
+            meta, records = build_prompt_set(
+                args.task, spec, args.model, tokenizer, tables, protocol, manifest["max_length"]
+            )
             label_ids = torch.tensor(meta["label_token_ids"])
             start, predictions = time.time(), []
             with torch.no_grad():

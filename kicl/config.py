@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from collections.abc import Mapping
 
@@ -44,6 +46,54 @@ def config_errors(config: Mapping, schema: Mapping | str | os.PathLike) -> list[
     validator_class = jsonschema.validators.validator_for(schema)
     errors = validator_class(schema).iter_errors(dict(config))
     return sorted(line for error in errors for line in _describe(error))
+
+
+class ConfigError(ValueError):
+    """A config section that cannot be used; ``problems`` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+def with_defaults(config: Mapping, schema: Mapping | str | os.PathLike | None = None) -> dict:
+    """A deep copy of ``config`` with the schema defaults filled in where keys are missing, as Snakemake's
+    ``validate(config, schema)`` fills them (``config`` must already satisfy the schema)."""
+    schema = load_schema(schema)
+    base = jsonschema.validators.validator_for(schema)
+    properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, props, instance, node):
+        if isinstance(instance, dict):
+            for key, child in props.items():
+                if "default" in child:
+                    instance.setdefault(key, copy.deepcopy(child["default"]))
+        yield from properties(validator, props, instance, node)
+
+    filled = copy.deepcopy(dict(config))
+    jsonschema.validators.extend(base, {"properties": set_defaults})(schema).validate(filled)
+    return filled
+
+
+def section_values(config: Mapping, name: str, schema: Mapping | str | os.PathLike | None = None) -> dict:
+    """The ``name`` section of ``config`` over its schema defaults, checked against the section's schema; raises
+    :class:`ConfigError` listing every violation (``config key <name>.<key>: ...``)."""
+    node = load_schema(schema)["properties"][name]
+    wrapper = {"type": "object", "properties": {name: node}}
+    section = {name: copy.deepcopy(dict(config.get(name) or {}))}
+    problems = config_errors(section, wrapper)
+    if problems:
+        raise ConfigError(problems)
+    return with_defaults(section, wrapper)[name]
+
+
+def schema_enum(*path: str, schema: Mapping | str | os.PathLike | None = None) -> tuple:
+    """The allowed values of one schema key, e.g. ``schema_enum("protocol", "labels")``: its ``enum`` (or that of its
+    ``items`` for an array of choices), as a tuple in schema order."""
+    node = load_schema(schema)
+    for key in path:
+        node = node["properties"][key]
+    return tuple(node["enum"] if "enum" in node else node["items"]["enum"])
 
 
 #: config catalog -> the sources an entry may name; each source needs the section of the same name
@@ -114,15 +164,23 @@ def _section_keys(kind: str, source: str) -> str:
 # ---- Defaults and device/dtype resolution (one place each)
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "config.schema.yaml")
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 
 def load_schema(schema: Mapping | str | os.PathLike | None = None) -> Mapping:
     """The config schema: ``schema`` itself if a dict, else the YAML file (default: schemas/config.schema.yaml)."""
     if isinstance(schema, Mapping):
         return schema
-    with open(schema or SCHEMA_PATH) as handle:
+    return copy.deepcopy(_read_schema(str(schema or SCHEMA_PATH)))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_schema(path: str) -> Mapping:
+    with open(path) as handle:
         return yaml.safe_load(handle)
+
+
+#: the explicit torch dtypes (capture.dtype without auto)
+DTYPE_NAMES = tuple(name for name in schema_enum("capture", "dtype") if name != "auto")
 
 
 def _defaults_of(node: Mapping):

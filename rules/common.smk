@@ -5,12 +5,18 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from kicl.config import catalog_errors, config_errors, resolve_device, resolve_dtype
+from kicl.config import resolve_device, resolve_dtype
+from kicl.workflow.checks import (
+    encoders_in_use,
+    resolved_protocols,
+    retrieval_encoder,
+    workflow_errors,
+)
 
-# One line per problem, naming the key, before any job runs
-# ("config key theory.n_hmms: -1 is less than the minimum of 1");
+# Every problem of the config, one line each naming the key, before any job runs
+# ("config key theory.n_hmms: -1 is less than the minimum of 1"); kicl.workflow.checks;
 # snakemake's validate then fills in the schema defaults.
-_config_problems = config_errors(
+_config_problems = workflow_errors(
     config, workflow.source_path("../schemas/config.schema.yaml")
 )
 if _config_problems:
@@ -45,108 +51,35 @@ def cell_report(path, caption, labels, category="{task}", subcategory=None):
 
 
 # ---- Tasks, models, encoders and prompts (rules/data.smk, rules/models.smk, rules/prompts.smk)
-from kicl.data.tasks import TaskError, check_task_spec, local_split_file
+from kicl.data.tasks import local_split_file
 
 SELECTED_TASKS = list(config["run"]["tasks"])
 SELECTED_MODELS = list(config["run"]["models"])
 SELECTED_ENCODERS = list(config["run"]["encoders"])
 
 # ---- Experimental conditions (config conditions:, run.conditions, conditions_stage:): each a set of protocol overrides
-from kicl.conditions import (
-    condition_errors,
-    condition_protocol,
-    condition_tasks,
-    decision_partner,
-    partner_problems,
-    selected_conditions,
-)
-from kicl.prompts.build import PromptError, resolve_protocol
-from kicl.prompts.ood import RewritesFileError, check_rewrites_file, rewrites_path
-from kicl.prompts.retrieval import needs_encoder, needs_model_kernel
+from kicl.conditions import condition_tasks, decision_partner, selected_conditions
+from kicl.prompts.ood import rewrites_path
+from kicl.prompts.retrieval import needs_model_kernel
 
 SELECTED_CONDITIONS = selected_conditions(
     config
 )  # run.conditions + the decision rule's label-flip partner
 REFERENCE = config["conditions_stage"]["reference"]
 PARTNER = decision_partner(config)
-_condition_problems = [
-    f"{'run.conditions' if name in config['run']['conditions'] else 'analysis.decision.partner'}: {name!r} is not "
-    f"in the conditions catalog (known: {', '.join(sorted(config['conditions']))})"
-    for name in SELECTED_CONDITIONS
-    if name not in config["conditions"]
-]
-if REFERENCE not in SELECTED_CONDITIONS:
-    _condition_problems.append(
-        f"conditions_stage.reference: {REFERENCE!r} is not in run.conditions ({', '.join(SELECTED_CONDITIONS)})"
-    )
-_condition_problems += [
-    f"conditions_stage.tasks: {task!r} is not in the tasks catalog (known: {', '.join(sorted(config['tasks']))})"
-    for task in config["conditions_stage"]["tasks"]
-    if task not in config["tasks"]
-]
-_condition_problems += [
-    f"conditions_stage.head_maps: {name!r} is not in the conditions catalog"
-    for name in config["conditions_stage"]["head_maps"]
-    if name not in config["conditions"]
-]
-_condition_problems += condition_errors(
-    config,
-    workflow.source_path("../schemas/config.schema.yaml"),
-    [name for name in SELECTED_CONDITIONS if name in config["conditions"]],
-)
-if _condition_problems:
-    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_condition_problems))
 CONDITION_TASKS = condition_tasks(config)
-#: condition -> its effective protocol, the schema defaults of every key filled in and what the schema cannot
-#: express checked (kicl.prompts.build.resolve_protocol, per task for the label count)
-PROTOCOLS = {}
-for _name in SELECTED_CONDITIONS:
-    try:
-        PROTOCOLS[_name] = resolve_protocol(condition_protocol(config, _name))
-    except PromptError as error:
-        _condition_problems.append(f"condition {_name!r}: {error}")
-        continue
-    _protocol = PROTOCOLS[_name]
-    for _task in [task for task in CONDITION_TASKS[_name] if task in config["tasks"]]:
-        _where = f"condition {_name!r}, task {_task!r}"
-        try:
-            resolve_protocol(
-                _protocol, n_classes=len(config["tasks"][_task]["label_names"])
-            )
-        except PromptError as error:
-            _condition_problems.append(f"{_where}: {error}")
-        if (
-            _protocol["inputs"] == "other_task"
-            and _protocol["other_task"] not in config["tasks"]
-        ):
-            _condition_problems.append(
-                f"{_where}: protocol.other_task {_protocol['other_task']!r} is not in the tasks catalog"
-            )
-        if _protocol["test_inputs"] == "rewrites":
-            try:
-                check_rewrites_file(
-                    rewrites_path(_protocol, _task), _protocol["rewrite_type"]
-                )
-            except (RewritesFileError, OSError) as error:
-                _condition_problems.append(f"{_where}: {error}")
-_condition_problems += partner_problems(PROTOCOLS, REFERENCE, PARTNER)
-if _condition_problems:
-    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_condition_problems))
+#: condition -> its effective protocol (kicl.prompts.options.Protocol), resolved once (checked above)
+PROTOCOLS = resolved_protocols(config)[0]
 
 
 def condition_protocol_of(wildcards):
-    """The effective protocol of the condition in the wildcards (its params make only its jobs rerun)."""
-    return PROTOCOLS[wildcards.condition]
-
-
-def _retrieval_encoder(protocol):
-    """The sentence encoder that ranks or orders the demonstrations, where the protocol needs one; else None."""
-    return protocol["retrieval_encoder"] if needs_encoder(protocol) else None
+    """The effective protocol of the condition in the wildcards, as a dict (its params make only its jobs rerun)."""
+    return PROTOCOLS[wildcards.condition].as_dict()
 
 
 def prompt_encoder_cache(wildcards):
     """The shared embedding folder of the encoder that ranks the condition's demonstrations (None if none)."""
-    encoder = _retrieval_encoder(PROTOCOLS[wildcards.condition])
+    encoder = retrieval_encoder(PROTOCOLS[wildcards.condition])
     return f"results/embeddings/{encoder}" if encoder else None
 
 
@@ -171,72 +104,12 @@ def model_kernel_capture(wildcards):
 def other_task_spec(wildcards):
     """The catalog entry of protocol.other_task for a condition with inputs: other_task; else None."""
     protocol = PROTOCOLS[wildcards.condition]
-    if protocol["inputs"] != "other_task":
+    if protocol.inputs != "other_task":
         return None
-    return config["tasks"][protocol["other_task"]]
+    return config["tasks"][protocol.other_task]
 
 
-ENCODERS_IN_USE = list(
-    dict.fromkeys(
-        SELECTED_ENCODERS
-        + [
-            _retrieval_encoder(protocol)
-            for protocol in PROTOCOLS.values()
-            if _retrieval_encoder(protocol)
-        ]
-    )
-)
-
-
-def _check_selection():
-    """Selected names exist in their catalogs, their source sections are there (kicl.config.catalog_errors),
-    the selected task specs are coherent and the protocol has test points."""
-    problems = catalog_errors(
-        config,
-        {
-            "tasks": SELECTED_TASKS,
-            "models": SELECTED_MODELS,
-            "encoders": ENCODERS_IN_USE,
-        },
-    )
-    for kind, names in (
-        ("tasks", SELECTED_TASKS),
-        ("models", SELECTED_MODELS),
-        ("encoders", SELECTED_ENCODERS),
-    ):
-        for name in names:
-            if name not in config[kind]:
-                problems.append(
-                    f"run.{kind}: {name!r} is not in the {kind} catalog "
-                    f"(known: {', '.join(sorted(config[kind]))})"
-                )
-    for name in SELECTED_TASKS:
-        if name in config["tasks"] and not any(
-            p.startswith(f"config key tasks.{name}.") for p in problems
-        ):
-            try:
-                check_task_spec(name, config["tasks"][name])
-            except TaskError as error:
-                problems.append(str(error))
-    for condition, protocol in PROTOCOLS.items():
-        retrieval_encoder = protocol["retrieval_encoder"]
-        if retrieval_encoder not in config["encoders"]:
-            where = (
-                "protocol"
-                if "retrieval_encoder" not in (config["conditions"][condition] or {})
-                else f"conditions.{condition}"
-            )
-            problems.append(
-                f"{where}.retrieval_encoder: {retrieval_encoder!r} is not in the encoders catalog "
-                f"(known: {', '.join(sorted(config['encoders']))})"
-            )
-    if problems:
-        raise WorkflowError(
-            "invalid configuration:\n  " + "\n  ".join(dict.fromkeys(problems))
-        )
-
-
-_check_selection()
+ENCODERS_IN_USE = encoders_in_use(config, PROTOCOLS)
 
 
 def _alternatives(names):
@@ -251,24 +124,6 @@ THEORY_ICL_PAIR = (
     if THEORY_ICL["enabled"]
     else []
 )
-from kicl.theory.icl_world import config_problems as _theory_icl_problems
-
-if THEORY_ICL["enabled"] and _theory_icl_problems(THEORY_ICL):
-    raise WorkflowError(
-        "invalid configuration:\n  " + "\n  ".join(_theory_icl_problems(THEORY_ICL))
-    )
-_chain_points = config["protocol"]["n_select"] + config["protocol"]["n_heldout"]
-if THEORY_ICL["enabled"] and THEORY_ICL["chain"]["n_eval"] < _chain_points:
-    raise WorkflowError(
-        f"invalid configuration:\n  theory_icl.chain.n_eval: {THEORY_ICL['chain']['n_eval']} test rows cannot give "
-        f"protocol.n_select + protocol.n_heldout = {_chain_points} test points to the chain's task"
-    )
-for _kind, _name in zip(("models", "tasks"), THEORY_ICL_PAIR):
-    if _name not in config[_kind]:
-        raise WorkflowError(
-            f"invalid configuration:\n  theory_icl.chain.{_kind[:-1]}: {_name!r} is not in the {_kind} catalog "
-            f"(known: {', '.join(sorted(config[_kind]))})"
-        )
 
 
 # ---- The run grid: every (model, task, condition) cell of a forward store, computed once
@@ -360,15 +215,15 @@ def prompt_inputs(wildcards):
         "model": MODEL_MANIFEST.format(model=wildcards.model),
     }
     protocol = PROTOCOLS[wildcards.condition]
-    encoder = _retrieval_encoder(protocol)
+    encoder = retrieval_encoder(protocol)
     if encoder:
         inputs["encoder"] = ENCODER_MANIFEST.format(encoder=encoder)
-    if protocol["inputs"] == "other_task":
-        other = config["tasks"][protocol["other_task"]]
+    if protocol.inputs == "other_task":
+        other = config["tasks"][protocol.other_task]
         inputs["other_demo"] = TASK_SPLIT.format(
-            task=protocol["other_task"], split=other["demo_split"]
+            task=protocol.other_task, split=other["demo_split"]
         )
-    if protocol["test_inputs"] == "rewrites":
+    if protocol.test_inputs == "rewrites":
         inputs["rewrites"] = str(rewrites_path(protocol, wildcards.task))
     if needs_model_kernel(protocol) and needs_dtype_check(wildcards.model):
         # the model's own kernel in the dtype its forward passes use, so their P(o|x) cache entries are shared
@@ -384,7 +239,7 @@ def forward_record(wildcards):
     return {
         "capture": config["capture"],
         "condition": wildcards.condition,
-        "protocol": PROTOCOLS[wildcards.condition],
+        "protocol": PROTOCOLS[wildcards.condition].as_dict(),
         "tasks": {wildcards.task: config["tasks"][wildcards.task]},
         "models": {wildcards.model: config["models"][wildcards.model]},
     }
@@ -448,14 +303,6 @@ def forward_gpus(wildcards):
 
 # ---- Causal head ablation (rules/causal.smk), for causal.tasks (a subset of run.tasks), on the reference condition
 CAUSAL_TASKS = [task for task in config["causal"]["tasks"] if task in SELECTED_TASKS]
-_causal_unknown = [
-    task for task in config["causal"]["tasks"] if task not in config["tasks"]
-]
-if _causal_unknown:
-    raise WorkflowError(
-        f"invalid configuration:\n  causal.tasks: {_causal_unknown} are not in the tasks catalog "
-        f"(known: {', '.join(sorted(config['tasks']))})"
-    )
 
 
 def single_prompt_rescale_len(wildcards):

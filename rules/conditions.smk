@@ -36,7 +36,7 @@ rule conditions_numbers:
     params:
         conditions=CONDITIONS_STAGE_CONDITIONS,
         protocols=lambda wildcards: {
-            c: PROTOCOLS[c] for c in CONDITIONS_STAGE_CONDITIONS
+            c: PROTOCOLS[c].as_dict() for c in CONDITIONS_STAGE_CONDITIONS
         },
         reference=REFERENCE,
         head_maps=conditions_head_maps,
@@ -73,7 +73,7 @@ rule conditions_tables:
         "../envs/analysis.yaml"
     params:
         protocols=lambda wildcards: {
-            c: PROTOCOLS[c] for c in CONDITIONS_STAGE_CONDITIONS
+            c: PROTOCOLS[c].as_dict() for c in CONDITIONS_STAGE_CONDITIONS
         },
         reference=REFERENCE,
         pooling=lookup(dpath="analysis/table_pooling", within=config),

@@ -5,7 +5,8 @@ from kicl.workflow.logs import log_to
 log_to(snakemake.log[0])
 from functools import partial
 
-from kicl.prompts.build import build_prompt_files
+from kicl.prompts.build import PromptPaths, build_prompt_files
+from kicl.prompts.options import Protocol
 
 providers = {}
 if snakemake.params.capture is not None:  # the model_kernel strategy: the model's own P(o|x) kernel (Eq. 9)
@@ -25,19 +26,22 @@ if snakemake.params.capture is not None:  # the model_kernel strategy: the model
         snakemake.params.spec["template"],
         threads=snakemake.threads,
     )
+paths = PromptPaths(
+    model_manifest=snakemake.input.model,
+    eval=snakemake.input.eval,
+    demo=snakemake.input.demo,
+    meta=snakemake.output.meta,
+    prompts=snakemake.output.prompts,
+    encoder_manifest=getattr(snakemake.input, "encoder", None),  # strategies and orders that rank by an encoder
+    other_demo=getattr(snakemake.input, "other_demo", None),  # inputs: other_task
+)
 build_prompt_files(
     task=snakemake.wildcards.task,
     task_spec=snakemake.params.spec,
     model=snakemake.wildcards.model,
-    model_manifest=snakemake.input.model,
-    eval_path=snakemake.input.eval,
-    demo_path=snakemake.input.demo,
-    protocol=snakemake.params.protocol,
-    meta_path=snakemake.output.meta,
-    prompts_path=snakemake.output.prompts,
-    encoder_manifest=getattr(snakemake.input, "encoder", None),  # strategies and orders that rank by an encoder
+    paths=paths,
+    protocol=Protocol.of(snakemake.params.protocol),
     similarity_providers=providers,
     other_task_spec=snakemake.params.other_spec,
-    other_demo_path=getattr(snakemake.input, "other_demo", None),  # inputs: other_task
     encoder_cache=snakemake.params.encoder_cache,
 )

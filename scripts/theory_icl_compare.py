@@ -4,9 +4,10 @@ from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
 from kicl.theory.icl_compare import run_comparison
+from kicl.theory.icl_options import TheoryICLOptions
 
 run_comparison(
-    snakemake.params.cfg,
+    TheoryICLOptions.of(snakemake.params.cfg),
     snakemake.input.model,
     table_csv=snakemake.output.table,
     heads_csv=snakemake.output.heads,

@@ -3,6 +3,8 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
+from kicl.theory.icl_options import TheoryICLOptions
 from kicl.theory.pretrain import pretrain
 
-pretrain(snakemake.params.cfg, snakemake.output.model, snakemake.output.loss, threads=snakemake.threads)
+options = TheoryICLOptions.of(snakemake.params.cfg)
+pretrain(options, snakemake.output.model, snakemake.output.loss, threads=snakemake.threads)

@@ -13,7 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kicl.capture.adapters import attention_modules, prerope_key_module  # noqa: E402
 from kicl.capture.run import (  # noqa: E402
-    CaptureError,
     CaptureOptions,
     forward_batch,
     kernel_weights,
@@ -21,6 +20,7 @@ from kicl.capture.run import (  # noqa: E402
     prepare_model,
     register_capture_attention,
 )
+from kicl.config import ConfigError  # noqa: E402
 
 FAMILIES = ["gptj", "llama", "gpt2", "qwen2", "mistral", "gemma3"]
 TOL = 1e-5
@@ -146,13 +146,13 @@ def test_kernel_weights_direct():
 
 
 def test_unsupported_options_are_named():
-    with pytest.raises(CaptureError, match="capture.simpred_context"):
+    with pytest.raises(ConfigError, match="config key capture.simpred_context"):
         CaptureOptions.from_config({"simpred_context": "chat"})
-    with pytest.raises(CaptureError, match="capture.padding_side"):
+    with pytest.raises(ConfigError, match="config key capture.padding_side"):
         CaptureOptions.from_config({"padding_side": "middle"})
-    with pytest.raises(CaptureError, match="capture.dtype_check_min_agreement"):
+    with pytest.raises(ConfigError, match="config key capture.dtype_check_min_agreement"):
         CaptureOptions.from_config({"dtype_check_min_agreement": 1.5})
-    with pytest.raises(CaptureError, match="capture.dtype_check_prompts"):
+    with pytest.raises(ConfigError, match="config key capture.dtype_check_prompts"):
         CaptureOptions.from_config({"dtype_check_prompts": 0})
     options = CaptureOptions.from_config({"dtype": "auto", "device": "auto"}, {"dtype": "bfloat16", "device": "cpu"})
     assert (options.dtype, options.device) == ("bfloat16", "cpu")
@@ -313,5 +313,5 @@ def test_job_threads_do_not_reach_the_numbers(tmp_path, monkeypatch):
         torch.set_num_threads(before)
     for name in stores[1].data_vars:
         np.testing.assert_array_equal(stores[1][name].values, stores[2][name].values, err_msg=name)
-    with pytest.raises(CaptureError, match="capture.intra_op_threads"):
+    with pytest.raises(ConfigError, match="config key capture.intra_op_threads"):
         CaptureOptions.from_config({"intra_op_threads": -1})

@@ -272,3 +272,18 @@ def test_two_level_bootstrap_resamples_draws_and_prompts():
     assert means.std() > 0.3
     with pytest.raises(ValueError, match="one value per prompt"):
         two_level_bootstrap(per_draw, paired=np.arange(3.0))
+
+
+def test_causal_options_come_from_the_schema_with_every_problem_at_once():
+    from kicl.capture.causal import CausalOptions
+    from kicl.config import ConfigError
+
+    options = CausalOptions.from_config({"causal": {"k": [2]}})
+    assert options.k == (2,) and options.modes == ("zero", "mean", "knockout") and options.rank_by == "agreement"
+    with pytest.raises(ConfigError) as error:
+        CausalOptions.from_config({"causal": {"modes": ["zap"], "k": [0], "pooling": "median"}})
+    assert [line.split(":")[0] for line in error.value.problems] == [
+        "config key causal.k[0]",
+        "config key causal.modes[0]",
+        "config key causal.pooling",
+    ]

@@ -13,16 +13,19 @@ import yaml
 from test_prompts import PROTOCOL, check_segment_map, gpt2_style_tokenizer, spec_with
 from test_retrieval import ToyEmbedding, cosine, toy_tables
 
-from kicl.config import SCHEMA_PATH, config_errors, defaults_for
+from kicl.config import SCHEMA_PATH, ConfigError, config_errors, defaults_for
 from kicl.prompts.bm25 import bm25_similarity
-from kicl.prompts.build import STRATEGIES, PromptError, build_prompt_set
+from kicl.prompts.build import PromptError, PromptTables, build_prompt_set
+from kicl.prompts.options import Protocol
 from kicl.prompts.retrieval import (
+    encoder_similarity,
     needed_similarities,
     needs_bm25,
     needs_encoder,
     needs_model_kernel,
     similarity_quantiles,
 )
+from kicl.prompts.strategies import STRATEGIES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -64,27 +67,36 @@ class FakeKernel:
         return np.array([[self.score(t, p) for p in pool_texts] for t in test_texts])
 
 
-def build(tokenizer, eval_table, pool, **kwargs):
-    protocol = PROTOCOL | kwargs.pop("protocol", {})
-    return build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, protocol, None, **kwargs)
+def build(tokenizer, eval_table, pool, protocol=None, embed=None, similarity_providers=None):
+    providers = dict(similarity_providers or {}) | ({"encoder": encoder_similarity(embed)} if embed else {})
+    tables, protocol = PromptTables(eval_table, pool), Protocol.of(PROTOCOL | (protocol or {}))
+    return build_prompt_set("toy", spec_with(), "m", tokenizer, tables, protocol, None, providers)
 
 
 # ---- which similarity a protocol needs ---------------------------------------------------------------
 
 
 def test_one_function_decides_which_similarities_a_protocol_needs():
-    assert needed_similarities({"demo_strategy": "random"}) == frozenset()
-    assert needed_similarities({"demo_strategy": "class_balanced", "demo_order": "native"}) == frozenset()
+    assert needed_similarities(Protocol.of({"demo_strategy": "random"})) == frozenset()
+    assert needed_similarities(Protocol.of({"demo_strategy": "class_balanced", "demo_order": "native"})) == frozenset()
     for strategy in ("nearest", "farthest", "similarity_band"):
-        assert needs_encoder({"demo_strategy": strategy}) and not needs_model_kernel({"demo_strategy": strategy})
+        assert needs_encoder(Protocol.of({"demo_strategy": strategy})) and not needs_model_kernel(
+            Protocol.of({"demo_strategy": strategy})
+        )
     # bm25 and model_kernel select without the encoder; it removes the near-copies of their capped pool
-    assert needs_bm25({"demo_strategy": "bm25"}) and "encoder" not in needed_similarities({"demo_strategy": "bm25"})
-    assert needs_model_kernel({"demo_strategy": "model_kernel"}) and needs_encoder({"demo_strategy": "model_kernel"})
-    assert needs_encoder({"demo_strategy": "bm25"}) and not needs_encoder({"demo_strategy": "class_balanced"})
+    assert needs_bm25(Protocol.of({"demo_strategy": "bm25"})) and "encoder" not in needed_similarities(
+        Protocol.of({"demo_strategy": "bm25"})
+    )
+    assert needs_model_kernel(Protocol.of({"demo_strategy": "model_kernel"})) and needs_encoder(
+        Protocol.of({"demo_strategy": "model_kernel"})
+    )
+    assert needs_encoder(Protocol.of({"demo_strategy": "bm25"})) and not needs_encoder(
+        Protocol.of({"demo_strategy": "class_balanced"})
+    )
     # a sorted order needs the encoder whatever the strategy
-    assert needs_encoder({"demo_strategy": "random", "demo_order": "descending"})
-    assert needed_similarities({"demo_strategy": "bm25", "demo_order": "ascending"}) == {"bm25", "encoder"}
-    assert not needs_encoder({"demo_strategy": "random", "order_seed": 3})
+    assert needs_encoder(Protocol.of({"demo_strategy": "random", "demo_order": "descending"}))
+    assert needed_similarities(Protocol.of({"demo_strategy": "bm25", "demo_order": "ascending"})) == {"bm25", "encoder"}
+    assert not needs_encoder(Protocol.of({"demo_strategy": "random", "order_seed": 3}))
 
 
 # ---- bm25 -------------------------------------------------------------------------------------------
@@ -320,7 +332,7 @@ def test_nearest_native_order_is_ascending_and_a_sorted_order_needs_the_encoder(
     assert _sets_and_orders(native) == _sets_and_orders(ascending)
     with pytest.raises(PromptError, match="protocol.demo_order 'descending' needs sentence embeddings"):
         build(tokenizer, eval_table, pool, protocol={"demo_order": "descending"})
-    with pytest.raises(PromptError, match="protocol.order_seed 1 permutes the native order"):
+    with pytest.raises(ConfigError, match="protocol.order_seed 1 permutes the native order"):
         build(tokenizer, eval_table, pool, protocol={"order_seed": 1, "demo_order": "ascending"}, embed=embed)
 
 
@@ -368,11 +380,11 @@ def test_every_new_protocol_key_has_a_schema_default_with_a_description():
 )
 def test_a_bad_value_names_the_protocol_key(tokenizer, key, value):
     eval_table, pool = toy_tables()
-    with pytest.raises(PromptError, match=rf"protocol\.{key}"):
+    with pytest.raises(ConfigError, match=rf"protocol\.{key}"):
         build(tokenizer, eval_table, pool, protocol={key: value})
     schema = yaml.safe_load(Path(SCHEMA_PATH).read_text())
     errors = config_errors({"protocol": {key: value}}, schema)
-    if (key, value) != ("similarity_band", [0.6, 0.4]):  # lo < hi: only the builder can tell
+    if (key, value) != ("similarity_band", [0.6, 0.4]):  # lo < hi: only Protocol.problems can tell
         assert any(line.startswith(f"config key protocol.{key}") for line in errors), errors
 
 
@@ -387,5 +399,5 @@ def test_a_bad_value_names_the_protocol_key(tokenizer, key, value):
 )
 def test_incomplete_conditions_name_the_missing_key(tokenizer, overrides, culprit):
     eval_table, pool = toy_tables()
-    with pytest.raises(PromptError, match=culprit.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=culprit.replace(".", r"\.")):
         build(tokenizer, eval_table, pool, protocol=overrides)

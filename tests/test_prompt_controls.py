@@ -12,7 +12,7 @@ import pytest
 from test_prompts import PROTOCOL, check_segment_map, gpt2_style_tokenizer, spec_with
 from test_retrieval import toy_tables
 
-from kicl.prompts.build import PromptError, VerbalizerError, build_prompt_set
+from kicl.prompts.build import PromptError, PromptTables, VerbalizerError, build_prompt_set
 from kicl.prompts.controls import derangement, round_half_up
 from kicl.prompts.ood import (
     WORD,
@@ -24,6 +24,7 @@ from kicl.prompts.ood import (
     substitute_rare_words,
     zipf,
 )
+from kicl.prompts.options import Protocol
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,9 +34,10 @@ def tokenizer(tmp_path_factory):
     return gpt2_style_tokenizer(tmp_path_factory.mktemp("bpe"))
 
 
-def build(tokenizer, eval_table, pool, spec=None, **kwargs):
-    protocol = PROTOCOL | {"n_demos": 6, "n_select": 10, "n_heldout": 6} | kwargs.pop("protocol", {})
-    return build_prompt_set("toy", spec or spec_with(), "m", tokenizer, eval_table, pool, protocol, None, **kwargs)
+def build(tokenizer, eval_table, pool, spec=None, protocol=None, other_pool=None):
+    protocol = Protocol.of(PROTOCOL | {"n_demos": 6, "n_select": 10, "n_heldout": 6} | (protocol or {}))
+    tables = PromptTables(eval_table, pool, other_pool)
+    return build_prompt_set("toy", spec or spec_with(), "m", tokenizer, tables, protocol, None)
 
 
 def three_class_spec():

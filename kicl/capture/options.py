@@ -1,13 +1,15 @@
-"""The ``capture:`` config section, resolved and checked (defaults: schemas/config.schema.yaml only)."""
+"""The ``capture:`` config section, resolved and checked (defaults and bounds: schemas/config.schema.yaml only)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from kicl.config import AUTO_BF16, DTYPE_NAMES, defaults_for, resolve_device, resolve_dtype
+from kicl.config import AUTO_BF16, resolve_device, resolve_dtype, schema_enum, section_values
 
-SIMPRED_CONTEXTS = ("raw", "template")
-PADDING_SIDES = ("right", "left")
+__all__ = ["AUTO_BF16", "PADDING_SIDES", "SIMPRED_CONTEXTS", "CaptureError", "CaptureOptions", "default_device"]
+
+SIMPRED_CONTEXTS = schema_enum("capture", "simpred_context")
+PADDING_SIDES = schema_enum("capture", "padding_side")
 
 
 class CaptureError(ValueError):
@@ -42,42 +44,16 @@ class CaptureOptions:
 
     @classmethod
     def from_config(cls, capture: dict | None = None, manifest: dict | None = None) -> CaptureOptions:
-        """Schema defaults, overridden by ``capture``; ``auto`` device and dtype resolved by kicl.config from the
-        model manifest (then cuda if available / float32). The dtype may be ``AUTO_BF16`` (a float32 model on a
-        CPU with native bfloat16): :func:`kicl.capture.dtype_check.settle_dtype` then decides."""
+        """Schema defaults, overridden by ``capture`` and checked against the schema (one
+        :class:`~kicl.config.ConfigError` listing every problem); ``auto`` device and dtype resolved by kicl.config
+        from the model manifest (then cuda if available / float32). The dtype may be ``AUTO_BF16`` (a float32 model
+        on a CPU with native bfloat16): :func:`kicl.capture.dtype_check.settle_dtype` then decides."""
         manifest = manifest or {}
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in defaults_for("capture").items() if k in names}
-        values.update({k: v for k, v in (capture or {}).items() if k in names})
+        values = section_values({"capture": capture or {}}, "capture")
         values["device"] = resolve_device(values["device"], manifest.get("device"), fallback=default_device())
         values["dtype"] = resolve_dtype(values["dtype"], manifest.get("dtype"), device=values["device"])
         values["kv_offsets"] = tuple(values["kv_offsets"])
-        options = cls(**values)
-        options.check()
-        return options
-
-    def check(self) -> None:
-        if self.dtype not in (*DTYPE_NAMES, AUTO_BF16):
-            raise CaptureError(f"capture.dtype must be one of {sorted(DTYPE_NAMES)} or auto, got {self.dtype!r}")
-        if self.simpred_context not in SIMPRED_CONTEXTS:
-            raise CaptureError(
-                f"capture.simpred_context must be one of {SIMPRED_CONTEXTS}, got {self.simpred_context!r}"
-            )
-        if self.padding_side not in PADDING_SIDES:
-            raise CaptureError(f"capture.padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
-        for key in ("batch_size", "shard_size"):
-            if getattr(self, key) < 1:
-                raise CaptureError(f"capture.{key} must be >= 1")
-        if self.kv_prompts < 0 or not self.kv_offsets:
-            raise CaptureError("capture.kv_prompts must be >= 0 and capture.kv_offsets non-empty")
-        if self.dtype_check_prompts < 1:
-            raise CaptureError("capture.dtype_check_prompts must be >= 1")
-        if not 0 <= self.dtype_check_min_agreement <= 1:
-            raise CaptureError("capture.dtype_check_min_agreement must be within [0, 1]")
-        if self.dtype_check_max_kernel_diff < 0:
-            raise CaptureError("capture.dtype_check_max_kernel_diff must be >= 0")
-        if self.intra_op_threads < 0:
-            raise CaptureError(f"capture.intra_op_threads must be >= 0, got {self.intra_op_threads}")
+        return cls(**values)
 
     def fix_threads(self, job_threads: int | None = None) -> int:
         """Set torch's intra-op threads for a job that computes stored numbers and return them:

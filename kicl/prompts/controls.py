@@ -24,11 +24,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kicl.config import schema_enum
 from kicl.prompts.pieces import PromptError
 
-DEMO_ORDERS = ("native", "ascending", "descending")
-LABEL_CONTROLS = ("gold", "flipped", "noisy", "random", "abstract")
-INPUT_CONTROLS = ("original", "permuted", "other_task")
+DEMO_ORDERS = schema_enum("protocol", "demo_order")
+LABEL_CONTROLS = schema_enum("protocol", "labels")
 
 #: seed-stream tags of the controls (after [seed, test_index]); the strategy's generator is [seed, test_index]
 ORDER_STREAM, LABEL_STREAM, INPUT_STREAM, TYPO_STREAM, RARE_WORD_STREAM = 101, 102, 103, 104, 105

@@ -34,13 +34,16 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kicl.prompts.controls import round_half_up
 from kicl.prompts.pieces import PromptError
 
-TEST_INPUTS = ("original", "typos", "rare_words", "rewrites")
+if TYPE_CHECKING:
+    from kicl.prompts.options import Protocol
+
 #: maximal runs of letters (any script); words of at least MIN_WORD_LETTERS letters can be edited
 WORD = re.compile(r"[^\W\d_]+")
 MIN_WORD_LETTERS = 3
@@ -177,9 +180,9 @@ def substitute_rare_words(text: str, rate: float, gap: float, rng: np.random.Gen
 # ---- rewrites ----------------------------------------------------------------------------------------
 
 
-def rewrites_path(protocol: Mapping, task: str) -> Path | None:
+def rewrites_path(protocol: Protocol, task: str) -> Path | None:
     """``protocol.rewrites_file`` with ``{task}`` filled in (None when unset)."""
-    path = protocol.get("rewrites_file")
+    path = protocol.rewrites_file
     return None if path is None else Path(str(path).replace("{task}", task))
 
 

@@ -1,99 +1,108 @@
-"""The prompt protocol of one condition: schema defaults filled in, every value checked, errors naming the key.
+"""The prompt protocol of one condition, resolved once: :class:`Protocol`.
 
-A condition is a set of overrides of the ``protocol:`` section; the prompt builder receives the merged dict.
-:func:`effective_protocol` fills the keys it lacks from schemas/config.schema.yaml (the one place a default is
-written) and raises :class:`~kicl.prompts.pieces.PromptError` naming ``protocol.<key>`` for a value it cannot use,
-including the combinations the schema cannot express (a band with lo >= hi, order_seed with a sorted order, ...).
+A condition is a set of overrides of the ``protocol:`` section. :meth:`Protocol.from_config` fills the keys it lacks
+from schemas/config.schema.yaml (the one place a default is written), checks the section against the schema and
+then only what the schema cannot express (a band with lo >= hi, order_seed with a sorted order, ...), and raises
+one :class:`~kicl.config.ConfigError` naming every ``protocol.<key>`` it cannot use.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from kicl.prompts.controls import DEMO_ORDERS, INPUT_CONTROLS, LABEL_CONTROLS
-from kicl.prompts.ood import TEST_INPUTS
-from kicl.prompts.pieces import PromptError
-
-
-@functools.lru_cache(maxsize=1)
-def protocol_defaults() -> dict:
-    """The schema's defaults of the ``protocol:`` section."""
-    from kicl.config import defaults_for
-
-    return defaults_for("protocol")
+from kicl.config import ConfigError, section_values
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+@dataclass(frozen=True)
+class Protocol:
+    """The effective ``protocol:`` of one condition (fields in schema order; meanings in the schema)."""
 
+    seed: int
+    n_demos: int
+    demo_strategy: str
+    retrieval_encoder: str
+    retrieval_pool_size: int | None
+    dedup_similarity: float
+    n_select: int
+    n_heldout: int
+    readout: str
+    context_policy: str
+    max_length: int | None
+    similarity_band: tuple[float, float]
+    demo_order: str
+    order_seed: int | None
+    labels: str
+    label_noise: float
+    abstract_labels: tuple[str, ...]
+    inputs: str
+    other_task: str | None
+    test_inputs: str
+    typo_rate: float
+    rare_word_rate: float
+    rare_word_gap: float
+    rewrites_file: str | None
+    rewrite_type: str | None
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    @classmethod
+    def from_config(cls, config: Mapping, condition: str | None = None) -> Protocol:
+        """``config["protocol"]`` (with the overrides of ``condition``, a name in ``config["conditions"]``) over
+        the schema defaults, checked; raises ConfigError listing every problem."""
+        section = config
+        if condition is not None:
+            from kicl.conditions import condition_protocol
 
+            section = {"protocol": condition_protocol(config, condition)}
+        values = section_values(section, "protocol")
+        values["similarity_band"] = tuple(values["similarity_band"])
+        values["abstract_labels"] = tuple(values["abstract_labels"])
+        protocol = cls(**values)
+        problems = protocol.problems()
+        if problems:
+            raise ConfigError(problems)
+        return protocol
 
-def _fraction(protocol: Mapping, key: str) -> None:
-    value = protocol[key]
-    if not _is_number(value) or not 0 <= value <= 1:
-        raise PromptError(f"protocol.{key}: {value!r} is not a number in [0, 1]")
+    @classmethod
+    def of(cls, section: Mapping) -> Protocol:
+        """The protocol of a bare ``protocol:`` section (keys it lacks take the schema defaults)."""
+        return cls.from_config({"protocol": section})
 
-
-def effective_protocol(protocol: Mapping, strategies: Mapping, n_classes: int | None = None) -> dict:
-    """``protocol`` over the schema defaults, checked (``strategies``: the registered demonstration strategies)."""
-    defaults = protocol_defaults()
-    unknown = sorted(set(protocol) - set(defaults))
-    if unknown:
-        raise PromptError(f"protocol.{unknown[0]}: unknown key (known: {', '.join(sorted(defaults))})")
-    merged = dict(defaults) | dict(protocol)
-    if not _is_int(merged["n_demos"]) or merged["n_demos"] < 0:
-        raise PromptError(f"protocol.n_demos: {merged['n_demos']!r} is not a non-negative integer")
-    if merged["demo_strategy"] not in strategies:
-        raise PromptError(
-            f"protocol.demo_strategy {merged['demo_strategy']!r} is unknown; available: {sorted(strategies)}"
-        )
-    band = merged["similarity_band"]
-    if (
-        not isinstance(band, list | tuple)
-        or len(band) != 2
-        or not all(_is_number(v) for v in band)
-        or not 0 <= band[0] < band[1] <= 1
-    ):
-        raise PromptError(f"protocol.similarity_band: {band!r} is not [lo, hi] with 0 <= lo < hi <= 1")
-    if merged["demo_order"] not in DEMO_ORDERS:
-        raise PromptError(f"protocol.demo_order: {merged['demo_order']!r} is not one of {list(DEMO_ORDERS)}")
-    order_seed = merged["order_seed"]
-    if order_seed is not None:
-        if not _is_int(order_seed) or order_seed < 0:
-            raise PromptError(f"protocol.order_seed: {order_seed!r} is not null or a non-negative integer")
-        if merged["demo_order"] != "native":
-            raise PromptError(
-                f"protocol.order_seed {order_seed} permutes the native order; it cannot be combined with "
-                f"protocol.demo_order {merged['demo_order']!r}"
+    def problems(self) -> list[str]:
+        """What the schema cannot express, one line each naming the key."""
+        problems = []
+        lo, hi = self.similarity_band
+        if not lo < hi:
+            problems.append(f"protocol.similarity_band: {list(self.similarity_band)!r} is not [lo, hi] with lo < hi")
+        if self.order_seed is not None and self.demo_order != "native":
+            problems.append(
+                f"protocol.order_seed {self.order_seed} permutes the native order; it cannot be combined with "
+                f"protocol.demo_order {self.demo_order!r}"
             )
-    if merged["labels"] not in LABEL_CONTROLS:
-        raise PromptError(f"protocol.labels: {merged['labels']!r} is not one of {list(LABEL_CONTROLS)}")
-    _fraction(merged, "label_noise")
-    words = merged["abstract_labels"]
-    if not isinstance(words, list | tuple) or not all(isinstance(w, str) and w.strip() for w in words):
-        raise PromptError(f"protocol.abstract_labels: {words!r} is not a list of non-empty words")
-    if len(set(words)) != len(words):
-        raise PromptError(f"protocol.abstract_labels: {list(words)} has repeated words")
-    if merged["labels"] == "abstract" and n_classes is not None and len(words) < n_classes:
-        raise PromptError(
-            f"protocol.abstract_labels: {len(words)} words for a task with {n_classes} classes (one word per class)"
-        )
-    if merged["inputs"] not in INPUT_CONTROLS:
-        raise PromptError(f"protocol.inputs: {merged['inputs']!r} is not one of {list(INPUT_CONTROLS)}")
-    if merged["inputs"] == "other_task" and not merged["other_task"]:
-        raise PromptError("protocol.other_task: not set, but protocol.inputs is 'other_task' (name a task)")
-    if merged["test_inputs"] not in TEST_INPUTS:
-        raise PromptError(f"protocol.test_inputs: {merged['test_inputs']!r} is not one of {list(TEST_INPUTS)}")
-    _fraction(merged, "typo_rate")
-    _fraction(merged, "rare_word_rate")
-    if not _is_number(merged["rare_word_gap"]) or merged["rare_word_gap"] < 0:
-        raise PromptError(f"protocol.rare_word_gap: {merged['rare_word_gap']!r} is not a non-negative number")
-    if merged["test_inputs"] == "rewrites":
-        for key in ("rewrites_file", "rewrite_type"):
-            if not merged[key]:
-                raise PromptError(f"protocol.{key}: not set, but protocol.test_inputs is 'rewrites'")
-    return merged
+        if not all(word.strip() for word in self.abstract_labels):
+            problems.append(f"protocol.abstract_labels: {list(self.abstract_labels)!r} has a blank word")
+        if self.inputs == "other_task" and not self.other_task:
+            problems.append("protocol.other_task: not set, but protocol.inputs is 'other_task' (name a task)")
+        if self.test_inputs == "rewrites":
+            problems += [
+                f"protocol.{key}: not set, but protocol.test_inputs is 'rewrites'"
+                for key in ("rewrites_file", "rewrite_type")
+                if not getattr(self, key)
+            ]
+        return problems
+
+    def task_problems(self, n_classes: int) -> list[str]:
+        """What this protocol cannot do on a task with ``n_classes`` classes."""
+        if self.labels == "abstract" and len(self.abstract_labels) < n_classes:
+            return [
+                f"protocol.abstract_labels: {len(self.abstract_labels)} words for a task with {n_classes} classes "
+                "(one word per class)"
+            ]
+        return []
+
+    def as_dict(self) -> dict:
+        """The protocol as the plain dict that meta.json, the store attrs and the rule params hold (lists, not
+        tuples; keys in schema order)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
+        }

@@ -22,10 +22,14 @@ right before the test input (``nearest``/``bm25``/``model_kernel``: the k most s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from kicl.prompts.options import Protocol
 
 #: texts -> (n, dim) embeddings (need not be normalised)
 EmbedFunction = Callable[[Sequence[str]], np.ndarray]
@@ -58,35 +62,34 @@ def selection_similarity(strategy: str) -> str | None:
     return STRATEGY_SIMILARITY.get(strategy)
 
 
-def needed_similarities(protocol: Mapping) -> frozenset[str]:
+def needed_similarities(protocol: Protocol) -> frozenset[str]:
     """THE decision of which similarity kinds a (condition's effective) protocol needs.
 
     The strategy's own kind (:data:`STRATEGY_SIMILARITY`), plus ``encoder`` when ``protocol.demo_order`` sorts the
     demonstrations by similarity.
     """
     kinds = set()
-    strategy_kind = selection_similarity(protocol.get("demo_strategy") or "random")
+    strategy_kind = selection_similarity(protocol.demo_strategy)
     if strategy_kind:
         kinds.add(strategy_kind)
-    if protocol.get("demo_order") in SORTED_ORDERS:
+    if protocol.demo_order in SORTED_ORDERS:
         kinds.add("encoder")
     return frozenset(kinds)
 
 
-def needs_encoder(protocol: Mapping) -> bool:
+def needs_encoder(protocol: Protocol) -> bool:
     """Whether building the prompts needs the sentence encoder ``protocol.retrieval_encoder`` (its manifest): to
     rank or sort by encoder cosine, or to remove near-copies of the test input from a ranking strategy's capped
     pool (:data:`NEAR_COPY_ENCODER_STRATEGIES`)."""
-    strategy = protocol.get("demo_strategy") or "random"
-    return "encoder" in needed_similarities(protocol) or strategy in NEAR_COPY_ENCODER_STRATEGIES
+    return "encoder" in needed_similarities(protocol) or protocol.demo_strategy in NEAR_COPY_ENCODER_STRATEGIES
 
 
-def needs_model_kernel(protocol: Mapping) -> bool:
+def needs_model_kernel(protocol: Protocol) -> bool:
     """Whether building the prompts needs the model's P(o|x) (the ``model_kernel`` similarity provider)."""
     return "model_kernel" in needed_similarities(protocol)
 
 
-def needs_bm25(protocol: Mapping) -> bool:
+def needs_bm25(protocol: Protocol) -> bool:
     """Whether building the prompts computes BM25 scores (the bm25s library)."""
     return "bm25" in needed_similarities(protocol)
 

@@ -12,13 +12,13 @@ import dataclasses
 import logging
 import os
 import time
-import types
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from kicl.config import ConfigError, section_values
 from kicl.fileio import atomic_path
 from kicl.theory.hmm import (
     BlockHMM,
@@ -48,117 +48,81 @@ METRICS = ("l1", "l2", "acc_posterior", "acc_sampled")
 MAX_EXACT_PREFIXES = 10**7  # exact Σ enumerates n_tokens^x_len prefixes; beyond this it takes minutes per HMM
 
 
-# ---------------------------------------------------------------- configuration (mirrors the `theory:` schema)
-def _check(minimum=None, exclusive_minimum=None, choices=None):
-    return {"minimum": minimum, "exclusive_minimum": exclusive_minimum, "choices": choices}
-
-
+# ---------------------------------------------------------------- configuration (the `theory:` section)
 @dataclass(frozen=True)
 class HMMConfig:
-    """Generator of the random block mixture-of-HMM (note §1.1)."""
+    """Generator of the random block mixture-of-HMM (note §1.1); meanings and defaults in the schema."""
 
-    n_tasks: int = field(default=8, metadata=_check(minimum=1))
-    states_per_task: int = field(default=10, metadata=_check(minimum=2))
-    n_tokens: int = field(default=100, metadata=_check(minimum=2))
-    x_len: int = field(default=3, metadata=_check(minimum=1))
-    alpha_start: float = field(default=1.0, metadata=_check(exclusive_minimum=0))
-    alpha_trans: float = field(default=0.001, metadata=_check(exclusive_minimum=0))
-    alpha_emit: float = field(default=0.0003, metadata=_check(exclusive_minimum=0))
-    floor: float = field(default=1e-4, metadata=_check(minimum=0))
-    no_return: bool = True
+    n_tasks: int
+    states_per_task: int
+    n_tokens: int
+    x_len: int
+    alpha_start: float
+    alpha_trans: float
+    alpha_emit: float
+    floor: float
+    no_return: bool
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Features, Σ and its inverse (note §3)."""
+    """Features, Σ and its inverse (note §3); meanings and defaults in the schema."""
 
-    features: str = field(default="start", metadata=_check(choices=("start", "full")))
-    normalise: str = field(default="pre", metadata=_check(choices=("pre", "none")))
-    sigma: str = field(default="monte_carlo", metadata=_check(choices=("monte_carlo", "exact")))
-    n_sigma: int = field(default=10_000, metadata=_check(minimum=1))
-    ridge: float = field(default=1e-6, metadata=_check(minimum=0))
+    features: str
+    normalise: str
+    sigma: str
+    n_sigma: int
+    ridge: float
 
 
 @dataclass(frozen=True)
 class TheoryConfig:
-    """The whole Table 3 experiment; ``TheoryConfig.from_dict(config["theory"])``."""
+    """The whole Table 3 experiment: :meth:`from_config` (schema defaults, the schema check, the Σ size check)."""
 
-    seed: int = field(default=0, metadata=_check(minimum=0))
-    n_hmms: int = field(default=32, metadata=_check(minimum=1))
-    n_prompts: int = field(default=125, metadata=_check(minimum=1))
-    n_demos: tuple[int, ...] = field(default=(1, 2, 4, 8, 16, 32, 64, 128), metadata=_check(minimum=1))
-    hmm: HMMConfig = HMMConfig()
-    kernel: KernelConfig = KernelConfig()
-
-    def __post_init__(self):
-        if len(set(self.n_demos)) != len(self.n_demos):
-            raise ValueError(f"config key theory.n_demos: {list(self.n_demos)} has repeated values")
-        n_prefixes = self.hmm.n_tokens**self.hmm.x_len
-        if self.kernel.sigma == "exact" and n_prefixes > MAX_EXACT_PREFIXES:
-            raise ValueError(
-                f"config key theory.kernel.sigma: exact enumeration of n_tokens^x_len = {n_prefixes} prefixes "
-                f"exceeds {MAX_EXACT_PREFIXES}; use monte_carlo"
-            )
+    seed: int
+    n_hmms: int
+    n_prompts: int
+    n_demos: tuple[int, ...]
+    hmm: HMMConfig
+    kernel: KernelConfig
 
     @classmethod
-    def from_dict(cls, values: dict | None, prefix: str = "theory") -> TheoryConfig:
-        """Build from a (possibly partial) dict; raise ValueError naming the config key on bad input."""
-        return _from_dict(cls, values or {}, prefix)
+    def from_config(cls, config: Mapping) -> TheoryConfig:
+        """The ``theory`` section of ``config``; raises :class:`~kicl.config.ConfigError` listing every problem."""
+        values = section_values(config, "theory")
+        theory = cls(
+            seed=values["seed"],
+            n_hmms=values["n_hmms"],
+            n_prompts=values["n_prompts"],
+            n_demos=tuple(values["n_demos"]),
+            hmm=_typed(HMMConfig, values["hmm"]),
+            kernel=_typed(KernelConfig, values["kernel"]),
+        )
+        problems = theory.problems()
+        if problems:
+            raise ConfigError(problems)
+        return theory
 
-    def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
+    @classmethod
+    def of(cls, section: Mapping) -> TheoryConfig:
+        """The experiment of a bare ``theory:`` section (keys it lacks take the schema defaults)."""
+        return cls.from_config({"theory": section})
 
-
-def _to_plain(value):
-    if isinstance(value, dict):
-        return {key: _to_plain(item) for key, item in value.items()}
-    if isinstance(value, tuple):
-        return [_to_plain(item) for item in value]
-    return value
-
-
-def _from_dict(cls, values: dict, prefix: str):
-    if not isinstance(values, dict):
-        raise ValueError(f"config key {prefix}: expected a mapping, got {values!r}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"config key {prefix}.{unknown[0]}: unknown key (allowed: {', '.join(known)})")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        key, hint, checks = f"{prefix}.{name}", hints[name], known[name].metadata
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _from_dict(hint, value, key)
-        elif typing.get_origin(hint) is tuple:
-            if not isinstance(value, (list, tuple)) or not value:
-                raise ValueError(f"config key {key}: expected a non-empty list of integers, got {value!r}")
-            kwargs[name] = tuple(_checked_scalar(f"{key}[{i}]", item, int, checks) for i, item in enumerate(value))
-        else:
-            kwargs[name] = _checked_scalar(key, value, hint, checks)
-    return cls(**kwargs)
+    def problems(self) -> list[str]:
+        """What the schema cannot express: exact Σ only for vocabularies it can enumerate."""
+        n_prefixes = self.hmm.n_tokens**self.hmm.x_len
+        if self.kernel.sigma == "exact" and n_prefixes > MAX_EXACT_PREFIXES:
+            return [
+                f"config key theory.kernel.sigma: exact enumeration of n_tokens^x_len = {n_prefixes} prefixes "
+                f"exceeds {MAX_EXACT_PREFIXES}; use monte_carlo"
+            ]
+        return []
 
 
-def _checked_scalar(key: str, value, kind, checks: dict):
-    if isinstance(kind, types.UnionType):
-        raise TypeError(f"unsupported config type for {key}")
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise ValueError(f"config key {key}: {value!r} is not of type {kind.__name__}")
-    if checks.get("choices") is not None and value not in checks["choices"]:
-        raise ValueError(f"config key {key}: {value!r} is not one of {list(checks['choices'])}")
-    if checks.get("minimum") is not None and value < checks["minimum"]:
-        raise ValueError(f"config key {key}: {value!r} is less than the minimum of {checks['minimum']}")
-    if checks.get("exclusive_minimum") is not None and value <= checks["exclusive_minimum"]:
-        raise ValueError(f"config key {key}: {value!r} must be greater than {checks['exclusive_minimum']}")
-    return kind(value) if kind in (int, float) else value
+def _typed(cls, values: Mapping):
+    """``cls(**values)`` with the float fields as floats (YAML may write 1 for 1.0)."""
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    return cls(**{key: float(value) if kinds[key] == "float" else value for key, value in values.items()})
 
 
 # ---------------------------------------------------------------- metrics
@@ -254,9 +218,8 @@ def evaluate_hmm(config: TheoryConfig, hmm_index: int) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- the whole table
-def run_table3(config: dict | TheoryConfig) -> pd.DataFrame:
+def run_table3(config: TheoryConfig) -> pd.DataFrame:
     """Run the experiment; one row per (hmm, method, n) with the prompt-averaged metrics."""
-    config = config if isinstance(config, TheoryConfig) else TheoryConfig.from_dict(config)
     log.info(
         "Table 3: %d HMMs x %d prompts, n = %s, kernel %s",
         config.n_hmms,
@@ -294,7 +257,7 @@ def write_table3(config: dict, table_csv: str | os.PathLike, per_hmm_csv: str | 
     """Run Table 3 from the ``theory`` config section; write the summary and the per-HMM CSV atomically."""
     from threadpoolctl import threadpool_limits
 
-    config = TheoryConfig.from_dict(config)
+    config = TheoryConfig.of(config)
     started = time.perf_counter()
     with threadpool_limits(limits=threads):
         per_hmm = run_table3(config)

@@ -37,6 +37,7 @@ import pandas as pd
 from kicl.analysis.stats import bootstrap_mean
 from kicl.fileio import write_csv_atomic, write_text_atomic
 from kicl.store.heads import HeadId
+from kicl.theory.icl_options import TheoryICLOptions
 from kicl.theory.icl_world import (
     DELIMITER,
     MARKER,
@@ -113,21 +114,21 @@ def _vote(weights: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
     return np.einsum("p...n,pnc->p...c", weights, one_hot)
 
 
-def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compare(cfg: TheoryICLOptions, model) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The comparison table (one row per n and method) and the per-head agreement table, from ``theory_icl``."""
-    world = world_from_config(cfg["world"])
-    ev = cfg["eval"]
-    x_len, ns = cfg["world"]["x_len"], sorted(ev["n_demos"])
-    n_select, n_heldout = ev["n_select"], ev["n_heldout"]
-    points = draw_test_points(world, n_select + n_heldout, x_len, max(ns), ev["seed"])
+    world = world_from_config(cfg.world)
+    ev = cfg.eval
+    x_len, ns = cfg.world.x_len, sorted(ev.n_demos)
+    n_select, n_heldout = ev.n_select, ev.n_heldout
+    points = draw_test_points(world, n_select + n_heldout, x_len, max(ns), ev.seed)
     split = np.array(["select"] * n_select + ["heldout"] * n_heldout)
     tasks, test_x, test_y, demo_x, demo_y = (points[k] for k in ("tasks", "test_x", "test_y", "demo_x", "demo_y"))
     test_joint = joint_likelihood(world, forward_joint(world, test_x))  # (P, K, C)
     oracle = oracle_predictive(test_joint, tasks)
     log_lik = demo_log_likelihood(world, demo_x, demo_y)  # (P, N, K)
     cumulative = np.concatenate([np.zeros((len(tasks), 1, world.n_tasks)), np.cumsum(log_lik, axis=1)], axis=1)
-    metric = regularised_inverse(second_moment(world, x_len, ev["n_sigma"], np.random.default_rng(ev["seed"] + 1)),
-                                 ev["ridge"])  # fmt: skip
+    metric = regularised_inverse(second_moment(world, x_len, ev.n_sigma, np.random.default_rng(ev.seed + 1)),
+                                 ev.ridge)  # fmt: skip
     kernel = kernel_to_test(kernel_features(world, demo_x), kernel_features(world, test_x), metric)  # (P, N)
     ns_pos = [n for n in ns if n > 0]
     kr_sums = prefix_label_sums(kernel, demo_y, world.n_labels, ns_pos) if ns_pos else None
@@ -135,7 +136,7 @@ def compare(cfg: dict, model) -> tuple[pd.DataFrame, pd.DataFrame]:
     for n in ns:
         posterior = posterior_from_weights(np.log(world.task_prior) + cumulative[:, n], test_joint)
         ids, starts = prompt_ids(world, demo_x[:, :n], demo_y[:, :n], test_x)
-        model_p, attention = transformer_outputs(model, world, ids, starts, x_len, ev["batch_size"])
+        model_p, attention = transformer_outputs(model, world, ids, starts, x_len, ev.batch_size)
         entry = {"posterior": posterior, "transformer": model_p, "exact_posterior": posterior, "task_known": oracle}
         if n > 0:
             entry["kernel_regression"] = clip_normalise(kr_sums[:, ns_pos.index(n)] / n)
@@ -203,7 +204,7 @@ def _comparison_table(per_n: dict, ns, test_y, oracle, held: np.ndarray, ev: dic
             rows.append({"n": n, "method": method, "n_prompts": int(held.sum())})
             values.append(np.stack([np.asarray(per_prompt[m], dtype=np.float64)[held] for m in METRICS], axis=1))
     # one set of resamples of the held-out prompts for every method, n and metric (paired intervals)
-    mean, low, high = bootstrap_mean(np.stack(values, axis=1), n_boot=ev["n_boot"], seed=ev["seed"], level=ev["level"])
+    mean, low, high = bootstrap_mean(np.stack(values, axis=1), n_boot=ev.n_boot, seed=ev.seed, level=ev.level)
     for r, row in enumerate(rows):
         for m, metric in enumerate(METRICS):
             row.update(
@@ -233,7 +234,9 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     return "\n".join(lines)
 
 
-def run_comparison(cfg: dict, model_dir: str | Path, table_csv, heads_csv, table_md, threads: int = 1) -> pd.DataFrame:
+def run_comparison(
+    cfg: TheoryICLOptions, model_dir: str | Path, table_csv, heads_csv, table_md, threads: int = 1
+) -> pd.DataFrame:
     """Load the trained model, compare, and write the table (CSV + markdown) and the per-head table."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kicl.theory.icl_options import TheoryICLOptions, WorldOptions
+
 DELIMITER, MARKER, FIRST_LABEL = 0, 1, 2
 
 
@@ -105,10 +107,10 @@ def seeded_stream(seed: int, stream: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(3)[SEED_STREAMS[stream]])
 
 
-def world_from_config(cfg: dict) -> LabelWorld:
+def world_from_config(world: WorldOptions) -> LabelWorld:
     """The world of the ``theory_icl.world`` config section, drawn from ``seeded_stream(seed, "world")``."""
     keys = ("n_tasks", "n_states", "n_content", "n_labels", "mix", "alpha_trans", "emit_noise", "label_noise")
-    return make_label_world(seeded_stream(cfg["seed"], "world"), **{key: cfg[key] for key in keys})
+    return make_label_world(seeded_stream(world.seed, "world"), **{key: getattr(world, key) for key in keys})
 
 
 # shape: one keyword per key of the theory_icl.world config section (each a parameter of the draw, with its default)
@@ -254,7 +256,7 @@ def second_moment(world: LabelWorld, length: int, n_samples: int, rng: np.random
 # ---- the chain's task source ---------------------------------------------------------------------------------
 
 
-def world_task_splits(cfg: dict) -> dict[str, object]:
+def world_task_splits(cfg: TheoryICLOptions) -> dict[str, object]:
     """The ICL task of one world task θ* (``theory_icl.chain``) in the tasks schema, one DataFrame per split.
 
     Rows: ``text`` (x as " "-joined symbols), ``label`` (0 … C − 1), ``task`` and, beside every row, the exact
@@ -264,15 +266,15 @@ def world_task_splits(cfg: dict) -> dict[str, object]:
     """
     import pandas as pd
 
-    world = world_from_config(cfg["world"])
-    chain = cfg["chain"]
-    task = chain["task_index"]
+    world = world_from_config(cfg.world)
+    chain = cfg.chain
+    task = chain.task_index
     if not 0 <= task < world.n_tasks:
         raise ValueError(f"theory_icl.chain.task_index {task} is not a task of the world (0 … {world.n_tasks - 1})")
-    rng = np.random.default_rng([cfg["world"]["seed"], 1, task])
+    rng = np.random.default_rng([cfg.world.seed, 1, task])
     splits = {}
-    for name, size in (("test", chain["n_eval"]), ("train", chain["n_demo_pool"])):
-        content, labels = sample_examples(world, np.full(size, task), cfg["world"]["x_len"], rng)
+    for name, size in (("test", chain.n_eval), ("train", chain.n_demo_pool)):
+        content, labels = sample_examples(world, np.full(size, task), cfg.world.x_len, rng)
         joint = joint_likelihood(world, forward_joint(world, content))  # (N, K, C)
         oracle = joint[:, task] / joint[:, task].sum(-1, keepdims=True)
         prior = joint.sum(1) / joint.sum((1, 2))[:, None]
@@ -284,7 +286,7 @@ def world_task_splits(cfg: dict) -> dict[str, object]:
     return splits
 
 
-def write_world_task(cfg: dict, out_dir) -> None:
+def write_world_task(cfg: TheoryICLOptions, out_dir) -> None:
     """Write the splits of :func:`world_task_splits` as ``{split}.jsonl`` (a ``source: local`` task folder)."""
     from pathlib import Path
 
@@ -292,27 +294,3 @@ def write_world_task(cfg: dict, out_dir) -> None:
 
     for name, frame in world_task_splits(cfg).items():
         write_text_atomic(Path(out_dir) / f"{name}.jsonl", frame.to_json(orient="records", lines=True))
-
-
-def config_problems(cfg: dict) -> list[str]:
-    """Inconsistencies of a (schema-validated) ``theory_icl`` section, one line each naming the keys."""
-    world, model, ev = cfg["world"], cfg["model"], cfg["eval"]
-    problems = []
-    if world["n_content"] % world["n_states"]:
-        problems.append(f"theory_icl.world.n_content ({world['n_content']}) must be a multiple of "
-                        f"theory_icl.world.n_states ({world['n_states']})")  # fmt: skip
-    if world["n_states"] % world["n_labels"]:
-        problems.append(f"theory_icl.world.n_states ({world['n_states']}) must be a multiple of "
-                        f"theory_icl.world.n_labels ({world['n_labels']}) for a balanced labelling")  # fmt: skip
-    if world["min_len"] > world["max_len"]:
-        problems.append(f"theory_icl.world.min_len ({world['min_len']}) exceeds max_len ({world['max_len']})")
-    if model["n_embd"] % model["n_head"]:
-        problems.append(f"theory_icl.model.n_embd ({model['n_embd']}) is not a multiple of n_head ({model['n_head']})")
-    longest = 1 + max(ev["n_demos"]) * (world["x_len"] + 3) + world["x_len"] + 1
-    if longest > model["ctx"]:
-        problems.append(f"theory_icl.model.ctx ({model['ctx']}) cannot hold the longest evaluation prompt "
-                        f"({longest} tokens for max(theory_icl.eval.n_demos) = {max(ev['n_demos'])})")  # fmt: skip
-    if not 0 <= cfg["chain"]["task_index"] < world["n_tasks"]:
-        problems.append(f"theory_icl.chain.task_index ({cfg['chain']['task_index']}) is not a task of the world "
-                        f"(0 … {world['n_tasks'] - 1})")  # fmt: skip
-    return problems

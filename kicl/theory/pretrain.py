@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from kicl.fileio import atomic_directory, write_csv_atomic
+from kicl.theory.icl_options import ModelOptions, TheoryICLOptions
 from kicl.theory.icl_world import (
     DELIMITER,
     MARKER,
@@ -61,10 +62,10 @@ def build_tokenizer(world: LabelWorld):
     )
 
 
-def model_config(world: LabelWorld, model_cfg: dict):
+def model_config(world: LabelWorld, model_cfg: ModelOptions):
     """A transformers config of the ``theory_icl.model`` section (random init, no dropout, untied head)."""
-    arch = model_cfg["architecture"]
-    width, heads = model_cfg["n_embd"], model_cfg["n_head"]
+    arch = model_cfg.architecture
+    width, heads = model_cfg.n_embd, model_cfg.n_head
     if width % heads:
         raise ValueError(f"theory_icl.model: n_embd {width} is not a multiple of n_head {heads}")
     common = {"vocab_size": world.vocab_size, "bos_token_id": DELIMITER, "eos_token_id": DELIMITER,
@@ -73,17 +74,17 @@ def model_config(world: LabelWorld, model_cfg: dict):
         from transformers import GPTJConfig
 
         return GPTJConfig(
-            n_positions=model_cfg["ctx"], n_embd=width, n_layer=model_cfg["n_layer"], n_head=heads,
+            n_positions=model_cfg.ctx, n_embd=width, n_layer=model_cfg.n_layer, n_head=heads,
             rotary_dim=max(2, (width // heads) // 2), n_inner=4 * width, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, activation_function=model_cfg["activation"], **common,
+            attn_pdrop=0.0, activation_function=model_cfg.activation, **common,
         )  # fmt: skip
     if arch == "llama":
         from transformers import LlamaConfig
 
         return LlamaConfig(
-            hidden_size=width, intermediate_size=4 * width, num_hidden_layers=model_cfg["n_layer"],
-            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=model_cfg["ctx"],
-            attention_dropout=0.0, hidden_act=model_cfg["activation"], **common,
+            hidden_size=width, intermediate_size=4 * width, num_hidden_layers=model_cfg.n_layer,
+            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=model_cfg.ctx,
+            attention_dropout=0.0, hidden_act=model_cfg.activation, **common,
         )  # fmt: skip
     raise ValueError(f"theory_icl.model.architecture {arch!r}: use one of {ARCHITECTURES}")
 
@@ -112,7 +113,7 @@ def _autocast(name: str):
     raise ValueError(f"theory_icl.train.autocast {name!r}: use one of {AUTOCAST_DTYPES}")
 
 
-def pretrain(cfg: dict, out_dir: str | Path, loss_csv: str | Path, threads: int = 1) -> pd.DataFrame:
+def pretrain(cfg: TheoryICLOptions, out_dir: str | Path, loss_csv: str | Path, threads: int = 1) -> pd.DataFrame:
     """Train the model of ``cfg`` (the ``theory_icl`` section), save it to out_dir; returns the loss curve.
 
     Runs on at most ``theory_icl.train.threads`` of the job's ``threads`` (torch intra-op threads).
@@ -120,34 +121,34 @@ def pretrain(cfg: dict, out_dir: str | Path, loss_csv: str | Path, threads: int 
     import torch
     from transformers import AutoModelForCausalLM
 
-    model_cfg, train = cfg["model"], cfg["train"]
-    threads = max(1, min(threads, train["threads"]))
+    model_cfg, train = cfg.model, cfg.train
+    threads = max(1, min(threads, train.threads))
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    world = world_from_config(cfg["world"])
-    torch.manual_seed(train["seed"])
-    rng = seeded_stream(train["seed"], "corpus")
-    model = AutoModelForCausalLM.from_config(model_config(world, model_cfg), attn_implementation=train["attention"])
+    world = world_from_config(cfg.world)
+    torch.manual_seed(train.seed)
+    rng = seeded_stream(train.seed, "corpus")
+    model = AutoModelForCausalLM.from_config(model_config(world, model_cfg), attn_implementation=train.attention)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    ctx, batch = model_cfg["ctx"], train["batch_size"]
-    steps = max(1, int(train["tokens"]) // (ctx * batch))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=train["lr"], betas=(0.9, 0.98),
-                                  weight_decay=train["weight_decay"])  # fmt: skip
+    ctx, batch = model_cfg.ctx, train.batch_size
+    steps = max(1, int(train.tokens) // (ctx * batch))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(0.9, 0.98),
+                                  weight_decay=train.weight_decay)  # fmt: skip
     log.info("theory_icl: %s %dL d=%d %dH, %d parameters; %d steps of %dx%d tokens, %d threads, %s attention, "
-             "autocast %s, label loss weight %g", model_cfg["architecture"], model_cfg["n_layer"], model_cfg["n_embd"],
-             model_cfg["n_head"], n_params, steps, batch, ctx, threads, train["attention"], train["autocast"],
-             train["label_loss_weight"])  # fmt: skip
+             "autocast %s, label loss weight %g", model_cfg.architecture, model_cfg.n_layer, model_cfg.n_embd,
+             model_cfg.n_head, n_params, steps, batch, ctx, threads, train.attention, train.autocast,
+             train.label_loss_weight)  # fmt: skip
     rows, started = [], time.perf_counter()
     window = []
     for step in range(steps):
-        docs, _ = sample_documents(world, batch, ctx, cfg["world"]["min_len"], cfg["world"]["max_len"], rng)
+        docs, _ = sample_documents(world, batch, ctx, cfg.world.min_len, cfg.world.max_len, rng)
         ids = torch.from_numpy(docs)
         for group in optimiser.param_groups:
-            group["lr"] = learning_rate(step, steps, train["lr"], train["warmup"], train["final_lr_ratio"])
-        with _autocast(train["autocast"]):
+            group["lr"] = learning_rate(step, steps, train.lr, train.warmup, train.final_lr_ratio)
+        with _autocast(train.autocast):
             losses = token_losses(model(input_ids=ids).logits, ids)
-        loss = weighted_loss(losses, ids, train["label_loss_weight"])
+        loss = weighted_loss(losses, ids, train.label_loss_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -156,8 +157,8 @@ def pretrain(cfg: dict, out_dir: str | Path, loss_csv: str | Path, threads: int 
             window.append((float(loss), float(losses.mean()), float(losses[ids[:, :-1] == MARKER].mean())))
         if not math.isfinite(window[-1][0]):
             raise FloatingPointError(f"theory_icl.train: loss is {window[-1][0]} at step {step + 1} "
-                                     f"(autocast {train['autocast']!r}, lr {train['lr']})")  # fmt: skip
-        if (step + 1) % train["log_every"] == 0 or step + 1 == steps:
+                                     f"(autocast {train.autocast!r}, lr {train.lr})")  # fmt: skip
+        if (step + 1) % train.log_every == 0 or step + 1 == steps:
             elapsed = time.perf_counter() - started
             objective, plain, label = np.mean(window, axis=0)
             rows.append({"step": step + 1, "tokens": (step + 1) * batch * ctx, "loss": plain, "label_loss": label,
@@ -177,7 +178,7 @@ def pretrain(cfg: dict, out_dir: str | Path, loss_csv: str | Path, threads: int 
         model.save_pretrained(staging, safe_serialization=True)
         build_tokenizer(world).save_pretrained(staging)
         (staging / "kicl_training.json").write_text(json.dumps(
-            {"theory_icl": cfg, "n_parameters": n_params, "steps": steps, "tokens": steps * batch * ctx,
+            {"theory_icl": cfg.as_dict(), "n_parameters": n_params, "steps": steps, "tokens": steps * batch * ctx,
              "wall_s": wall, "tokens_per_s": steps * batch * ctx / wall, "threads": threads},
             indent=1) + "\n")  # fmt: skip
     curve = pd.DataFrame(rows)
