@@ -4,23 +4,24 @@
 from kicl.workflow.logs import log_to
 
 log_to(snakemake.log[0])
-from kicl.analysis.conditions import compare_conditions
+from kicl.analysis.conditions import StageOptions, compare_conditions, condition_inputs
 from kicl.analysis.conditions_stage import write_condition_numbers
 
-conditions = snakemake.params.conditions
-results = compare_conditions(
-    stores={c: getattr(snakemake.input, f"store_{c}") for c in conditions},
-    prompts={c: getattr(snakemake.input, f"prompts_{c}") for c in conditions},
+named, conditions = dict(snakemake.input.items()), snakemake.params.conditions
+inputs = condition_inputs(
+    stores={c: named[f"store_{c}"] for c in conditions},
+    prompts={c: named[f"prompts_{c}"] for c in conditions},
     protocols=snakemake.params.protocols,
-    reference=snakemake.params.reference,
-    task=snakemake.wildcards.task,
-    kr_csvs={c: getattr(snakemake.input, f"kr_{c}") for c in conditions if hasattr(snakemake.input, f"kr_{c}")},
-    embeddings={c: getattr(snakemake.input, f"emb_{c}") for c in conditions if hasattr(snakemake.input, f"emb_{c}")},
+    kr_csvs={c: named[f"kr_{c}"] for c in conditions if f"kr_{c}" in named},
+    embeddings={c: named[f"emb_{c}"] for c in conditions if f"emb_{c}" in named},
+)
+options = StageOptions(
     bootstrap=snakemake.params.bootstrap,
     pooling=snakemake.params.pooling,
     ties=snakemake.params.vote_ties,
     aliases=snakemake.params.aliases,
 )
+results = compare_conditions(inputs, snakemake.params.reference, snakemake.wildcards.task, options)
 write_condition_numbers(
     results, dict(snakemake.output.items()), model=snakemake.wildcards.model, head_maps=snakemake.params.head_maps
 )

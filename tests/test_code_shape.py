@@ -3,8 +3,6 @@
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("kicl", "scripts", "benchmarks")
 MAX_LINES = 80
@@ -51,12 +49,6 @@ def test_the_checker_flags_long_and_wide_functions_and_honours_a_reason():
     assert shape_problems("# shape:\n" + wide, "w.py") != []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="owned by other helpers of issue 22 at the time of writing: build_prompt_set, build_prompt_files "
-    "(kicl/prompts/build.py), run_ablation (kicl/capture/ablation.py), write_condition_outputs "
-    "(kicl/figures/conditions.py), compare_conditions (kicl/analysis/conditions.py); remove this mark once merged",
-)
 def test_functions_fit_on_a_screen_or_say_why():
     problems = []
     for folder in FOLDERS:

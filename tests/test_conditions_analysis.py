@@ -13,7 +13,9 @@ import pytest
 
 from kicl.analysis.conditions import (
     ConditionError,
+    StageOptions,
     compare_conditions,
+    condition_inputs,
     ood_type,
     order_group_members,
 )
@@ -62,7 +64,9 @@ def _run(tmp_path, specs, reference="paper", task="synthetic", **kwargs):
     for name, (protocol, options) in specs.items():
         stores[name], prompts[name] = _condition(tmp_path, name, **options)
         protocols[name] = protocol
-    return compare_conditions(stores, prompts, protocols, reference, task, bootstrap=BOOT, **kwargs)
+    return compare_conditions(
+        condition_inputs(stores, prompts, protocols), reference, task, StageOptions(bootstrap=BOOT, **kwargs)
+    )
 
 
 def _changed(prediction, rows, n_labels=2):
@@ -250,20 +254,19 @@ def test_encoder_kr_columns(tmp_path, base):
     )
     kr.to_csv(tmp_path / "kr.csv", index=False)
     result = compare_conditions(
-        {"paper": store},
-        {"paper": prompts},
-        {"paper": {}},
+        condition_inputs({"paper": store}, {"paper": prompts}, {"paper": {}}, kr_csvs={"paper": tmp_path / "kr.csv"}),
         "paper",
         "t",
-        kr_csvs={"paper": tmp_path / "kr.csv"},
-        bootstrap=BOOT,
+        StageOptions(bootstrap=BOOT),
     )
     row = result.metrics.iloc[0]
     assert row["encoder_cosine_accuracy"] == 1.0 and row["encoder_softmax_agreement"] == 1.0
     kr.iloc[:5].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(ConditionError, match="short.csv lacks test points"):
         compare_conditions(
-            {"paper": store}, {"paper": prompts}, {"paper": {}}, "paper", "t", kr_csvs={"paper": tmp_path / "short.csv"}
+            condition_inputs({"paper": store}, {"paper": prompts}, {"paper": {}}, {"paper": tmp_path / "short.csv"}),
+            "paper",
+            "t",
         )
 
 
@@ -297,7 +300,9 @@ def test_conditions_numbers_then_tables_and_figures_from_the_csvs(tmp_path, base
     out = tmp_path / "conditions"
     out.mkdir()
     numbers = {key: out / name for key, name in NUMBER_FILES.items()}
-    results = compare_conditions(stores, prompts, protocols, "paper", "sst2", bootstrap=BOOT)
+    results = compare_conditions(
+        condition_inputs(stores, prompts, protocols), "paper", "sst2", StageOptions(bootstrap=BOOT)
+    )
     write_condition_numbers(results, numbers, model="synthetic", head_maps=["paper", "flipped"])
     assert sorted(p.name for p in out.iterdir()) == sorted(NUMBER_FILES.values())
     tables = {key: out / name for key, name in TABLE_FILES.items()}
@@ -421,7 +426,9 @@ def test_order_groups_compare_shown_pairs_pairwise_rates_and_a_redraw_scale(tmp_
             )
 
     _edit_records(prompts["noisy_o1"], swap_inputs)
-    result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
+    result = compare_conditions(
+        condition_inputs(stores, prompts, protocols), "paper", "t", StageOptions(bootstrap=BOOT)
+    )
     group = result.order.set_index("members").loc["noisy, noisy_o1, noisy_o2"]
     y = np.stack([base["prediction"], _changed(base["prediction"], rows_2), _changed(base["prediction"], rows_3)])
     pairwise = np.mean([(y[0] != y[1]).mean(), (y[0] != y[2]).mean(), (y[1] != y[2]).mean()])
@@ -443,11 +450,15 @@ def test_order_groups_compare_shown_pairs_pairwise_rates_and_a_redraw_scale(tmp_
     assert group["redraw_yhat_change"] == pytest.approx(len(redrawn) / N_PROMPTS)
     # without a random re-draw the scale falls back to a re-selected set, and says so; without that, none
     del stores["balanced"]
-    result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
+    result = compare_conditions(
+        condition_inputs(stores, prompts, protocols), "paper", "t", StageOptions(bootstrap=BOOT)
+    )
     assert result.order["redraw_condition"].iloc[0] == "nearest"
     assert result.order["redraw_kind"].iloc[0].startswith("no random re-draw in this run")
     del stores["nearest"]
-    result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
+    result = compare_conditions(
+        condition_inputs(stores, prompts, protocols), "paper", "t", StageOptions(bootstrap=BOOT)
+    )
     assert result.order["redraw_kind"].iloc[0].startswith("none") and np.isnan(
         result.order["redraw_yhat_change"].iloc[0]
     )
@@ -465,7 +476,9 @@ def test_table1_reports_the_share_changed_and_the_drop_on_changed_inputs(tmp_pat
     )
     _edit_records(prompts["typos"], lambda r: r | {"test_input_changed": bool(changed[r["prompt_id"]])})
     protocols = {"paper": {}, "typos": {"test_inputs": "typos", "typo_rate": 0.2}}
-    result = compare_conditions(stores, prompts, protocols, "paper", "sst2", bootstrap=BOOT)
+    result = compare_conditions(
+        condition_inputs(stores, prompts, protocols), "paper", "sst2", StageOptions(bootstrap=BOOT)
+    )
     table1 = result.table1.set_index("condition")
     assert table1.loc["typos", "share_changed"] == pytest.approx(0.25) and table1.loc["typos", "n_changed"] == 10
     assert table1.loc["typos", "drop"] == pytest.approx(-len(wrong_rows) / N_PROMPTS)
@@ -487,12 +500,14 @@ def test_stale_prompt_file_is_named(tmp_path, base):
     )
     with pytest.raises(ConditionError, match="'flipped': prompt 0 of .*paper/prompts.jsonl shows demonstration labels"):
         compare_conditions(
-            {"paper": store_a, "flipped": store_b},
-            {"paper": prompts_a, "flipped": prompts_a},
-            {"paper": {}, "flipped": {"labels": "flipped"}},
+            condition_inputs(
+                {"paper": store_a, "flipped": store_b},
+                {"paper": prompts_a, "flipped": prompts_a},
+                {"paper": {}, "flipped": {"labels": "flipped"}},
+            ),
             "paper",
             "t",
-            bootstrap=BOOT,
+            StageOptions(bootstrap=BOOT),
         )
 
 
@@ -556,12 +571,16 @@ def test_bandwidth_uses_encoder_cosines_only(tmp_path, base):
         "bm25": {"demo_strategy": "bm25"},
         "bm25_enc": {"demo_strategy": "bm25", "retrieval_pool_size": 9},
     }
-    result = compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT)
+    result = compare_conditions(
+        condition_inputs(stores, prompts, protocols), "paper", "t", StageOptions(bootstrap=BOOT)
+    )
     assert result.bandwidth["condition"].tolist() == ["bm25_enc"]
     assert result.bandwidth["mean_demo_similarity"].iloc[0] == pytest.approx(0.25)
     # a condition that also changes anything but the selection (here the labels) is not a bandwidth point
     protocols["bm25_enc"] = {"demo_strategy": "bm25", "labels": "flipped"}
-    assert compare_conditions(stores, prompts, protocols, "paper", "t", bootstrap=BOOT).bandwidth.empty
+    assert compare_conditions(
+        condition_inputs(stores, prompts, protocols), "paper", "t", StageOptions(bootstrap=BOOT)
+    ).bandwidth.empty
 
 
 def test_mean_demo_similarity_from_the_prompt_file_embeddings(tmp_path):
@@ -578,17 +597,14 @@ def test_mean_demo_similarity_from_the_prompt_file_embeddings(tmp_path):
     expected = np.mean(
         [np.mean([vectors[row[d["text"]]] @ vectors[row[r["test_text"]]] for d in r["demos"]]) for r in records]
     )
+    emb = {"paper": tmp_path / "emb.npz"}
     result = compare_conditions(
-        {"paper": store}, {"paper": prompts}, {"paper": {}}, "paper", "t", embeddings={"paper": tmp_path / "emb.npz"}
+        condition_inputs({"paper": store}, {"paper": prompts}, {"paper": {}}, None, emb), "paper", "t"
     )
     assert result.metrics.iloc[0]["mean_demo_similarity"] == pytest.approx(expected, abs=1e-5)
     np.savez(tmp_path / "stale.npz", texts=np.array(texts[:3]), embeddings=vectors[:3].astype(np.float32))
     with pytest.raises(ConditionError, match="stale.npz has no embedding of the text"):
+        stale = {"paper": tmp_path / "stale.npz"}
         compare_conditions(
-            {"paper": store},
-            {"paper": prompts},
-            {"paper": {}},
-            "paper",
-            "t",
-            embeddings={"paper": tmp_path / "stale.npz"},
+            condition_inputs({"paper": store}, {"paper": prompts}, {"paper": {}}, None, stale), "paper", "t"
         )

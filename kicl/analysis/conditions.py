@@ -184,18 +184,35 @@ def encoder_similarity(records, prompts, embeddings=None) -> np.ndarray:
     return out
 
 
-def load_condition(
-    name: str,
-    store,
-    prompts,
-    protocol: dict,
-    kr_csv=None,
-    embeddings=None,
-    *,
-    pooling: str = "max",
-    ties: str = "lowest",
-) -> Condition:
+@dataclass(frozen=True)
+class ConditionInputs:
+    """One condition's files: forward store, prompts.jsonl and effective protocol dict; encoder-KR CSV and sentence
+    embeddings of the prompt file where there are some."""
+
+    store: object
+    prompts: object
+    protocol: dict
+    kr_csv: object = None
+    embeddings: object = None
+
+
+def condition_inputs(stores: dict, prompts: dict, protocols: dict, kr_csvs=None, embeddings=None) -> dict:
+    """condition -> :class:`ConditionInputs` from per-file mappings (``kr_csvs``, ``embeddings``: optional)."""
+    for what, mapping in (("prompts", prompts), ("protocols", protocols)):
+        missing = [n for n in stores if n not in mapping]
+        if missing:
+            raise ConditionError(f"no {what} for condition(s) {missing}")
+    kr_csvs, embeddings = kr_csvs or {}, embeddings or {}
+    return {
+        name: ConditionInputs(stores[name], prompts[name], protocols[name], kr_csvs.get(name), embeddings.get(name))
+        for name in stores
+    }
+
+
+def load_condition(name: str, inputs: ConditionInputs, *, pooling: str = "max", ties: str = "lowest") -> Condition:
     """Read one condition; store rows and prompt records are matched by prompt_id (= store row) and test_index."""
+    store, prompts, protocol = inputs.store, inputs.prompts, inputs.protocol
+    kr_csv, embeddings = inputs.kr_csv, inputs.embeddings
     ds = open_store(store, needs=NEEDS)
     n = ds.sizes["prompt"]
     test_index = ds["test_index"].values.astype(np.int64)
@@ -722,48 +739,28 @@ class ConditionResults:
     points: str
 
 
+@dataclass(frozen=True)
+class StageOptions:
+    """How the conditions stage computes: `bootstrap` (config analysis.bootstrap), pooling and vote ties, the test
+    points of accuracy-type numbers (`points`: 'all' or 'heldout'), the splits of the head grids, task aliases."""
+
+    bootstrap: dict | None = None
+    pooling: str = "max"
+    ties: str = "lowest"
+    points: str = "all"
+    heatmap_splits: tuple = ("select", "heldout")
+    aliases: dict | None = None
+
+
 def compare_conditions(
-    stores: dict,
-    prompts: dict,
-    protocols: dict,
-    reference: str,
-    task: str,
-    *,
-    kr_csvs: dict | None = None,
-    embeddings: dict | None = None,
-    bootstrap: dict | None = None,
-    pooling: str = "max",
-    ties: str = "lowest",
-    points: str = "all",
-    heatmap_splits=("select", "heldout"),
-    aliases: dict | None = None,
+    inputs: dict, reference: str, task: str, options: StageOptions = StageOptions()
 ) -> ConditionResults:
-    """All numbers of the conditions stage. `stores`, `prompts`, `protocols`, `kr_csvs`, `embeddings`: condition ->
-    forward store, prompts.jsonl, effective protocol dict, encoder-KR CSV and sentence embeddings of the prompt
-    file (both optional per condition); `bootstrap`: config analysis.bootstrap; `points`: the test points of
-    accuracy-type numbers ('all' or 'heldout')."""
-    names = list(stores)
-    for what, mapping in (("prompts", prompts), ("protocols", protocols)):
-        missing = [n for n in names if n not in mapping]
-        if missing:
-            raise ConditionError(f"no {what} for condition(s) {missing}")
-    kr_csvs, embeddings = kr_csvs or {}, embeddings or {}
-    loaded = {
-        name: load_condition(
-            name,
-            stores[name],
-            prompts[name],
-            protocols[name],
-            kr_csvs.get(name),
-            embeddings.get(name),
-            pooling=pooling,
-            ties=ties,
-        )
-        for name in names
-    }
+    """All numbers of the conditions stage; `inputs`: condition -> :class:`ConditionInputs`."""
+    names = list(inputs)
+    loaded = {name: load_condition(name, inputs[name], pooling=options.pooling, ties=options.ties) for name in names}
     conditions = align_conditions(loaded, reference)
-    res = resamples(conditions[reference].split, bootstrap, points)
-    metrics = condition_metrics(conditions, reference, res, ties)
+    res = resamples(conditions[reference].split, options.bootstrap, options.points)
+    metrics = condition_metrics(conditions, reference, res, options.ties)
     protocols = {n: conditions[n].protocol for n in names}
     return ConditionResults(
         reference=reference,
@@ -772,9 +769,9 @@ def compare_conditions(
         order=order_groups(conditions, reference, res),
         bandwidth=bandwidth_curve(metrics, bandwidth_members(protocols, reference)),
         label_noise=label_noise_curve(metrics, protocols, reference),
-        table1=table1_analogue(metrics, protocols, reference, task, aliases),
-        heads=head_grids(conditions, heatmap_splits),
+        table1=table1_analogue(metrics, protocols, reference, task, options.aliases),
+        heads=head_grids(conditions, options.heatmap_splits),
         level=res.level,
         n_boot=res.n_boot,
-        points=points,
+        points=options.points,
     )
