@@ -6,6 +6,7 @@ import copy
 import functools
 import os
 from collections.abc import Mapping
+from typing import ClassVar
 
 import jsonschema
 import yaml
@@ -85,6 +86,38 @@ def section_values(config: Mapping, name: str, schema: Mapping | str | os.PathLi
     if problems:
         raise ConfigError(problems)
     return with_defaults(section, wrapper)[name]
+
+
+class SectionOptions:
+    """The typed, frozen object of one config section (``SECTION``), every one built the same way:
+    :meth:`from_config` takes the section over its schema defaults, checked against the section's schema
+    (:func:`section_values`), makes the object (:meth:`build`) and runs only the cross-field checks the schema
+    cannot express (:meth:`problems`); every problem is raised at once as one :class:`ConfigError`."""
+
+    SECTION: ClassVar[str]
+
+    @classmethod
+    def build(cls, values: dict):
+        """The object from the section's checked values; subclasses convert lists and nested sections here."""
+        return cls(**values)
+
+    @classmethod
+    def from_config(cls, config: Mapping):
+        """The ``SECTION`` section of ``config``; raises :class:`ConfigError` listing every problem."""
+        options = cls.build(section_values(config, cls.SECTION))
+        problems = options.problems()
+        if problems:
+            raise ConfigError(problems)
+        return options
+
+    @classmethod
+    def of(cls, section: Mapping):
+        """The object of a bare section (keys it lacks take the schema defaults)."""
+        return cls.from_config({cls.SECTION: section})
+
+    def problems(self) -> list[str]:
+        """What the schema cannot express, one line each naming the key (none by default)."""
+        return []
 
 
 def schema_enum(*path: str, schema: Mapping | str | os.PathLike | None = None) -> tuple:

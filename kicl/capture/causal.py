@@ -34,7 +34,7 @@ from kicl.capture.handlers import AttentionKnockout, HeadAblation, HeadOutputs
 from kicl.capture.options import AUTO_BF16, CaptureError, CaptureOptions
 from kicl.capture.run import predict, read_prompts
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
-from kicl.config import section_values
+from kicl.config import SectionOptions
 from kicl.fileio import write_csv_atomic
 from kicl.store.heads import HeadId
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CausalOptions:
+class CausalOptions(SectionOptions):
     """The ``causal:`` config section: schema defaults, checked against the schema (meanings there)."""
 
     tasks: tuple[str, ...]
@@ -56,10 +56,10 @@ class CausalOptions:
     batch_size: int
     mean_prompts: int | None
 
+    SECTION = "causal"
+
     @classmethod
-    def from_config(cls, config: dict) -> CausalOptions:
-        """The ``causal`` section of ``config``; raises :class:`~kicl.config.ConfigError` listing every problem."""
-        values = section_values(config, "causal")
+    def build(cls, values: dict) -> CausalOptions:
         return cls(**values | {key: tuple(values[key]) for key in ("tasks", "k", "modes")})
 
 

@@ -12,11 +12,11 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kicl.config import ConfigError, section_values
+from kicl.config import SectionOptions
 
 
 @dataclass(frozen=True)
-class Protocol:
+class Protocol(SectionOptions):
     """The effective ``protocol:`` of one condition (fields in schema order; meanings in the schema)."""
 
     seed: int
@@ -45,28 +45,22 @@ class Protocol:
     rewrites_file: str | None
     rewrite_type: str | None
 
+    SECTION = "protocol"
+
     @classmethod
     def from_config(cls, config: Mapping, condition: str | None = None) -> Protocol:
         """``config["protocol"]`` (with the overrides of ``condition``, a name in ``config["conditions"]``) over
         the schema defaults, checked; raises ConfigError listing every problem."""
-        section = config
         if condition is not None:
             from kicl.conditions import condition_protocol
 
-            section = {"protocol": condition_protocol(config, condition)}
-        values = section_values(section, "protocol")
-        values["similarity_band"] = tuple(values["similarity_band"])
-        values["abstract_labels"] = tuple(values["abstract_labels"])
-        protocol = cls(**values)
-        problems = protocol.problems()
-        if problems:
-            raise ConfigError(problems)
-        return protocol
+            config = {"protocol": condition_protocol(config, condition)}
+        return super().from_config(config)
 
     @classmethod
-    def of(cls, section: Mapping) -> Protocol:
-        """The protocol of a bare ``protocol:`` section (keys it lacks take the schema defaults)."""
-        return cls.from_config({"protocol": section})
+    def build(cls, values: dict) -> Protocol:
+        tuples = {key: tuple(values[key]) for key in ("similarity_band", "abstract_labels")}
+        return cls(**values | tuples)
 
     def problems(self) -> list[str]:
         """What the schema cannot express, one line each naming the key."""

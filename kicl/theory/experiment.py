@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kicl.config import ConfigError, section_values
+from kicl.config import SectionOptions
 from kicl.fileio import atomic_path
 from kicl.theory.hmm import (
     BlockHMM,
@@ -76,7 +76,7 @@ class KernelConfig:
 
 
 @dataclass(frozen=True)
-class TheoryConfig:
+class TheoryConfig(SectionOptions):
     """The whole Table 3 experiment: :meth:`from_config` (schema defaults, the schema check, the Σ size check)."""
 
     seed: int
@@ -86,11 +86,11 @@ class TheoryConfig:
     hmm: HMMConfig
     kernel: KernelConfig
 
+    SECTION = "theory"
+
     @classmethod
-    def from_config(cls, config: Mapping) -> TheoryConfig:
-        """The ``theory`` section of ``config``; raises :class:`~kicl.config.ConfigError` listing every problem."""
-        values = section_values(config, "theory")
-        theory = cls(
+    def build(cls, values: dict) -> TheoryConfig:
+        return cls(
             seed=values["seed"],
             n_hmms=values["n_hmms"],
             n_prompts=values["n_prompts"],
@@ -98,15 +98,6 @@ class TheoryConfig:
             hmm=_typed(HMMConfig, values["hmm"]),
             kernel=_typed(KernelConfig, values["kernel"]),
         )
-        problems = theory.problems()
-        if problems:
-            raise ConfigError(problems)
-        return theory
-
-    @classmethod
-    def of(cls, section: Mapping) -> TheoryConfig:
-        """The experiment of a bare ``theory:`` section (keys it lacks take the schema defaults)."""
-        return cls.from_config({"theory": section})
 
     def problems(self) -> list[str]:
         """What the schema cannot express: exact Σ only for vocabularies it can enumerate."""

@@ -7,10 +7,9 @@ the checks the schema cannot express (:meth:`TheoryICLOptions.problems`); one Co
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kicl.config import ConfigError, section_values
+from kicl.config import SectionOptions
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class ChainOptions:
 
 
 @dataclass(frozen=True)
-class TheoryICLOptions:
+class TheoryICLOptions(SectionOptions):
     """The whole ``theory_icl:`` section."""
 
     enabled: bool
@@ -98,11 +97,11 @@ class TheoryICLOptions:
     eval: EvalOptions
     chain: ChainOptions
 
+    SECTION = "theory_icl"
+
     @classmethod
-    def from_config(cls, config: Mapping) -> TheoryICLOptions:
-        """The ``theory_icl`` section of ``config``; raises ConfigError listing every problem."""
-        values = section_values(config, "theory_icl")
-        options = cls(
+    def build(cls, values: dict) -> TheoryICLOptions:
+        return cls(
             enabled=values["enabled"],
             world=WorldOptions(**values["world"]),
             model=ModelOptions(**values["model"]),
@@ -110,15 +109,6 @@ class TheoryICLOptions:
             eval=EvalOptions(**values["eval"] | {"n_demos": tuple(values["eval"]["n_demos"])}),
             chain=ChainOptions(**values["chain"]),
         )
-        problems = options.problems()
-        if problems:
-            raise ConfigError(problems)
-        return options
-
-    @classmethod
-    def of(cls, section: Mapping) -> TheoryICLOptions:
-        """The options of a bare ``theory_icl:`` section (keys it lacks take the schema defaults)."""
-        return cls.from_config({"theory_icl": section})
 
     def problems(self) -> list[str]:
         """Inconsistencies the schema cannot express, one line each naming the keys."""
