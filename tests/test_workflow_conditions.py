@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-from test_encoder_embed import tiny_encoder  # noqa: F401 (fixture)
-from test_workflow_figures import planned_jobs, tiny_setup  # noqa: F401 (fixture)
+from helpers import REPO, merge_configs, planned_jobs, workflow_config
 
 from kicl.conditions import PAIRING_KEYS, condition_errors, condition_protocol, condition_tasks, partner_problems
 
@@ -104,12 +102,9 @@ def _tree_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def test_editing_one_condition_reruns_only_its_jobs(run_workflow, tiny_setup):  # noqa: F811
+def test_editing_one_condition_reruns_only_its_jobs(run_workflow, tiny_setup):
     root, base = tiny_setup
-    config = json.loads(json.dumps(base))
-    config["run"]["conditions"] = ["paper", "two", "one"]
-    config["conditions"] = {"two": {"n_demos": 2}, "one": {"n_demos": 1}}
-    config["ablation"] = {"reference": "paper", "tasks": ["toy"]}
+    config = merge_configs(base, workflow_config("tiny_conditions"))
     stores = {c: f"results/forward/tiny/toy/{c}.zarr" for c in ["paper", "two", "one"]}
     tables = [f"results/tables/tiny/{c}/table2.csv" for c in ["paper", "two", "one"]]
     first = run_workflow(root, config, [*stores.values(), *tables])
