@@ -166,6 +166,8 @@ def _smollm2_dir(request):
         pytest.skip("no `smollm2_dir` fixture in tests/conftest.py (the models stage provides the converted SmolLM2)")
 
 
+@pytest.mark.slow
+@pytest.mark.assets  # finds smollm2_dir at run time, so conftest cannot mark it
 def test_real_smollm2_matches_eager(request):
     folder = str(_smollm2_dir(request))
     from transformers import AutoTokenizer

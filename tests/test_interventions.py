@@ -71,6 +71,7 @@ def _reference_logits(model, sequences, edit):
 HEADS = [(0, 1), (1, 0), (1, 3)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows", ["all", "last"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_zero_and_scale_equal_output_projection_slice(folder, sequences, rows, padding_side):

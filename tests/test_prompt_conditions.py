@@ -221,6 +221,7 @@ def test_higher_bands_have_more_similar_demonstrations(tokenizer):
 # ---- numbers of demonstrations -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - {"first_k_for_test"}))
 @pytest.mark.parametrize("n_demos", [0, 1, 6])
 def test_n_demos_sweeps_work_with_every_strategy(tokenizer, strategy, n_demos):
@@ -244,6 +245,7 @@ def _sets_and_orders(records):
     return [[d["pool_index"] for d in r["demos"]] for r in records]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["random", "class_balanced", "nearest", "bm25", "model_kernel"])
 def test_demo_order_and_order_seed_never_change_the_set(tokenizer, strategy):
     eval_table, pool = toy_tables(n_eval=16, n_pool=40)

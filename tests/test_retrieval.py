@@ -147,6 +147,7 @@ def test_pool_cap_is_a_seeded_subsample_used_for_every_prompt(tokenizer):
     assert {d["pool_index"] for r in records for d in r["demos"]} <= set(capped.index)
 
 
+@pytest.mark.slow
 def test_real_minilm_ranks_paraphrases_nearest_and_unrelated_farthest(minilm_dir, tokenizer, tmp_path):
     manifest = tmp_path / "minilm.json"
     manifest.write_text(json.dumps({"name": "all-minilm-l6-v2", "path": str(minilm_dir), "device": "cpu"}))

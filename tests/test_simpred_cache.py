@@ -109,6 +109,7 @@ print(json.dumps(cache.fill(texts, shard_inputs=2)))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_and_broken_shards_are_safe(toy, tmp_path):
     texts = _texts(toy["records"][:3])
     root = tmp_path / "simpred"

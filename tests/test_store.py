@@ -226,6 +226,7 @@ def _all_arrays(path):
     return {name: array[...] for name, array in group.arrays()}, dict(group.attrs)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(toy, tmp_path):
     reference = tmp_path / "ref" / "toy.zarr"
     assert _start(toy, reference, 0.0).wait(timeout=300) == 0
