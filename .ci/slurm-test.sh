@@ -304,7 +304,7 @@ import json, pathlib, sys
 
 sys.path.insert(0, "tests")
 import numpy as np
-from forward_fixtures import CONTENT, make_model_folder
+from helpers import CONTENT, make_model_folder
 
 state = pathlib.Path(sys.argv[1])
 make_model_folder(state / "tiny-model", "llama")

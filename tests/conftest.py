@@ -1,4 +1,6 @@
-"""Shared pytest fixtures. ``run_workflow`` runs the real Snakemake workflow on a copy in a temporary dir.
+"""Shared pytest fixtures and the tier markers. ``run_workflow`` runs the real Snakemake workflow on a copy in a
+temporary dir; a test that uses it is marked ``workflow`` and left out of the fast tier (`make test-fast`).
+Helper functions shared by test modules live in ``tests/helpers.py``.
 
 Usage in a test::
 
@@ -14,32 +16,31 @@ user's file would (dicts merge, lists replace). ``kicl`` is imported from the in
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from helpers import CONTENT, WORDS, copy_workflow, default_config, make_model_folder, workflow_config
 
-REPO = Path(__file__).resolve().parents[1]
-#: what a user needs to run the workflow (kicl itself comes from the venv)
-WORKFLOW_ITEMS = ("Snakefile", "config.yaml", "rules", "schemas", "scripts", "report", "envs", "profiles", "presets")
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
+#: marker -> fixtures that put a test under it: it runs real Snakemake, or needs the real packaged SmolLM2/MiniLM
+MARKER_FIXTURES = {"workflow": {"run_workflow"}, "assets": {"smollm2_dir", "minilm_dir"}}
 
-def copy_workflow(destination: Path) -> Path:
-    """Copy the workflow files (not results, logs or .snakemake) into ``destination``; return it."""
-    destination.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake")
-    for name in WORKFLOW_ITEMS:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=ignore, dirs_exist_ok=True)
-        elif source.exists():
-            shutil.copy2(source, destination / name)
-    return destination
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so the marks count
+def pytest_collection_modifyitems(items):
+    """Mark each test by the fixtures it uses, directly or through other fixtures, so that a new workflow test
+    cannot slip into the fast tier (`make test-fast`)."""
+    for item in items:
+        for marker, fixtures in MARKER_FIXTURES.items():
+            if fixtures & set(item.fixturenames):
+                item.add_marker(marker)
 
 
 def _run_workflow(
@@ -84,15 +85,6 @@ def run_workflow():
 # ---- Real packaged assets (tasks/models stage): fetched once with kicl's own functions and cached across
 # test sessions under ~/.cache/kicl (override with KICL_TEST_CACHE). Downloading needs PyPI, not the Hub.
 KICL_CACHE = Path(os.environ.get("KICL_TEST_CACHE", Path.home() / ".cache" / "kicl"))
-
-
-def default_config() -> dict:
-    """config.yaml with the schema defaults filled in."""
-    from snakemake.utils import validate
-
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    validate(config, str(REPO / "schemas" / "config.schema.yaml"))
-    return config
 
 
 def _cached_build(folder: Path, build) -> Path:
@@ -146,3 +138,56 @@ def planted_store(tmp_path_factory):
     from kicl.store.synthetic import make_synthetic_store
 
     return make_synthetic_store(tmp_path_factory.mktemp("stores") / "planted.zarr", n_prompts=120, min_demos=4, seed=1)
+
+
+# ---- Tiny local assets for the workflow tests: a sentence encoder, a model and a task
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A 1-layer random BERT with mean pooling saved as a sentence-transformers folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("encoder")
+    raw = root / "raw"
+    raw.mkdir()
+    (raw / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=5 + len(WORDS),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(raw)
+    BertTokenizerFast(vocab_file=str(raw / "vocab.txt")).save_pretrained(raw)
+    word = models.Transformer(str(raw))
+    model = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), "mean")], device="cpu")
+    model.save(str(root / "st"))
+    manifest = root / "tiny.json"
+    manifest.write_text(json.dumps({"name": "tiny", "path": str(root / "st"), "device": "cpu"}))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, tiny_encoder):
+    """(root, config): a tiny random llama, a two-label task and the tiny encoder under ``root``, and
+    tests/configs/tiny.yaml pointing at them."""
+    root = tmp_path_factory.mktemp("tiny_workflow")
+    model_dir = root / "model"
+    make_model_folder(model_dir, "llama")
+    data = root / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 60), ("validation", 30)]:
+        rows = [
+            {"text": " ".join(rng.choice(CONTENT, int(rng.integers(2, 6)))), "label": int(rng.integers(0, 2))}
+            for _ in range(n)
+        ]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    encoder_path = json.loads(tiny_encoder.read_text())["path"]
+    return root, workflow_config("tiny", model=model_dir, data=data, encoder=encoder_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from forward_fixtures import eager_reference, make_model_folder, make_prompts, make_tokenizer
+from helpers import eager_reference, make_model_folder, make_prompts, make_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -165,6 +165,8 @@ def _smollm2_dir(request):
         pytest.skip("no `smollm2_dir` fixture in tests/conftest.py (the models stage provides the converted SmolLM2)")
 
 
+@pytest.mark.slow
+@pytest.mark.assets  # finds smollm2_dir at run time, so conftest cannot mark it
 def test_real_smollm2_matches_eager(request):
     folder = str(_smollm2_dir(request))
     from transformers import AutoTokenizer
@@ -245,7 +247,7 @@ def test_prediction_ties_go_to_the_lowest_label():
 def test_contextual_calibration_logits_are_the_content_free_prompt(tmp_path):
     """capture.calibration: label_logits_cf equal the logits of the prompt rebuilt with the content-free text as its
     test input (same demonstrations), and the calibrated ŷ follows log p − log p_cf."""
-    from forward_fixtures import CONTENT, TEMPLATE, VERBALIZERS
+    from helpers import CONTENT, TEMPLATE, VERBALIZERS
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kicl.analysis.conditions import calibrated_prediction

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from forward_fixtures import make_model_folder, make_prompts
+from helpers import make_model_folder, make_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import default_config
+from helpers import default_config
 
 from kicl.config import CATALOG_SOURCES, catalog_errors
 

@@ -6,43 +6,12 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import WORDS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kicl.analysis.encoder_embed import embed_prompt_file, prompt_texts, read_prompt_records  # noqa: E402
 from kicl.analysis.encoder_kr import encoder_kr_file, kernel_regression  # noqa: E402
-
-WORDS = ["good", "bad", "movie", "film", "great", "terrible", "the", "is", "was", "a", "b", "c"]
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """A 1-layer random BERT with mean pooling saved as a sentence-transformers folder."""
-    import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("encoder")
-    raw = root / "raw"
-    raw.mkdir()
-    (raw / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=5 + len(WORDS),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(raw)
-    BertTokenizerFast(vocab_file=str(raw / "vocab.txt")).save_pretrained(raw)
-    word = models.Transformer(str(raw))
-    model = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), "mean")], device="cpu")
-    model.save(str(root / "st"))
-    manifest = root / "tiny.json"
-    manifest.write_text(json.dumps({"name": "tiny", "path": str(root / "st"), "device": "cpu"}))
-    return manifest
 
 
 def _record(prompt_id, split, gold, test_text, demos):

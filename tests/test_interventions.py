@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from forward_fixtures import make_model_folder, make_prompts, make_tokenizer
+from helpers import make_model_folder, make_prompts, make_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -71,6 +71,7 @@ def _reference_logits(model, sequences, edit):
 HEADS = [(0, 1), (1, 0), (1, 3)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows", ["all", "last"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_zero_and_scale_equal_output_projection_slice(folder, sequences, rows, padding_side):

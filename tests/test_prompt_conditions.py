@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_prompts import PROTOCOL, check_segment_map, gpt2_style_tokenizer, spec_with
-from test_retrieval import ToyEmbedding, cosine, toy_tables
+from helpers import PROTOCOL, ToyEmbedding, check_segment_map, cosine, gpt2_style_tokenizer, spec_with, toy_tables
 
 from kicl.config import SCHEMA_PATH, ConfigError, config_errors, defaults_for
 from kicl.prompts.bm25 import bm25_similarity
@@ -234,6 +233,7 @@ def test_higher_bands_have_more_similar_demonstrations(tokenizer):
 # ---- numbers of demonstrations -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - {"first_k_for_test"}))
 @pytest.mark.parametrize("n_demos", [0, 1, 6])
 def test_n_demos_sweeps_work_with_every_strategy(tokenizer, strategy, n_demos):
@@ -257,6 +257,7 @@ def _sets_and_orders(records):
     return [[d["pool_index"] for d in r["demos"]] for r in records]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["random", "class_balanced", "nearest", "bm25", "model_kernel"])
 def test_demo_order_and_order_seed_never_change_the_set(tokenizer, strategy):
     eval_table, pool = toy_tables(n_eval=16, n_pool=40)

@@ -9,8 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from test_prompts import PROTOCOL, check_segment_map, gpt2_style_tokenizer, spec_with
-from test_retrieval import toy_tables
+from helpers import PROTOCOL, check_segment_map, gpt2_style_tokenizer, spec_with, toy_tables
 
 from kicl.prompts.build import PromptError, PromptTables, VerbalizerError, build_prompt_set
 from kicl.prompts.controls import derangement, round_half_up

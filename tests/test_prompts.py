@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import default_config
+from helpers import PROTOCOL, SENTENCES, check_segment_map, default_config, gpt2_style_tokenizer, spec_with
 
 from kicl.prompts.build import (
     Demo,
@@ -29,37 +29,6 @@ from kicl.prompts.options import Protocol
 from kicl.prompts.strategies import STRATEGIES, register_strategy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-SENTENCES = [
-    "it 's a charming and often affecting journey .",
-    "Unflinchingly bleak and desperate",
-    "The Rock is destined to be the 21st Century's new ''Conan''.",
-    "naïve, café-style rom-com \u2014 100% “fun”!",
-    "a gorgeous , witty , seductive movie .",
-    "   padded   with spaces  ",
-    "the acting is dull and the plot is thin",
-    "Émouvant et drôle ; 好看",
-    "@user this is sooo bad :( #fail",
-    "What is the full form of .com ?",
-]
-
-
-def gpt2_style_tokenizer(folder):
-    """A GPT-2-style byte-level BPE (no prefix space, lossless) trained offline on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    corpus = SENTENCES * 3 + ["Input: x\nOutput: Positive\nOutput: Negative\nPremise: Hypothesis: Yes Maybe No"] * 30
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(corpus, trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
-    wrapped.save_pretrained(folder)
-    return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
 def bos_tokenizer(folder):
@@ -126,63 +95,6 @@ def toy_task(n_eval=30, n_pool=40, seed=0):
         {"text": [SENTENCES[i % len(SENTENCES)].strip() for i in range(n)], "label": rng.integers(0, 2, n)}
     )
     return make(n_eval), make(n_pool)
-
-
-def spec_with(template=None, verbalizers=(" Negative", " Positive")):
-    spec = dict(default_config()["tasks"]["sst2"])
-    spec["template"] = dict(spec["template"], text="{text}", **(template or {}))
-    spec["verbalizers"] = list(verbalizers)
-    return spec
-
-
-PROTOCOL = {
-    "seed": 0,
-    "n_demos": 4,
-    "demo_strategy": "random",
-    "n_select": 8,
-    "n_heldout": 4,
-    "readout": "single_token",
-    "context_policy": "error",
-    "max_length": None,
-    "dedup_similarity": 0.95,
-}
-
-
-def check_segment_map(tokenizer, meta, record, template, standalone=True):
-    """Every span decodes exactly to its piece (on its own for byte-level tokenizers, and always in context:
-    the text of tokens [0, end) is the text of tokens [0, start) followed by the piece); spans are ordered,
-    disjoint and tile each block."""
-    decode = lambda ids: tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
-    ids = record["input_ids"]
-    space = template["input_prefix"][len(template["input_prefix"].rstrip(" ")) :]
-    prefix = len(meta["special_prefix_ids"])
-
-    def piece(start, end):
-        before, through = decode(ids[:start]), decode(ids[:end])
-        assert through.startswith(before), (before, through)
-        in_context = through[len(before) :]
-        if standalone:
-            assert decode(ids[start:end]) == in_context
-        return in_context
-
-    assert decode(ids) == record["text"]
-    assert ids[:prefix] == meta["special_prefix_ids"]
-    previous_end = prefix
-    for demo in record["demos"]:
-        block, inp, delim = demo["block_span"], demo["input_span"], demo["delim_span"]
-        assert block[0] == previous_end and block[1] == delim[1]
-        assert block[0] < inp[0] < inp[1] < demo["label_pos"] < delim[0] < delim[1]
-        assert piece(*inp) == space + demo["text"]
-        assert piece(demo["label_pos"], demo["label_pos"] + 1) == meta["verbalizers"][demo["label"]]
-        assert ids[demo["label_pos"]] == meta["label_token_ids"][demo["label"]]
-        assert piece(*delim) == template["delimiter"]
-        assert piece(block[0], inp[0]) + space == template["input_prefix"]
-        assert piece(inp[1], demo["label_pos"]) == template["output_prefix"]
-        previous_end = block[1]
-    test = record["test_span"]
-    assert piece(*test) == space + record["test_text"]
-    assert piece(previous_end, test[0]) + space == template["input_prefix"]
-    assert piece(test[1], len(ids)) == template["output_prefix"]
 
 
 @pytest.mark.parametrize("family", ["smollm2", "gpt2_bpe", "bpe_with_bos", "llama2_style"])

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from test_prompts import PROTOCOL, SENTENCES, check_segment_map, gpt2_style_tokenizer, spec_with
+from helpers import PROTOCOL, ToyEmbedding, check_segment_map, cosine, gpt2_style_tokenizer, spec_with, toy_tables
 
 from kicl.data.encoders import encoder_embed_function
 from kicl.prompts.build import PromptError, PromptTables, build_prompt_set
@@ -23,40 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     return gpt2_style_tokenizer(tmp_path_factory.mktemp("bpe"))
-
-
-def toy_tables(n_eval=20, n_pool=30):
-    """Eval and pool tables with unique texts (so a text identifies its toy embedding)."""
-    rng = np.random.default_rng(3)
-
-    def make(n, tag):
-        return pd.DataFrame(
-            {
-                "text": [f"{SENTENCES[i % len(SENTENCES)].strip()} {tag}{i}" for i in range(n)],
-                "label": rng.integers(0, 2, n),
-            }
-        )
-
-    pool = make(n_pool, "p")
-    pool.index = np.arange(500, 500 + n_pool)  # pool labels are rows of the demo split, not positions
-    return make(n_eval, "e"), pool
-
-
-class ToyEmbedding:
-    """A fixed random (unnormalised) vector per text; counts its calls."""
-
-    def __init__(self, texts, dim=5):
-        rng = np.random.default_rng(7)
-        self.vectors = {text: rng.normal(size=dim) * rng.uniform(0.5, 3) for text in texts}
-        self.calls = 0
-
-    def __call__(self, texts):
-        self.calls += 1
-        return np.stack([self.vectors[text] for text in texts])
-
-
-def cosine(a, b):
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 @pytest.mark.parametrize("strategy", ["nearest", "farthest"])
@@ -218,6 +184,7 @@ def test_pool_cap_is_a_seeded_subsample_used_for_every_prompt(tokenizer):
     assert {d["pool_index"] for r in records for d in r["demos"]} <= set(capped.index)
 
 
+@pytest.mark.slow
 def test_real_minilm_ranks_paraphrases_nearest_and_unrelated_farthest(minilm_dir, tokenizer, tmp_path):
     manifest = tmp_path / "minilm.json"
     manifest.write_text(json.dumps({"name": "all-minilm-l6-v2", "path": str(minilm_dir), "device": "cpu"}))

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from test_encoder_embed import tiny_encoder  # noqa: F401 (fixture)
 
 from kicl.row_cache import RowCache
 
@@ -41,7 +40,7 @@ def test_a_truncated_shard_is_ignored_and_recomputed(tmp_path):
         fresh.rows(["zzz"])
 
 
-def test_encoder_cache_equals_fresh_embeddings_and_skips_the_encoder(tiny_encoder, tmp_path, monkeypatch):  # noqa: F811
+def test_encoder_cache_equals_fresh_embeddings_and_skips_the_encoder(tiny_encoder, tmp_path, monkeypatch):
     import kicl.data.encoders as encoders
 
     texts = ["good movie", "bad plot twist", "good movie"]

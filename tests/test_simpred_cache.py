@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from forward_fixtures import eager_reference, make_model_folder, make_prompts
+from helpers import eager_reference, make_model_folder, make_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -109,6 +109,7 @@ print(json.dumps(cache.fill(texts, shard_inputs=2)))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_and_broken_shards_are_safe(toy, tmp_path):
     texts = _texts(toy["records"][:3])
     root = tmp_path / "simpred"

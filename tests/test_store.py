@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from forward_fixtures import eager_reference, make_model_folder, make_prompts
+from helpers import eager_reference, make_model_folder, make_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -226,6 +226,7 @@ def _all_arrays(path):
     return {name: array[...] for name, array in group.arrays()}, dict(group.attrs)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(toy, tmp_path):
     reference = tmp_path / "ref" / "toy.zarr"
     assert _start(toy, reference, 0.0).wait(timeout=300) == 0
@@ -266,7 +267,7 @@ def test_kill_and_resume_equals_uninterrupted_run(toy, tmp_path):
 
 def test_forward_pass_rule_writes_the_store(toy, run_workflow, tmp_path):
     """The Snakemake rule on ready prompt files and a model manifest (tiny model in place of the default one)."""
-    from conftest import copy_workflow
+    from helpers import copy_workflow
 
     workdir = copy_workflow(tmp_path / "workflow")
     model, task = "smollm2-135m", "movie_snippets"  # names in the default selection

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, default_config
+from helpers import REPO, default_config
 
 from kicl.data.tasks import (
     DataNotAvailable,

@@ -185,6 +185,7 @@ def test_comparison_has_a_position_only_baseline_and_intervals():
     assert "position_only" in markdown_table(table, "acc_expected") and " [" in markdown_table(table, "acc_expected")
 
 
+@pytest.mark.slow
 def test_tiny_training_run_beats_label_frequency(tmp_path):
     """A seeded 2-layer GPT-J trained on ~0.4M tokens predicts held-out ICL labels better than the demo majority."""
     from transformers import AutoModelForCausalLM

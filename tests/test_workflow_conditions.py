@@ -8,9 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
-from test_encoder_embed import tiny_encoder  # noqa: F401 (fixture)
-from test_workflow_figures import planned_jobs, tiny_setup  # noqa: F401 (fixture)
+from helpers import REPO, merge_configs, planned_jobs, workflow_config
 
 from kicl.conditions import PAIRING_KEYS, condition_errors, condition_protocol, condition_tasks, partner_problems
 from kicl.config import config_errors
@@ -114,12 +112,9 @@ def _tree_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def test_editing_one_condition_reruns_only_its_jobs(run_workflow, tiny_setup):  # noqa: F811
+def test_editing_one_condition_reruns_only_its_jobs(run_workflow, tiny_setup):
     root, base = tiny_setup
-    config = json.loads(json.dumps(base))
-    config["run"]["conditions"] = ["paper", "two", "one"]
-    config["conditions"] = {"two": {"n_demos": 2}, "one": {"n_demos": 1}}
-    config["conditions_stage"] = {"reference": "paper", "tasks": ["toy"]}
+    config = merge_configs(base, workflow_config("tiny_conditions"))
     stores = {c: f"results/forward/tiny/toy/{c}.zarr" for c in ["paper", "two", "one"]}
     tables = [f"results/tables/tiny/{c}/table2.csv" for c in ["paper", "two", "one"]]
     first = run_workflow(root, config, [*stores.values(), *tables])
@@ -154,7 +149,7 @@ def test_editing_one_condition_reruns_only_its_jobs(run_workflow, tiny_setup):  
     assert meta["strategy"] == "class_balanced"
 
 
-def test_the_conditions_stage_renders_tables_and_figures_from_its_numbers(run_workflow, tiny_setup, tmp_path):  # noqa: F811
+def test_the_conditions_stage_renders_tables_and_figures_from_its_numbers(run_workflow, tiny_setup, tmp_path):
     """conditions_numbers writes the CSVs under results/conditions/; conditions_tables and conditions_figures
     render them alone, so a deleted table or figure is made again without rerunning the numbers."""
     root, base = tiny_setup

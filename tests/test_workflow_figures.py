@@ -2,13 +2,9 @@
 changing a figure-only option (config `analysis:`) reruns figure/table jobs but no forward pass."""
 
 import json
-import re
 import subprocess
 
-import numpy as np
-import pytest
-from forward_fixtures import CONTENT, make_model_folder
-from test_encoder_embed import tiny_encoder  # noqa: F401 (fixture)
+from helpers import planned_jobs
 
 UPSTREAM = {"forward_pass", "build_prompts", "prepare_task", "model_manifest", "encoder_manifest", "embed_prompt_texts"}
 FIGURE_JOBS = {
@@ -18,56 +14,6 @@ FIGURE_JOBS = {
     "fig4_simpred_correlation",
     "fig5_kv_probes",
 }
-
-
-def planned_jobs(result) -> dict:
-    """Job name -> count from the 'Job stats' table of a dry run."""
-    jobs = {}
-    text = result.stdout + result.stderr
-    block = text.split("Job stats:")[-1] if "Job stats:" in text else ""
-    for line in block.splitlines():
-        match = re.match(r"^([A-Za-z0-9_]+)\s+(\d+)$", line.strip())
-        if match and match.group(1) != "total":
-            jobs[match.group(1)] = int(match.group(2))
-    return jobs
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, tiny_encoder):  # noqa: F811
-    root = tmp_path_factory.mktemp("tiny_workflow")
-    model_dir = root / "model"
-    make_model_folder(model_dir, "llama")
-    data = root / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in [("train", 60), ("validation", 30)]:
-        rows = [
-            {"text": " ".join(rng.choice(CONTENT, int(rng.integers(2, 6)))), "label": int(rng.integers(0, 2))}
-            for _ in range(n)
-        ]
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    encoder_path = json.loads(tiny_encoder.read_text())["path"]
-    config = {
-        "run": {"models": ["tiny"], "tasks": ["toy"], "encoders": ["tiny-enc"]},
-        "models": {"tiny": {"source": "local", "local": {"path": str(model_dir)}, "dtype": "float32", "device": "cpu"}},
-        "tasks": {
-            "toy": {
-                "source": "local",
-                "local": {"dir": str(data)},
-                "eval_split": "validation",
-                "demo_split": "train",
-                "label_names": ["negative", "positive"],
-                "verbalizers": [" negative", " positive"],
-                "template": {"input_prefix": "Input: ", "output_prefix": " Output:", "delimiter": "\n"},
-            }
-        },
-        "encoders": {"tiny-enc": {"source": "local", "local": {"path": encoder_path}}},
-        "protocol": {"n_demos": 3, "n_select": 14, "n_heldout": 10},
-        "capture": {"kv_prompts": 12, "batch_size": 4, "shard_size": 8},
-        "theory": {"n_hmms": 2, "n_prompts": 4, "n_demos": [1, 2], "kernel": {"n_sigma": 200}},
-        "analysis": {"bootstrap": {"n_boot": 50}},
-    }
-    return root, config
 
 
 def test_tiny_workflow_report_and_figure_only_reruns(run_workflow, tiny_setup):

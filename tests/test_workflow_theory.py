@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import workflow_config
 
-TINY = {"theory": {"n_hmms": 4, "n_prompts": 40, "kernel": {"n_sigma": 2000}}}
+TINY = workflow_config("theory_tiny")
 TARGETS = [
     "results/theory/table3.csv",
     "results/theory/table3.md",
