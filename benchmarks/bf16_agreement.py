@@ -78,8 +78,8 @@ def main() -> None:
     from kicl.capture.model import load_capture_model
     from kicl.capture.options import CaptureOptions
     from kicl.capture.run import predict
-    from kicl.config import cpu_has_native_bf16
     from kicl.data.models import read_manifest
+    from kicl.devices import cpu_has_native_bf16
     from kicl.prompts.files import read_prompt_set
 
     torch.set_num_threads(args.threads)

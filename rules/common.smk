@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from kicl.config import resolve_device, resolve_dtype
+from kicl.devices import resolve_device, resolve_dtype
 from kicl.workflow.checks import (
     encoders_in_use,
     resolved_protocols,
@@ -287,7 +287,7 @@ def forward_inputs(wildcards):
 
 
 def _forward_device(wildcards):
-    """capture.device, else the model's catalog device, else cpu (kicl.config.resolve_device)."""
+    """capture.device, else the model's catalog device, else cpu (kicl.devices.resolve_device)."""
     return resolve_device(
         config["capture"]["device"], config["models"][wildcards.model].get("device")
     )

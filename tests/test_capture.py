@@ -223,7 +223,8 @@ def test_half_precision_rows_stay_close_and_sum_to_one(family_model, prompt_reco
 def test_options_defaults_come_from_the_schema():
     import yaml
 
-    from kicl.config import SCHEMA_PATH, defaults_for, resolve_device, resolve_dtype
+    from kicl.config import SCHEMA_PATH, defaults_for
+    from kicl.devices import resolve_device, resolve_dtype
 
     schema = yaml.safe_load(Path(SCHEMA_PATH).read_text())["properties"]["capture"]["properties"]
     options = CaptureOptions.from_config({}, {"dtype": "float32", "device": "cpu"})

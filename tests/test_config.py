@@ -76,7 +76,7 @@ def test_only_the_entries_in_use_are_checked():
 def _raw_config() -> dict:
     """config.yaml as written (no schema defaults filled in): what rules/common.smk checks."""
     import yaml
-    from conftest import REPO
+    from helpers import REPO
 
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -150,7 +150,7 @@ def test_the_code_enumerations_equal_the_schema(module, name, path):
 
 
 def test_the_catalog_sources_and_dtypes_equal_the_schema():
-    from kicl.config import DTYPE_NAMES
+    from kicl.devices import DTYPE_NAMES
 
     for kind, sources in CATALOG_SOURCES.items():
         assert sorted(sources) == sorted(_schema_enum(f"{kind}.*.source")), kind

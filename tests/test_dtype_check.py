@@ -10,11 +10,11 @@ from helpers import make_model_folder, make_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import kicl.config  # noqa: E402
+import kicl.devices  # noqa: E402
 from kicl.capture.dtype_check import compare_outputs  # noqa: E402
 from kicl.capture.options import AUTO_BF16, CaptureOptions  # noqa: E402
 from kicl.capture.run import run_capture  # noqa: E402
-from kicl.config import cpu_has_native_bf16, resolve_dtype  # noqa: E402
+from kicl.devices import cpu_has_native_bf16, resolve_dtype  # noqa: E402
 from kicl.store.reader import open_store  # noqa: E402
 
 CAPTURE = {"batch_size": 3, "shard_size": 4, "kv_prompts": 0, "dtype_check_prompts": 6}
@@ -33,7 +33,7 @@ def toy(tmp_path_factory):
 @pytest.fixture
 def native_bf16(monkeypatch):
     """Pretend the CPU has native bfloat16 (bfloat16 runs on any CPU, only slower), so the check runs anywhere."""
-    monkeypatch.setattr(kicl.config, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(kicl.devices, "cpu_has_native_bf16", lambda: True)
 
 
 def test_resolve_dtype_rules(tmp_path):

@@ -16,11 +16,22 @@ def fast_tier_expression() -> str:
     return match.group(1).strip()
 
 
+#: a plugin for the collecting subprocess: each selected test with the fixtures it uses
+FIXTURE_REPORT = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        print("SELECTED", item.nodeid, *getattr(item, "fixturenames", ()))
+"""
+
+
 def test_the_fast_tier_selects_no_test_that_runs_snakemake(pytester):
-    arguments = [str(TESTS), "--collect-only", "-q", "-p", "no:cacheprovider", "-m", fast_tier_expression()]
-    items = pytester.inline_run(*arguments).getcall("pytest_collection_finish").session.items  # after `-m`
-    assert items, "the fast tier collects no test"
-    runs_snakemake = [item.nodeid for item in items if "run_workflow" in item.fixturenames]
+    # in a subprocess: an in-process run would unload the modules it imports (numpy's C extensions cannot reload)
+    pytester.makepyfile(fixture_report=FIXTURE_REPORT)
+    arguments = [str(TESTS), "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "fixture_report"]
+    result = pytester.runpytest_subprocess(*arguments, "-m", fast_tier_expression())
+    selected = [line.split()[1:] for line in result.outlines if line.startswith("SELECTED ")]
+    assert selected, "the fast tier collects no test:\n" + "\n".join(result.outlines[-20:])
+    runs_snakemake = [nodeid for nodeid, *fixtures in selected if "run_workflow" in fixtures]
     assert not runs_snakemake, f"tests in the fast tier that run Snakemake (mark them `workflow`): {runs_snakemake}"
 
 

@@ -1,6 +1,6 @@
 """``capture.dtype: auto`` on a CPU with native bfloat16: run bfloat16 only where a measured check allows it.
 
-:func:`kicl.config.resolve_dtype` gives ``AUTO_BF16`` for a float32 model on such a CPU. Before the real work,
+:func:`kicl.devices.resolve_dtype` gives ``AUTO_BF16`` for a float32 model on such a CPU. Before the real work,
 :func:`settle_dtype` runs the first ``capture.dtype_check_prompts`` prompts in float32 and in bfloat16 (each
 model loaded from disk, as an explicit dtype would load it) and compares them (:func:`compare_outputs`):
 ŷ (argmax of the label logits cast to float32) and the max-pooled kernel weights of every layer, head and

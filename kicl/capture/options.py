@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kicl.config import AUTO_BF16, resolve_device, resolve_dtype, schema_enum, section_values
+from kicl.config import schema_enum, section_values
+from kicl.devices import AUTO_BF16, resolve_device, resolve_dtype
 
 __all__ = ["AUTO_BF16", "PADDING_SIDES", "SIMPRED_CONTEXTS", "CaptureError", "CaptureOptions", "default_device"]
 
@@ -45,7 +46,7 @@ class CaptureOptions:
     @classmethod
     def from_config(cls, capture: dict | None = None, manifest: dict | None = None) -> CaptureOptions:
         """Schema defaults, overridden by ``capture`` and checked against the schema (one
-        :class:`~kicl.config.ConfigError` listing every problem); ``auto`` device and dtype resolved by kicl.config
+        :class:`~kicl.config.ConfigError` listing every problem); ``auto`` device and dtype resolved by kicl.devices
         from the model manifest (then cuda if available / float32). The dtype may be ``AUTO_BF16`` (a float32 model
         on a CPU with native bfloat16): :func:`kicl.capture.dtype_check.settle_dtype` then decides."""
         manifest = manifest or {}
