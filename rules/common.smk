@@ -26,8 +26,8 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # ---- Paths that several rules and input functions share (one spelling each)
 PROMPT_DIR = "results/prompts/{model}/{task}/{condition}"
-PROMPTS = PROMPT_DIR + "/prompts.jsonl"
-PROMPT_META = PROMPT_DIR + "/meta.json"
+PROMPTS = "results/prompts/{model}/{task}/{condition}/prompts.jsonl"
+PROMPT_META = "results/prompts/{model}/{task}/{condition}/meta.json"
 TASK_SPLIT = "resources/tasks/{task}/{split}.parquet"
 FORWARD_STORE = "results/forward/{model}/{task}/{condition}.zarr"
 MODEL_MANIFEST = "resources/models/{model}.json"
@@ -354,6 +354,16 @@ def verdict_inputs(wildcards):
 
 
 # ---- Conditions stage (rules/conditions.smk): the conditions of a (model, task) side by side
+CONDITIONS_DIR = "results/conditions/{model}/{task}"
+
+
+def conditions_report(name, caption, labels):
+    """A report() entry of the conditions stage: category Conditions, 'model / task' as subcategory."""
+    return cell_report(
+        f"{CONDITIONS_DIR}/{name}", caption, labels, "Conditions", "{model} / {task}"
+    )
+
+
 CONDITIONS_STAGE_CONDITIONS = [
     condition
     for condition in SELECTED_CONDITIONS
@@ -440,7 +450,7 @@ REPORT_ITEMS = [
 
 
 def rule_cells(name):
-    """The cells a rule runs on: a stage's own; else the grid's reference cells, its other conditions where
+    """The cells that a rule runs on. A stage's own; else the grid's reference cells, its other conditions where
     conditions_stage.outputs names the rule, and the theory_icl cell for the figure and table rules.
     """
     if name in STAGE_CELLS:
@@ -467,7 +477,7 @@ def expand_cells(patterns, cells):
 
 
 def rule_outputs(name, cells=None):
-    """Every output of rule ``name`` over ``cells`` (default: the cells it runs on)."""
+    """Every output of ``name`` (a rule) over ``cells`` (default: the cells it runs on)."""
     patterns = [str(path) for path in getattr(rules, name).output]
     return expand_cells(patterns, rule_cells(name) if cells is None else cells)
 

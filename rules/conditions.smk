@@ -4,21 +4,13 @@
 # reference and re-selected within each condition) beside the attention-free baselines and encoder kernel
 # regression, a bandwidth curve, a label-noise curve and a Table 1 analogue (out-of-distribution test inputs).
 # conditions_numbers does the analysis and writes the CSVs; two cheap jobs render them as tables and figures.
-CONDITIONS_DIR = "results/conditions/{model}/{task}"
-
-
-def stage_report(name, caption, labels):
-    """A report() entry of the stage: category Conditions, 'model / task' as subcategory."""
-    return cell_report(
-        f"{CONDITIONS_DIR}/{name}", caption, labels, "Conditions", "{model} / {task}"
-    )
 
 
 rule conditions_numbers:
     input:
         unpack(conditions_inputs),
     output:
-        csv=stage_report(
+        csv=conditions_report(
             "conditions.csv",
             "conditions_table.rst",
             {"table": "conditions", "output": "CSV"},
@@ -54,13 +46,13 @@ rule conditions_tables:
         order_csv=rules.conditions_numbers.output.order_csv,
         table1_csv=rules.conditions_numbers.output.table1_csv,
     output:
-        md=stage_report(
+        md=conditions_report(
             "conditions.md",
             "conditions_table.rst",
             {"table": "conditions", "output": "Markdown"},
         ),
         tex=f"{CONDITIONS_DIR}/conditions.tex",
-        table1_md=stage_report(
+        table1_md=conditions_report(
             "table1.md",
             "conditions_table1.rst",
             {"table": "Table 1 analogue", "output": "Markdown"},
@@ -88,12 +80,12 @@ rule conditions_figures:
         heads_csv=rules.conditions_numbers.output.heads_csv,
         figure_csv=rules.conditions_numbers.output.figure_csv,
     output:
-        png=stage_report(
+        png=conditions_report(
             "conditions.png",
             "conditions_figure.rst",
             {"figure": "conditions", "output": "figure"},
         ),
-        heads_png=stage_report(
+        heads_png=conditions_report(
             "heads.png",
             "conditions_heads.rst",
             {"figure": "heads per condition", "output": "figure"},
