@@ -58,16 +58,13 @@ SELECTED_MODELS = list(config["run"]["models"])
 SELECTED_ENCODERS = list(config["run"]["encoders"])
 
 # ---- Experimental conditions (config conditions:, run.conditions, conditions_stage:): each a set of protocol overrides
-from kicl.conditions import condition_tasks, decision_partner, selected_conditions
+from kicl.workflow.grid import RunGrid, expand_cells
 from kicl.prompts.ood import rewrites_path
 from kicl.prompts.retrieval import needs_model_kernel
 
-SELECTED_CONDITIONS = selected_conditions(
-    config
-)  # run.conditions + the decision rule's label-flip partner
-REFERENCE = config["conditions_stage"]["reference"]
-PARTNER = decision_partner(config)
-CONDITION_TASKS = condition_tasks(config)
+#: every (model, task, condition) cell of the run, the theory_icl chain's one included (kicl.workflow.grid)
+RUN = RunGrid.from_config(config)
+REFERENCE = RUN.reference
 #: condition -> its effective protocol (kicl.prompts.options.Protocol), resolved once (checked above)
 PROTOCOLS = resolved_protocols(config)[0]
 
@@ -116,41 +113,11 @@ def _alternatives(names):
     return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
-# theory_icl (rules/theory_icl.smk): the trained model and the world's task run through the chain as one pair,
-# besides the run.models x run.tasks grid
-THEORY_ICL = config["theory_icl"]
-THEORY_ICL_PAIR = (
-    [THEORY_ICL["chain"]["model"], THEORY_ICL["chain"]["task"]]
-    if THEORY_ICL["enabled"]
-    else []
-)
-
-
-# ---- The run grid: every (model, task, condition) cell of a forward store, computed once
-#: run.models x each selected condition's tasks
-GRID = [
-    (model, task, condition)
-    for condition in SELECTED_CONDITIONS
-    for task in CONDITION_TASKS[condition]
-    for model in SELECTED_MODELS
-]
-#: the theory_icl chain (its trained model on the world's task, reference condition): one more cell
-PAIR_CELLS = [(*THEORY_ICL_PAIR, REFERENCE)] if THEORY_ICL_PAIR else []
-CELLS = GRID + PAIR_CELLS
-REFERENCE_CELLS = [cell for cell in GRID if cell[2] == REFERENCE]
-
-
-def cell_tasks(model, condition):
-    """The tasks of a (model, condition) in the run: a condition's tasks; the world's task for the
-    theory_icl model."""
-    return [t for m, t, c in CELLS if m == model and c == condition]
-
-
 wildcard_constraints:
-    task=_alternatives(list(dict.fromkeys(cell[1] for cell in CELLS))),
-    model=_alternatives(list(dict.fromkeys(cell[0] for cell in CELLS))),
+    task=_alternatives(RUN.names(1)),
+    model=_alternatives(RUN.names(0)),
     encoder=_alternatives(ENCODERS_IN_USE),
-    condition=_alternatives(SELECTED_CONDITIONS),
+    condition=_alternatives(RUN.conditions),
     split=r"[A-Za-z0-9_]+",
 
 
@@ -191,7 +158,7 @@ def model_manifest_input(wildcards):
     """The converted folder of a packaged_gguf model; nothing for hub and local models."""
     if config["models"][wildcards.model]["source"] == "packaged_gguf":
         return {"folder": f"resources/models/{wildcards.model}"}
-    if THEORY_ICL_PAIR and wildcards.model == THEORY_ICL_PAIR[0]:
+    if any(wildcards.model == cell[0] for cell in RUN.pair):
         return {
             "folder": config["models"][wildcards.model]["local"]["path"]
         }  # trained by theory_icl_pretrain
@@ -258,7 +225,7 @@ def needs_dtype_check(model):
 
 def dtype_check_tasks(wildcards):
     """The tasks whose reference prompts the model's dtype check runs (the world's task for theory_icl's)."""
-    return cell_tasks(wildcards.model, REFERENCE)
+    return RUN.tasks(wildcards.model, REFERENCE)
 
 
 def dtype_check_inputs(wildcards):
@@ -302,7 +269,6 @@ def forward_gpus(wildcards):
 
 
 # ---- Causal head ablation (rules/causal.smk), for causal.tasks (a subset of run.tasks), on the reference condition
-CAUSAL_TASKS = [task for task in config["causal"]["tasks"] if task in SELECTED_TASKS]
 
 
 def single_prompt_rescale_len(wildcards):
@@ -314,7 +280,7 @@ def single_prompt_rescale_len(wildcards):
 # ---- Inputs of the per-(model, condition) tables (rules/tables.smk), named by task (and encoder)
 def condition_task_list(wildcards):
     """The tasks behind a (model, condition) table."""
-    return cell_tasks(wildcards.model, wildcards.condition)
+    return RUN.tasks(wildcards.model, wildcards.condition)
 
 
 def encoder_kr_inputs(wildcards):
@@ -344,9 +310,9 @@ def verdict_inputs(wildcards):
     inputs = {}
     for task in condition_task_list(wildcards):
         inputs[f"store_{task}"] = FORWARD_STORE.format(task=task, **wildcards)
-        if PARTNER and wildcards.condition == REFERENCE:
+        if RUN.partner and wildcards.condition == REFERENCE:
             inputs[f"partner_{task}"] = FORWARD_STORE.format(
-                model=wildcards.model, task=task, condition=PARTNER
+                model=wildcards.model, task=task, condition=RUN.partner
             )
     if needs_dtype_check(wildcards.model):
         inputs["dtype_check"] = DTYPE_CHECK.format(model=wildcards.model)
@@ -364,16 +330,7 @@ def conditions_report(name, caption, labels):
     )
 
 
-CONDITIONS_STAGE_CONDITIONS = [
-    condition
-    for condition in SELECTED_CONDITIONS
-    if condition == REFERENCE or CONDITION_TASKS[condition]
-]
-CONDITIONS_STAGE_TASKS = (
-    [task for task in config["conditions_stage"]["tasks"] if task in SELECTED_TASKS]
-    if len(CONDITIONS_STAGE_CONDITIONS) > 1
-    else []
-)
+CONDITIONS_STAGE_CONDITIONS = list(RUN.stage_conditions)
 
 
 def conditions_head_maps(wildcards):
@@ -413,15 +370,15 @@ TABLE_RULES = ["table2", "verdict"] + (
 )
 #: stages that run on chosen tasks of the reference condition only
 STAGE_CELLS = {
-    "fig_causal_ablation": [c for c in REFERENCE_CELLS if c[1] in CAUSAL_TASKS],
+    "fig_causal_ablation": [c for c in RUN.reference_cells if c[1] in RUN.causal_tasks],
     **{
-        name: [c for c in REFERENCE_CELLS if c[1] in CONDITIONS_STAGE_TASKS]
+        name: [c for c in RUN.reference_cells if c[1] in RUN.stage_tasks]
         for name in ("conditions_numbers", "conditions_tables", "conditions_figures")
     },
 }
 THEORY_ICL_RULES = (
     ["theory_icl_loss_figure", "theory_icl_compare", "theory_icl_figure"]
-    if THEORY_ICL_PAIR
+    if RUN.pair
     else []
 )
 #: every rule whose outputs `all` asks for (the summary page lists the report items among them)
@@ -455,36 +412,20 @@ def rule_cells(name):
     """
     if name in STAGE_CELLS:
         return STAGE_CELLS[name]
-    grid = [c for c in GRID if c[2] == REFERENCE or name in CONDITION_OUTPUTS]
-    return grid + (PAIR_CELLS if name in FIGURE_RULES + TABLE_RULES else [])
-
-
-def expand_cells(patterns, cells):
-    """``patterns`` over ``cells`` and the selected encoders, without repeats (patterns may lack wildcards)."""
-    files = [
-        path
-        for model, task, condition in cells
-        for path in expand(
-            patterns,
-            model=model,
-            task=task,
-            condition=condition,
-            encoder=SELECTED_ENCODERS,
-            allow_missing=True,
-        )
-    ]
-    return list(dict.fromkeys(files))
+    grid = [c for c in RUN.cells if c[2] == REFERENCE or name in CONDITION_OUTPUTS]
+    return grid + list(RUN.pair if name in FIGURE_RULES + TABLE_RULES else [])
 
 
 def rule_outputs(name, cells=None):
     """Every output of ``name`` (a rule) over ``cells`` (default: the cells it runs on)."""
     patterns = [str(path) for path in getattr(rules, name).output]
-    return expand_cells(patterns, rule_cells(name) if cells is None else cells)
+    cells = rule_cells(name) if cells is None else cells
+    return expand_cells(patterns, cells, SELECTED_ENCODERS)
 
 
 def theory_icl_outputs():
     """The trained-transformer stage and, on its model and task, the chain's figures, Table 2 and verdict."""
-    chain = [rule_outputs(name, PAIR_CELLS) for name in FIGURE_RULES + TABLE_RULES]
+    chain = [rule_outputs(name, RUN.pair) for name in FIGURE_RULES + TABLE_RULES]
     own = [rule_outputs(name) for name in THEORY_ICL_RULES]
     return list(dict.fromkeys(sum(own + chain, [])))
 
@@ -509,7 +450,9 @@ def summary_entries(wildcards):
                 "files": rule_outputs(name),
                 "benchmark": benchmark,
                 "benchmarks": (
-                    expand_cells(benchmark, rule_cells(name)) if benchmark else []
+                    expand_cells(benchmark, rule_cells(name), SELECTED_ENCODERS)
+                    if benchmark
+                    else []
                 ),
             }
         )
@@ -518,7 +461,7 @@ def summary_entries(wildcards):
 
 def final_outputs():
     """`all`: every prompt set of the grid, every rule of RUN_RULES and the summary page."""
-    prompts = expand_cells([PROMPT_META, PROMPTS], GRID)
+    prompts = expand_cells([PROMPT_META, PROMPTS], RUN.cells)
     return prompts + summary_inputs() + ["results/summary/index.html"]
 
 
