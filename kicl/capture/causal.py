@@ -32,10 +32,11 @@ import torch
 
 from kicl.capture.handlers import AttentionKnockout, HeadAblation, HeadOutputs
 from kicl.capture.options import AUTO_BF16, CaptureError, CaptureOptions
-from kicl.capture.run import predict, read_prompts
+from kicl.capture.run import predict
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
 from kicl.config import SectionOptions
 from kicl.fileio import write_csv_atomic
+from kicl.prompts.files import read_prompt_set
 from kicl.store.heads import HeadId
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ def run_causal_ablation(
     modes = list(settings.modes)
     manifest = read_manifest(files.model)
     options = CaptureOptions.from_config(capture or {}, manifest)
-    meta, prompts = read_prompts(files.meta, files.prompts)
+    meta, prompts = read_prompt_set(files.meta, files.prompts)
     where = f"task {meta.get('task')!r}, model {meta.get('model')!r}"
     ds = open_store(files.store, needs=["gold", "split", "label_logits"])
     select, heldout = _prompt_splits(prompts, ds, files, settings.n_prompts, where)

@@ -78,15 +78,9 @@ __all__ = [
     "kv_positions",
     "predict",
     "prepare_model",
-    "read_prompts",
     "register_capture_attention",
     "run_capture",
 ]
-
-
-def read_prompts(meta_path: str | Path, prompts_path: str | Path) -> tuple[dict, list[dict]]:
-    """Read and check a prompt set (meta.json + prompts.jsonl): :func:`kicl.prompts.files.read_prompt_set`."""
-    return read_prompt_set(meta_path, prompts_path)
 
 
 def _fingerprint(*parts) -> str:
