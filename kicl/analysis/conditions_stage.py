@@ -120,10 +120,11 @@ def write_condition_numbers(results: ConditionResults, paths: dict, model: str =
 
 def read_numbers_csv(path, key: str) -> pd.DataFrame:
     """One numbers CSV of the stage (key of NUMBER_FILES), its text columns as strings ('' where empty)."""
-    frame = pd.read_csv(path)
-    for column in TEXT_COLUMNS.get(key, []):
+    text = TEXT_COLUMNS.get(key, [])
+    frame = pd.read_csv(path, dtype=dict.fromkeys(text, str))  # as written, even where a column is empty or numeric
+    for column in text:
         if column in frame:
-            frame[column] = frame[column].fillna("").astype(str)
+            frame[column] = frame[column].fillna("")
     return frame
 
 
