@@ -25,21 +25,19 @@ def tokenizer(tmp_path_factory):
     return gpt2_style_tokenizer(tmp_path_factory.mktemp("bpe"))
 
 
+def build_toy(tokenizer, eval_table, pool, protocol: dict, similarities=None):
+    """The prompt set of the toy task under ``protocol`` (a protocol section), with ``similarities`` if given."""
+    return build_prompt_set(
+        "toy", spec_with(), "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(protocol), None, similarities
+    )
+
+
 @pytest.mark.parametrize("strategy", ["nearest", "farthest"])
 def test_toy_embeddings_give_top_or_bottom_k_by_cosine_in_ascending_order(tokenizer, strategy):
     eval_table, pool = toy_tables()
     embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
     protocol = PROTOCOL | {"demo_strategy": strategy, "retrieval_encoder": "toy"}
-    meta, records = build_prompt_set(
-        "toy",
-        spec_with(),
-        "m",
-        tokenizer,
-        PromptTables(eval_table, pool),
-        Protocol.of(protocol),
-        None,
-        {"encoder": encoder_similarity(embed)},
-    )
+    meta, records = build_toy(tokenizer, eval_table, pool, protocol, {"encoder": encoder_similarity(embed)})
     assert embed.calls == 1 and meta["strategy"] == strategy and meta["retrieval_encoder"] == "toy"
     assert len(records) == 12
     for record in records:
@@ -81,14 +79,11 @@ def test_the_test_input_and_its_near_copies_never_serve_as_its_demonstrations(to
     for text, copy in near_text.items():  # cosine 0.99 with its test input, below 0.95 with the others (toy)
         embed.vectors[copy] = embed.vectors[text] + 0.1 * np.linalg.norm(embed.vectors[text]) * np.eye(5)[0]
     protocol = PROTOCOL | {"demo_strategy": strategy, "n_select": 4, "n_heldout": 2, "n_demos": 10}
-    meta, records = build_prompt_set(
-        "toy",
-        spec_with(),
-        "m",
+    meta, records = build_toy(
         tokenizer,
-        PromptTables(eval_table, pool),
-        Protocol.of(protocol),
-        None,
+        eval_table,
+        pool,
+        protocol,
         {"encoder": encoder_similarity(embed)} | {"model_kernel": word_overlap_kernel},
     )
     ranking = strategy not in ("random", "class_balanced")
@@ -111,9 +106,7 @@ def test_the_test_input_and_its_near_copies_never_serve_as_its_demonstrations(to
 def test_a_pool_without_copies_leaves_the_prompts_unchanged(tokenizer):
     """The copy check is a no-op when no pool text equals a test text: same draws as on the whole pool."""
     eval_table, pool = toy_tables()
-    meta, records = build_prompt_set(
-        "toy", spec_with(), "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
-    )
+    meta, records = build_toy(tokenizer, eval_table, pool, PROTOCOL)
     assert meta["pool_test_copies_removed"] == 0 and meta["n_prompts_with_pool_copies_removed"] == 0
     for record in records:
         rng = np.random.default_rng([PROTOCOL["seed"], record["test_index"]])
@@ -136,29 +129,10 @@ def test_strategies_on_given_similarities_and_their_errors():
 def test_retrieval_without_embeddings_stops_and_random_path_ignores_them(tokenizer):
     eval_table, pool = toy_tables()
     with pytest.raises(PromptError, match="protocol.demo_strategy 'nearest' needs sentence embeddings"):
-        build_prompt_set(
-            "toy",
-            spec_with(),
-            "m",
-            tokenizer,
-            PromptTables(eval_table, pool),
-            Protocol.of(PROTOCOL | {"demo_strategy": "nearest"}),
-            None,
-        )
+        build_toy(tokenizer, eval_table, pool, PROTOCOL | {"demo_strategy": "nearest"})
     embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
-    plain = build_prompt_set(
-        "toy", spec_with(), "m", tokenizer, PromptTables(eval_table, pool), Protocol.of(PROTOCOL), None
-    )
-    given = build_prompt_set(
-        "toy",
-        spec_with(),
-        "m",
-        tokenizer,
-        PromptTables(eval_table, pool),
-        Protocol.of(PROTOCOL),
-        None,
-        {"encoder": encoder_similarity(embed)},
-    )
+    plain = build_toy(tokenizer, eval_table, pool, PROTOCOL)
+    given = build_toy(tokenizer, eval_table, pool, PROTOCOL, {"encoder": encoder_similarity(embed)})
     assert plain == given and embed.calls == 0 and "demo_similarity" not in plain[1][0]
 
 
@@ -170,16 +144,7 @@ def test_pool_cap_is_a_seeded_subsample_used_for_every_prompt(tokenizer):
     assert not capped.index.equals(cap_pool(pool, 10, 1).index)
     embed = ToyEmbedding(list(eval_table["text"]) + list(pool["text"]))
     protocol = PROTOCOL | {"demo_strategy": "nearest", "retrieval_pool_size": 10}
-    meta, records = build_prompt_set(
-        "toy",
-        spec_with(),
-        "m",
-        tokenizer,
-        PromptTables(eval_table, pool),
-        Protocol.of(protocol),
-        None,
-        {"encoder": encoder_similarity(embed)},
-    )
+    meta, records = build_toy(tokenizer, eval_table, pool, protocol, {"encoder": encoder_similarity(embed)})
     assert meta["pool_size"] == 10 and meta["retrieval_pool_size"] == 10
     assert {d["pool_index"] for r in records for d in r["demos"]} <= set(capped.index)
 
@@ -203,25 +168,11 @@ def test_real_minilm_ranks_paraphrases_nearest_and_unrelated_farthest(minilm_dir
     eval_table = pd.DataFrame({"text": ["The movie was wonderful and moving."], "label": [1]})
     embed = encoder_embed_function(manifest)
     base = PROTOCOL | {"n_demos": 2, "n_select": 0, "n_heldout": 1}
-    _, (near,) = build_prompt_set(
-        "toy",
-        spec_with(),
-        "m",
-        tokenizer,
-        PromptTables(eval_table, pool),
-        Protocol.of(base | {"demo_strategy": "nearest"}),
-        None,
-        {"encoder": encoder_similarity(embed)},
+    _, (near,) = build_toy(
+        tokenizer, eval_table, pool, base | {"demo_strategy": "nearest"}, {"encoder": encoder_similarity(embed)}
     )
-    _, (far,) = build_prompt_set(
-        "toy",
-        spec_with(),
-        "m",
-        tokenizer,
-        PromptTables(eval_table, pool),
-        Protocol.of(base | {"demo_strategy": "farthest"}),
-        None,
-        {"encoder": encoder_similarity(embed)},
+    _, (far,) = build_toy(
+        tokenizer, eval_table, pool, base | {"demo_strategy": "farthest"}, {"encoder": encoder_similarity(embed)}
     )
     assert {d["pool_index"] for d in near["demos"]} == {0, 2}
     assert {d["pool_index"] for d in far["demos"]} <= {1, 3, 4}
