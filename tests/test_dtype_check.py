@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import kicl.devices  # noqa: E402
 from kicl.capture.dtype_check import compare_outputs  # noqa: E402
-from kicl.capture.options import AUTO_BF16, CaptureOptions  # noqa: E402
+from kicl.capture.options import CaptureOptions  # noqa: E402
 from kicl.capture.run import run_capture  # noqa: E402
-from kicl.devices import cpu_has_native_bf16, resolve_dtype  # noqa: E402
+from kicl.devices import AUTO_BF16, cpu_has_native_bf16, resolve_dtype  # noqa: E402
 from kicl.store.reader import open_store  # noqa: E402
 
 CAPTURE = {"batch_size": 3, "shard_size": 4, "kv_prompts": 0, "dtype_check_prompts": 6}

@@ -31,10 +31,11 @@ import pandas as pd
 import torch
 
 from kicl.capture.handlers import AttentionKnockout, HeadAblation, HeadOutputs
-from kicl.capture.options import AUTO_BF16, CaptureError, CaptureOptions
+from kicl.capture.options import CaptureError, CaptureOptions
 from kicl.capture.run import predict
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
 from kicl.config import SectionOptions
+from kicl.devices import AUTO_BF16
 from kicl.fileio import write_csv_atomic
 from kicl.prompts.files import read_prompt_set
 from kicl.store.heads import HeadId

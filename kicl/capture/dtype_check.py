@@ -20,7 +20,8 @@ import numpy as np
 
 from kicl.capture.batch import forward_shard, predict
 from kicl.capture.model import load_capture_model
-from kicl.capture.options import AUTO_BF16, CaptureOptions
+from kicl.capture.options import CaptureOptions
+from kicl.devices import AUTO_BF16
 from kicl.store.pooling import POOLINGS
 
 log = logging.getLogger(__name__)

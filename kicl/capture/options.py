@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kicl.config import schema_enum, section_values
-from kicl.devices import AUTO_BF16, resolve_device, resolve_dtype
-
-__all__ = ["AUTO_BF16", "PADDING_SIDES", "SIMPRED_CONTEXTS", "CaptureError", "CaptureOptions", "default_device"]
+from kicl.devices import resolve_device, resolve_dtype
 
 SIMPRED_CONTEXTS = schema_enum("capture", "simpred_context")
 PADDING_SIDES = schema_enum("capture", "padding_side")

@@ -46,10 +46,11 @@ from kicl.capture.batch import (
     prompt_shard,
 )
 from kicl.capture.model import load_capture_model, prepare_model
-from kicl.capture.options import AUTO_BF16, PADDING_SIDES, SIMPRED_CONTEXTS, CaptureError, CaptureOptions
+from kicl.capture.options import PADDING_SIDES, SIMPRED_CONTEXTS, CaptureError, CaptureOptions
 from kicl.capture.session import CAPTURE_ATTENTION, CaptureSession, register_capture_attention
 from kicl.capture.simpred import context_ids
 from kicl.capture.simpred_cache import SimpredCache
+from kicl.devices import AUTO_BF16
 from kicl.prompts.files import read_prompt_set
 from kicl.store.pooling import POOLINGS, kernel_weights, kv_positions
 from kicl.store.schema import StoreSizes, layout

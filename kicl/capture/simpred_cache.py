@@ -181,8 +181,8 @@ def model_kernel_similarity(
     blocks of ``pool_block`` rows.
     """
 
-    from kicl.capture.options import AUTO_BF16
     from kicl.data.models import load_tokenizer, read_manifest
+    from kicl.devices import AUTO_BF16
 
     manifest = read_manifest(manifest)
     options = capture_options
